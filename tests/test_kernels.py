@@ -1,0 +1,95 @@
+"""Properties of the compiled kernels themselves: float32 only, deterministic, thread-count-free."""
+
+import re
+
+import numba
+import numpy as np
+import pytest
+from numba import njit, prange
+
+from tinyconv.kernels import KERNELS, cpu
+
+
+def kernel_args(name, seed=0):
+    """Random float32 arguments for one call of a kernel, at shapes that split across threads."""
+    rng = np.random.default_rng(seed)
+
+    def f32(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    labels = rng.integers(0, 10, size=37).astype(np.int64)
+    scalars = [np.float32(s) for s in (0.01, 0.9, 0.1, 0.999, 0.001, 1e-8, 0.01)]
+    return {
+        "conv2d_forward": (f32(37, 16, 10, 10), f32(37, 6, 14, 14), f32(16, 6, 5, 5), f32(16)),
+        "conv2d_backward": (f32(37, 6, 14, 14), f32(16, 6, 5, 5), f32(16), f32(37, 16, 10, 10),
+                            f32(37, 6, 14, 14), f32(16, 6, 5, 5)),
+        "avgpool2d_forward": (f32(37, 6, 14, 14), f32(37, 6, 28, 28), 2),
+        "avgpool2d_backward": (f32(37, 6, 28, 28), f32(37, 6, 14, 14), 2),
+        "tanh_forward": (f32(37, 6, 28, 28), f32(37, 6, 28, 28)),
+        "tanh_backward": (f32(37, 6, 28, 28), f32(37, 6, 28, 28), f32(37, 6, 28, 28)),
+        "linear_forward": (f32(37, 84), f32(37, 120), f32(84, 120), f32(84)),
+        "linear_backward": (f32(37, 120), f32(84, 120), f32(84), f32(37, 84), f32(37, 120),
+                            f32(84, 120)),
+        "softmax_xent_forward": (f32(37), f32(37, 10), f32(37, 10), labels),
+        "softmax_xent_backward": (f32(37, 10), np.abs(f32(37, 10)), labels, np.float32(1.0)),
+        "adam_update": (f32(5001), f32(5001), np.abs(f32(5001)), f32(5001), *scalars),
+    }[name]
+
+
+def run_kernel(name, threads):
+    """Call a kernel on fresh copies of its arguments with a thread count; return them all."""
+    args = [a.copy() if isinstance(a, np.ndarray) else a for a in kernel_args(name)]
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        getattr(cpu, name)(*args)
+    finally:
+        numba.set_num_threads(previous)
+    return [a for a in args if isinstance(a, np.ndarray)]
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_bit_identical_across_calls_and_threads(name):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs at least 2 Numba threads to compare 1 against 2")
+    first, again, single = (run_kernel(name, t) for t in (2, 2, 1))
+    for a, b, c in zip(first, again, single, strict=True):
+        assert np.array_equal(a, b), f"{name}: two calls with 2 threads differ"
+        assert np.array_equal(a, c), f"{name}: 1 thread and 2 threads differ"
+
+
+# float64 arithmetic, conversions to double and calls returning double, in LLVM IR
+DOUBLE_MATH = re.compile(r"\b(fadd|fsub|fmul|fdiv|frem|fcmp)\b[^=]*\bdouble\b|\bfpext\b"
+                         r"|\bto double\b|= call [^@]*double @")
+
+
+def double_math_lines(dispatcher, args):
+    """Lines of float64 arithmetic in a kernel's compiled code, Python-call wrapper excluded."""
+    # cached kernels cannot be inspected, so compile the same Python function afresh
+    fresh = njit(**{**cpu._JIT, "cache": False})(dispatcher.py_func)
+    fresh(*args)
+    hits = []
+    for ir in fresh.inspect_llvm().values():
+        for function in re.split(r"\n(?=define )", ir):
+            # the wrapper unboxes Python scalars through PyFloat_AsDouble: not kernel maths
+            if function.startswith("define") and "cpython" not in function.split("(")[0]:
+                hits += [line.strip() for line in function.splitlines()
+                         if DOUBLE_MATH.search(line)]
+    return hits
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_no_float64_arithmetic(name):
+    hits = double_math_lines(getattr(cpu, name), kernel_args(name))
+    assert not hits, f"{name} computes in float64: {hits[:3]}"
+
+
+def test_float64_scan_catches_an_upcast():
+    # the classic slip: a Python float constant turns float32 maths into float64
+    @njit(parallel=True, cache=False)
+    def scale(out, inp):
+        for i in prange(inp.size):
+            out[i] = inp[i] * 0.1
+
+    x = np.ones(8, np.float32)
+    assert double_math_lines(scale, (np.empty_like(x), x))

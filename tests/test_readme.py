@@ -1,0 +1,22 @@
+"""The README's two commands are the ones that CI and users run."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands():
+    """The commands of the README's first code block, comments stripped."""
+    block = ROOT.joinpath("README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_opens_with_install_train_and_test_commands():
+    install_and_train, install_and_test = readme_commands()
+    assert install_and_train.endswith("python -m tinyconv.train")
+    assert '".[test]"' in install_and_test and install_and_test.endswith("python -m pytest")
+
+
+def test_ci_runs_the_readme_test_command():
+    ci_lines = ROOT.joinpath(".ci", "run").read_text().splitlines()
+    assert readme_commands()[1] in ci_lines

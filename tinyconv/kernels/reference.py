@@ -1,0 +1,116 @@
+"""Plain NumPy forward and backward of every op: the readable oracle for the fast kernels.
+
+Letters: N batch, C input channels, OC output channels, H/W input height and width,
+OH/OW output height and width, KH/KW kernel height and width, k pooling window,
+IN/OUT linear features, V classes.
+
+Unlike the kernels, these functions allocate and return their results, work in whatever float
+dtype they are given (float64 for the tests' tight checks) and favour clarity over speed.
+Every backward takes the upstream gradient `dout` and returns the gradients of its inputs.
+"""
+
+import numpy as np
+
+
+def conv2d_forward(inp, weight, bias):
+    """Cross-correlation, stride 1, no padding, as torch.nn.functional.conv2d."""
+    # inp (N,C,H,W), weight (OC,C,KH,KW), bias (OC,) -> out (N,OC,OH,OW), OH=H-KH+1, OW=W-KW+1
+    # https://pytorch.org/docs/stable/generated/torch.nn.Conv2d.html
+    N, C, H, W = inp.shape
+    OC, _, KH, KW = weight.shape
+    OH, OW = H - KH + 1, W - KW + 1
+    out = np.zeros((N, OC, OH, OW), dtype=inp.dtype) + bias[None, :, None, None]
+    # out[n,oc,i,j] = bias[oc] + sum over c, kh, kw of weight[oc,c,kh,kw] * inp[n,c,i+kh,j+kw]:
+    # one kernel tap at a time, the tap's window of the input summed over c.
+    for kh in range(KH):
+        for kw in range(KW):
+            window = inp[:, :, kh:kh + OH, kw:kw + OW]
+            out += np.einsum("nchw,oc->nohw", window, weight[:, :, kh, kw])
+    return out
+
+
+def conv2d_backward(dout, inp, weight):
+    """Gradients of conv2d_forward: returns (dinp, dweight, dbias)."""
+    # dout (N,OC,OH,OW), inp (N,C,H,W), weight (OC,C,KH,KW)
+    OC, C, KH, KW = weight.shape
+    OH, OW = dout.shape[2:]
+    dinp = np.zeros_like(inp)
+    dweight = np.zeros_like(weight)
+    for kh in range(KH):
+        for kw in range(KW):
+            window = (slice(None), slice(None), slice(kh, kh + OH), slice(kw, kw + OW))
+            # the tap's weight saw every pixel of its window, summed over the batch and positions
+            dweight[:, :, kh, kw] = np.einsum("nohw,nchw->oc", dout, inp[window])
+            # and each window pixel fed every output channel through this tap
+            dinp[window] += np.einsum("nohw,oc->nchw", dout, weight[:, :, kh, kw])
+    dbias = dout.sum(axis=(0, 2, 3))
+    return dinp, dweight, dbias
+
+
+def avgpool2d_forward(inp, k):
+    """Average over non-overlapping k x k windows, as torch.nn.functional.avg_pool2d(x, k)."""
+    # inp (N,C,H,W) with H, W divisible by k -> out (N,C,H/k,W/k)
+    N, C, H, W = inp.shape
+    return inp.reshape(N, C, H // k, k, W // k, k).mean(axis=(3, 5))
+
+
+def avgpool2d_backward(dout, k):
+    """Gradient of avgpool2d_forward: each input pixel gets 1/(k*k) of its window's gradient."""
+    # dout (N,C,OH,OW) -> dinp (N,C,OH*k,OW*k)
+    return np.repeat(np.repeat(dout, k, axis=2), k, axis=3) / (k * k)
+
+
+def tanh_forward(inp):
+    """Elementwise tanh."""
+    return np.tanh(inp)
+
+
+def tanh_backward(dout, out):
+    """Gradient of tanh from its saved output: d tanh(x)/dx = 1 - tanh(x)^2."""
+    return dout * (1 - out * out)
+
+
+def linear_forward(inp, weight, bias):
+    """y = x W^T + b with torch's (OUT, IN) weight layout, as torch.nn.functional.linear."""
+    # inp (N,IN), weight (OUT,IN), bias (OUT,) -> out (N,OUT)
+    return inp @ weight.T + bias
+
+
+def linear_backward(dout, inp, weight):
+    """Gradients of linear_forward: returns (dinp, dweight, dbias)."""
+    # dout (N,OUT), inp (N,IN), weight (OUT,IN)
+    return dout @ weight, dout.T @ inp, dout.sum(axis=0)
+
+
+def softmax_xent_forward(logits, labels):
+    """Mean cross-entropy of softmax(logits) against integer labels: returns (loss, probs)."""
+    # logits (N,V), labels (N,) ints in [0,V) -> loss scalar, probs (N,V)
+    # https://pytorch.org/docs/stable/generated/torch.nn.CrossEntropyLoss.html
+    # log-sum-exp with the row maximum taken out, so exp never overflows
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_sum = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_probs = shifted - log_sum
+    rows = np.arange(len(labels))
+    loss = -log_probs[rows, labels].mean()
+    return loss, np.exp(log_probs)
+
+
+def softmax_xent_backward(probs, labels, dloss=1.0):
+    """Gradient of the mean cross-entropy: dlogits = dloss * (probs - onehot(labels)) / N."""
+    # probs (N,V), labels (N,) -> dlogits (N,V)
+    onehot = np.zeros_like(probs)
+    onehot[np.arange(len(labels)), labels] = 1
+    return dloss * (probs - onehot) / len(labels)
+
+
+def adam_update(params, m, v, grads, lr, beta1, beta2, eps, weight_decay, step):
+    """One step of torch.optim.Adam (amsgrad off): returns the new (params, m, v)."""
+    # https://pytorch.org/docs/stable/generated/torch.optim.Adam.html
+    # step counts from 1; weight decay is L2, folded into the gradient (not AdamW's decoupling)
+    g = grads + weight_decay * params
+    m = m + (1 - beta1) * (g - m)             # first moment, torch's lerp
+    v = beta2 * v + (1 - beta2) * g * g       # second moment
+    step_size = lr / (1 - beta1**step)        # the first moment's bias correction
+    bias_correction2_sqrt = np.sqrt(1 - beta2**step)
+    denom = np.sqrt(v) / bias_correction2_sqrt + eps  # eps after the square root
+    return params - step_size * (m / denom), m, v
