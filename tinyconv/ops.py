@@ -8,7 +8,7 @@ contract: outputs, saved tensors, inputs, parameters, sizes.
 
 import numpy as np
 
-from tinyconv.kernels import cpu
+from tinyconv.kernels import adam_scalars, cpu
 
 
 def _array(op, name, arr, layout, dtype=np.float32):
@@ -179,8 +179,4 @@ def adam_update(params, m, v, grads, lr, beta1, beta2, eps, weight_decay, step):
         raise ValueError(f"{op}: params must be flat (P,), found shape {params.shape}")
     if not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"{op}: step must be an int >= 1 (steps count from 1), found {step!r}")
-    # the scalars in float64, as torch works them out from Python floats, then float32
-    f32 = np.float32
-    cpu.adam_update(params, m, v, grads, f32(lr / (1 - beta1**step)),
-                    f32((1 - beta2**step) ** 0.5), f32(1 - beta1), f32(beta2), f32(1 - beta2),
-                    f32(eps), f32(weight_decay))
+    cpu.adam_update(params, m, v, grads, *adam_scalars(lr, beta1, beta2, eps, weight_decay, step))

@@ -2,6 +2,8 @@
 
 import importlib
 
+import numpy as np
+
 KERNELS = (
     "conv2d_forward", "conv2d_backward",
     "avgpool2d_forward", "avgpool2d_backward",
@@ -18,3 +20,15 @@ def get_backend(name):
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
     return importlib.import_module(f"{__name__}.{name}")
+
+
+def adam_scalars(lr, beta1, beta2, eps, weight_decay, step):
+    """adam_update's scalar arguments after `step` steps (counted from 1), as float32.
+
+    They are worked out in float64 from Python floats, as torch.optim.Adam does, and only
+    then rounded, so the float32 kernels see the same coefficients torch's do.
+    """
+    step_size = lr / (1 - beta1**step)  # the first moment's bias correction folded into lr
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    return tuple(np.float32(s) for s in (step_size, bias_correction2_sqrt, 1 - beta1, beta2,
+                                         1 - beta2, eps, weight_decay))

@@ -1,0 +1,228 @@
+"""LeNet-5: parameters in one flat buffer, forward and backward as a walk over its layers.
+
+The layer list mirrors the `nn.Sequential` called `backbone` in the original report's PyTorch
+module, index for index, so parameter names (`backbone.0.weight`, ...) and shapes match a
+torch state_dict exactly. Activations are NCHW float32, allocated once per batch size.
+"""
+
+import numpy as np
+
+from tinyconv.kernels import get_backend
+
+# backbone index -> (layer kind, parameter shapes (weight, bias) or None)
+LAYERS = (
+    ("conv", ((6, 1, 5, 5), (6,))),       # 0: (N,1,32,32) -> (N,6,28,28)
+    ("tanh", None),                       # 1
+    ("pool", None),                       # 2: -> (N,6,14,14)
+    ("tanh", None),                       # 3
+    ("conv", ((16, 6, 5, 5), (16,))),     # 4: -> (N,16,10,10)
+    ("tanh", None),                       # 5
+    ("pool", None),                       # 6: -> (N,16,5,5)
+    ("tanh", None),                       # 7
+    ("conv", ((120, 16, 5, 5), (120,))),  # 8: -> (N,120,1,1)
+    ("tanh", None),                       # 9
+    ("flatten", None),                    # 10: -> (N,120)
+    ("linear", ((84, 120), (84,))),       # 11: -> (N,84)
+    ("tanh", None),                       # 12
+    ("linear", ((10, 84), (10,))),        # 13: -> (N,10) logits
+)
+INPUT_SHAPE = (1, 32, 32)
+CLASSES = 10
+POOL = 2
+
+PARAM_SHAPES = {
+    f"backbone.{index}.{kind}": shape
+    for index, (_, shapes) in enumerate(LAYERS) if shapes
+    for kind, shape in zip(("weight", "bias"), shapes, strict=True)
+}
+
+
+def _flat_views(flat):
+    """Named views into a flat buffer laid out in PARAM_SHAPES order."""
+    views, offset = {}, 0
+    for name, shape in PARAM_SHAPES.items():
+        size = int(np.prod(shape))
+        views[name] = flat[offset:offset + size].reshape(shape)
+        offset += size
+    return views
+
+
+PARAM_COUNT = sum(int(np.prod(shape)) for shape in PARAM_SHAPES.values())
+
+
+def _activation_shapes(batch):
+    """Shapes of the input and of every layer's output for a batch size."""
+    shapes = [(batch, *INPUT_SHAPE)]
+    for kind, params in LAYERS:
+        n, *rest = shapes[-1]
+        if kind == "conv":
+            (oc, _, kh, kw), _ = params
+            shapes.append((n, oc, rest[1] - kh + 1, rest[2] - kw + 1))
+        elif kind == "pool":
+            shapes.append((n, rest[0], rest[1] // POOL, rest[2] // POOL))
+        elif kind == "flatten":
+            shapes.append((n, int(np.prod(rest))))
+        elif kind == "linear":
+            shapes.append((n, params[0][0]))
+        else:  # tanh keeps the shape
+            shapes.append(shapes[-1])
+    return shapes
+
+
+class _Buffers:
+    """Every activation and activation gradient for one batch size, allocated once."""
+
+    def __init__(self, batch):
+        shapes = _activation_shapes(batch)
+        # acts[0] is the caller's input batch, set on each forward
+        self.acts = [None] + [np.empty(shape, np.float32) for shape in shapes[1:]]
+        self.dacts = [np.empty(shape, np.float32) for shape in shapes]
+        for index, (kind, _) in enumerate(LAYERS):
+            if kind == "flatten":  # a reshape: the output is a view of the input, both ways
+                self.acts[index + 1] = self.acts[index].reshape(shapes[index + 1])
+                self.dacts[index + 1] = self.dacts[index].reshape(shapes[index + 1])
+        self.losses = np.empty(batch, np.float32)
+        self.probs = np.empty((batch, CLASSES), np.float32)
+
+
+class LeNet5:
+    """LeNet-5 as in the original report, trained with tinyconv's kernels."""
+
+    def __init__(self, seed=0, device="cpu"):
+        self.device = device
+        self.kernels = get_backend(device)
+        self.flat_params = np.empty(PARAM_COUNT, np.float32)
+        self.flat_grads = np.zeros(PARAM_COUNT, np.float32)
+        self.params = _flat_views(self.flat_params)
+        self.grads = _flat_views(self.flat_grads)
+        self._buffers = {}
+        rng = np.random.default_rng(seed)
+        # torch's default for Conv2d and Linear: weight and bias uniform in +-1/sqrt(fan_in)
+        for index, (_, shapes) in enumerate(LAYERS):
+            if shapes:
+                bound = 1.0 / np.sqrt(np.prod(shapes[0][1:]))
+                for kind in ("weight", "bias"):
+                    view = self.params[f"backbone.{index}.{kind}"]
+                    view[...] = rng.uniform(-bound, bound, view.shape)
+
+    # ---- parameters
+
+    def state_dict(self):
+        """A copy of the parameters: {name: float32 array}, named and shaped as torch's."""
+        return {name: view.copy() for name, view in self.params.items()}
+
+    def load_state_dict(self, state):
+        """Copy parameters in from a {name: array} mapping with exactly LeNet-5's names."""
+        missing = [name for name in PARAM_SHAPES if name not in state]
+        unexpected = [name for name in state if name not in PARAM_SHAPES]
+        if missing or unexpected:
+            raise ValueError(f"load_state_dict: expected the keys {list(PARAM_SHAPES)}; "
+                             f"missing {missing}, unexpected {unexpected}")
+        for name, shape in PARAM_SHAPES.items():
+            value = np.asarray(state[name])
+            if value.shape != shape:
+                raise ValueError(f"load_state_dict: {name} must have shape {shape}, "
+                                 f"found {value.shape}")
+            if value.dtype.kind != "f":
+                raise ValueError(f"load_state_dict: {name} must hold floats, "
+                                 f"found {value.dtype.name}")
+        for name in PARAM_SHAPES:
+            self.params[name][...] = state[name]
+
+    def flatten_grads(self, grads):
+        """The flat gradient buffer for a {name: array} mapping, copying only if it is foreign."""
+        if all(grads.get(name) is view for name, view in self.grads.items()):
+            return self.flat_grads
+        flat = np.empty(PARAM_COUNT, np.float32)
+        views = _flat_views(flat)
+        for name, shape in PARAM_SHAPES.items():
+            if name not in grads or np.shape(grads[name]) != shape:
+                raise ValueError(f"gradient {name}: expected shape {shape}, found "
+                                 f"{np.shape(grads[name]) if name in grads else 'nothing'}")
+            views[name][...] = grads[name]
+        return flat
+
+    # ---- forward and backward
+
+    def _check_input(self, x):
+        if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[1:] != INPUT_SHAPE:
+            found = x.shape if isinstance(x, np.ndarray) else type(x).__name__
+            raise ValueError(f"LeNet5: x must be an array (N, 1, 32, 32), found {found}")
+        if x.shape[0] == 0:
+            raise ValueError("LeNet5: x must hold at least one image, found an empty batch")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _run_forward(self, x):
+        """Fill the batch size's activation buffers; returns them (logits last)."""
+        batch = x.shape[0]
+        if batch not in self._buffers:
+            self._buffers[batch] = _Buffers(batch)
+        buf = self._buffers[batch]
+        buf.acts[0] = x
+        k = self.kernels
+        for index, (kind, _) in enumerate(LAYERS):
+            inp, out = buf.acts[index], buf.acts[index + 1]
+            if kind == "conv":
+                k.conv2d_forward(out, inp, *self._layer_params(index))
+            elif kind == "linear":
+                k.linear_forward(out, inp, *self._layer_params(index))
+            elif kind == "tanh":
+                k.tanh_forward(out, inp)
+            elif kind == "pool":
+                k.avgpool2d_forward(out, inp, POOL)
+            # flatten: out is already a view of inp
+        return buf
+
+    def _layer_params(self, index):
+        return self.params[f"backbone.{index}.weight"], self.params[f"backbone.{index}.bias"]
+
+    def _layer_grads(self, index):
+        return self.grads[f"backbone.{index}.weight"], self.grads[f"backbone.{index}.bias"]
+
+    def forward(self, x):
+        """Logits (N, 10) for a float32 batch (N, 1, 32, 32)."""
+        return self._run_forward(self._check_input(x)).acts[-1].copy()
+
+    def loss(self, x, y):
+        """Mean cross-entropy and the logits (N, 10), without gradients."""
+        x, y = self._check_input(x), self._check_labels(y, len(x))
+        buf = self._run_forward(x)
+        self.kernels.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], y)
+        return float(buf.losses.mean()), buf.acts[-1].copy()
+
+    def _check_labels(self, y, batch):
+        y = np.asarray(y)
+        if y.shape != (batch,) or y.dtype.kind not in "iu":
+            raise ValueError(f"LeNet5: y must be {batch} integer labels, found "
+                             f"{y.dtype.name} array of shape {y.shape}")
+        if batch and (y.min() < 0 or y.max() >= CLASSES):
+            raise ValueError(f"LeNet5: labels must lie in [0, {CLASSES}), found "
+                             f"{y[(y < 0) | (y >= CLASSES)][0]}")
+        return np.ascontiguousarray(y, dtype=np.int64)
+
+    def loss_and_grads(self, x, y):
+        """Mean cross-entropy of a batch and its gradients, keyed like state_dict().
+
+        The gradients are views into the model's flat gradient buffer, overwritten by the
+        next call: copy them to keep them.
+        """
+        x, y = self._check_input(x), self._check_labels(y, len(x))
+        buf = self._run_forward(x)
+        k = self.kernels
+        k.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], y)
+        k.softmax_xent_backward(buf.dacts[-1], buf.probs, y, np.float32(1.0))
+        for index in reversed(range(len(LAYERS))):
+            kind = LAYERS[index][0]
+            dinp, dout = buf.dacts[index], buf.dacts[index + 1]
+            if kind == "conv":
+                k.conv2d_backward(dinp, *self._layer_grads(index), dout, buf.acts[index],
+                                  self.params[f"backbone.{index}.weight"])
+            elif kind == "linear":
+                k.linear_backward(dinp, *self._layer_grads(index), dout, buf.acts[index],
+                                  self.params[f"backbone.{index}.weight"])
+            elif kind == "tanh":
+                k.tanh_backward(dinp, buf.acts[index + 1], dout)
+            elif kind == "pool":
+                k.avgpool2d_backward(dinp, dout, POOL)
+            # flatten: dinp is already a view of dout
+        return float(buf.losses.mean()), self.grads
