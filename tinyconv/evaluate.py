@@ -1,0 +1,106 @@
+"""Evaluate a checkpoint on the 10,000 MNIST test images: python -m tinyconv.evaluate CKPT.
+
+Prints the accuracy, the per-class accuracy and the confusion matrix (rows: true digit,
+columns: predicted digit); --json prints the same as one JSON object for machines.
+"""
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from tinyconv.checkpoint import CheckpointError
+from tinyconv.data import DataError, iterate_batches, load_mnist
+from tinyconv.model import CLASSES
+
+DEFAULTS = {"batch_size": 1000}
+
+
+def evaluate(model, images, labels, resize, normalize, batch_size=DEFAULTS["batch_size"]):
+    """Mean loss, accuracy, predictions and confusion matrix of a model on uint8 images."""
+    predictions = np.empty(len(labels), np.int64)
+    loss_sum, start = 0.0, 0
+    batches = iterate_batches(images, labels, batch_size, shuffle=False, resize=resize,
+                              normalize=normalize)
+    for x, y in batches:
+        loss, logits = model.loss(x, y)
+        loss_sum += loss * len(y)
+        predictions[start:start + len(y)] = logits.argmax(axis=1)
+        start += len(y)
+    confusion = np.zeros((CLASSES, CLASSES), np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    return {"loss": loss_sum / len(labels), "accuracy": float(np.mean(predictions == labels)),
+            "predictions": predictions, "confusion": confusion}
+
+
+def per_class_accuracy(confusion):
+    """Fraction of each true class predicted correctly (NaN for a class with no samples)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.diag(confusion) / confusion.sum(axis=1)
+
+
+def format_report(result, checkpoint_path, count):
+    """The human-readable report: accuracy, per-class accuracy, confusion matrix."""
+    confusion = result["confusion"]
+    lines = [f"checkpoint {checkpoint_path}",
+             f"test images {count}   loss {result['loss']:.4f}   "
+             f"accuracy {100 * result['accuracy']:.2f}% "
+             f"({int(np.trace(confusion))}/{count})",
+             "",
+             "class  accuracy  count"]
+    for digit, acc in enumerate(per_class_accuracy(confusion)):
+        lines.append(f"{digit:>5}  {100 * acc:>7.2f}%  {confusion[digit].sum():>5}")
+    lines += ["", "confusion matrix (rows: true, columns: predicted)",
+              "true " + "".join(f"{p:>6}" for p in range(CLASSES))]
+    for digit, row in enumerate(confusion):
+        lines.append(f"{digit:>4} " + "".join(f"{c:>6}" for c in row))
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m tinyconv.evaluate",
+        description="Evaluate a tinyconv checkpoint (e.g. runs/NAME/best.npz) on the MNIST "
+                    "test set: accuracy, per-class accuracy and the confusion matrix.")
+    parser.add_argument("checkpoint", help="a .npz checkpoint written by python -m tinyconv.train")
+    parser.add_argument("--data-dir", help="directory holding the MNIST files "
+                        "(default: TINYCONV_DATA, the bundled data/mnist, then the cache)")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="evaluate the first N test images only")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],
+                        help="images per forward pass (default %(default)s)")
+    parser.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from tinyconv.train import load_run, set_threads  # the training module owns the format
+
+    try:
+        set_threads(args.threads)
+        model, _, _, header = load_run(args.checkpoint)
+        config = header["config"]
+        images, labels = load_mnist("test", args.data_dir)
+    except (CheckpointError, DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    images, labels = images[:args.limit], labels[:args.limit]
+    result = evaluate(model, images, labels, config["resize"], config["normalize"],
+                      args.batch_size)
+    if args.json:
+        confusion = result["confusion"]
+        print(json.dumps({"checkpoint": str(args.checkpoint), "epoch": header["epoch"],
+                          "count": len(labels), "loss": result["loss"],
+                          "accuracy": result["accuracy"],
+                          "per_class_accuracy": per_class_accuracy(confusion).tolist(),
+                          "confusion": confusion.tolist()}))
+    else:
+        print(format_report(result, args.checkpoint, len(labels)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
