@@ -1,1 +1,7 @@
 """tinyconv: LeNet-5 on MNIST with hand-written NumPy/Numba kernels, checked against torch."""
+
+from tinyconv.data import DataError, iterate_batches, load_mnist
+from tinyconv.model import LeNet5
+from tinyconv.optim import Adam, StepLR
+
+__all__ = ["Adam", "DataError", "LeNet5", "StepLR", "iterate_batches", "load_mnist"]
