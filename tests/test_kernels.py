@@ -1,4 +1,4 @@
-"""Properties of the compiled kernels themselves: float32 only, deterministic, thread-count-free."""
+"""Properties of the compiled kernels: float32 only, deterministic, free of the thread count."""
 
 import re
 

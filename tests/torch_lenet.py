@@ -1,6 +1,5 @@
 """The original report's PyTorch LeNet5, the yardstick for tinyconv's model (tests only)."""
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -28,5 +27,5 @@ class LeNet5(nn.Module):
 def torch_copy(model):
     """A torch LeNet5 holding a tinyconv model's current parameters."""
     module = LeNet5()
-    module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     return module

@@ -4,6 +4,9 @@ Layout inside the .npz (np.load with allow_pickle=False reads it; nothing in it 
   "__header__"        uint8 bytes of a UTF-8 JSON object: format, version, and whatever the
                       caller stores (epoch, optimizer and schedule settings, config, ...)
   "<name>"            float32 arrays: parameters as "model/backbone.0.weight", Adam moments...
+
+save/load handle any such file; save_run/load_run store and restore a whole training run
+(model, Adam, schedule) in it.
 """
 
 import json
@@ -13,6 +16,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from tinyconv.model import PARAM_SHAPES, LeNet5
+from tinyconv.optim import Adam, StepLR
 
 FORMAT = "tinyconv-checkpoint"
 VERSION = 1
@@ -85,3 +91,32 @@ def load(path):
         raise CheckpointError(f"{path}: checkpoint version {header.get('version')}, this "
                               f"tinyconv reads version {VERSION}")
     return arrays, header
+
+
+# ---- a training run: model, Adam and schedule in one checkpoint
+
+
+def save_run(path, model, opt, sched, header):
+    """Write model, Adam and schedule state plus header fields to path, atomically."""
+    adam = opt.state_dict()
+    arrays = {f"model/{name}": value for name, value in model.state_dict().items()}
+    arrays["adam/m"], arrays["adam/v"] = adam.pop("m"), adam.pop("v")
+    save(path, arrays, {**header, "adam": adam, "schedule": sched.state_dict()})
+
+
+def load_run(path):
+    """Read a run checkpoint: returns (model, optimizer, schedule, header)."""
+    arrays, header = load(path)
+    try:
+        config = header["config"]
+        model = LeNet5(seed=config["seed"])
+        model.load_state_dict({name: arrays[f"model/{name}"] for name in PARAM_SHAPES})
+        opt = Adam(model)
+        opt.load_state_dict({**header["adam"], "m": arrays["adam/m"], "v": arrays["adam/v"]})
+        sched = StepLR(opt, config["lr_step"], config["lr_gamma"])
+        sched.load_state_dict(header["schedule"])
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: incomplete tinyconv checkpoint, missing {exc}") from exc
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    return model, opt, sched, header

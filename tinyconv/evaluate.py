@@ -10,8 +10,9 @@ import sys
 
 import numpy as np
 
-from tinyconv.checkpoint import CheckpointError
+from tinyconv.checkpoint import CheckpointError, load_run
 from tinyconv.data import DataError, iterate_batches, load_mnist
+from tinyconv.kernels import set_threads
 from tinyconv.model import CLASSES
 
 DEFAULTS = {"batch_size": 1000}
@@ -77,8 +78,6 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    from tinyconv.train import load_run, set_threads  # the training module owns the format
-
     try:
         set_threads(args.threads)
         model, _, _, header = load_run(args.checkpoint)

@@ -13,15 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-import numba
 import numpy as np
 from tqdm import tqdm
 
 from tinyconv import checkpoint
-from tinyconv.checkpoint import CheckpointError
+from tinyconv.checkpoint import CheckpointError, load_run, save_run
 from tinyconv.data import DataError, iterate_batches, load_mnist, num_batches
 from tinyconv.evaluate import evaluate
-from tinyconv.model import PARAM_SHAPES, LeNet5
+from tinyconv.kernels import set_threads
+from tinyconv.model import LeNet5
 from tinyconv.optim import Adam, StepLR
 
 RECIPES = {
@@ -43,46 +43,6 @@ RESUME_OVERRIDABLE = ("epochs", "threads", "data_dir", "quiet")
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss); the message says where and what is kept."""
-
-
-def set_threads(threads):
-    """Use that many Numba threads (None: leave Numba's default, all cores)."""
-    if threads is None:
-        return
-    limit = numba.config.NUMBA_NUM_THREADS
-    if not 1 <= threads <= limit:
-        raise ValueError(f"--threads must lie between 1 and {limit} (NUMBA_NUM_THREADS), "
-                         f"found {threads}")
-    numba.set_num_threads(threads)
-
-
-# ---- checkpoints of a run
-
-
-def save_run(path, model, opt, sched, header):
-    """Write model, Adam and schedule state plus header fields to path, atomically."""
-    adam = opt.state_dict()
-    arrays = {f"model/{name}": value for name, value in model.state_dict().items()}
-    arrays["adam/m"], arrays["adam/v"] = adam.pop("m"), adam.pop("v")
-    checkpoint.save(path, arrays, {**header, "adam": adam, "schedule": sched.state_dict()})
-
-
-def load_run(path):
-    """Read a run checkpoint: returns (model, optimizer, schedule, header)."""
-    arrays, header = checkpoint.load(path)
-    try:
-        config = header["config"]
-        model = LeNet5(seed=config["seed"])
-        model.load_state_dict({name: arrays[f"model/{name}"] for name in PARAM_SHAPES})
-        opt = Adam(model)
-        opt.load_state_dict({**header["adam"], "m": arrays["adam/m"], "v": arrays["adam/v"]})
-        sched = StepLR(opt, config["lr_step"], config["lr_gamma"])
-        sched.load_state_dict(header["schedule"])
-    except KeyError as exc:
-        raise CheckpointError(f"{path}: incomplete tinyconv checkpoint, missing {exc}") from exc
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
-    return model, opt, sched, header
 
 
 # ---- the training loop

@@ -2,6 +2,7 @@
 
 import importlib
 
+import numba
 import numpy as np
 
 KERNELS = (
@@ -32,3 +33,14 @@ def adam_scalars(lr, beta1, beta2, eps, weight_decay, step):
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5
     return tuple(np.float32(s) for s in (step_size, bias_correction2_sqrt, 1 - beta1, beta2,
                                          1 - beta2, eps, weight_decay))
+
+
+def set_threads(threads):
+    """Use that many Numba threads (None: leave Numba's default, all cores)."""
+    if threads is None:
+        return
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= threads <= limit:
+        raise ValueError(f"--threads must lie between 1 and {limit} (NUMBA_NUM_THREADS), "
+                         f"found {threads}")
+    numba.set_num_threads(threads)
