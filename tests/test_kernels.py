@@ -11,7 +11,8 @@ from tinyconv.kernels import KERNELS, cpu
 
 
 def kernel_args(name, seed=0):
-    """Random float32 arguments for one call of a kernel, at shapes that split across threads."""
+    """Random float32 arguments for one kernel call (batch-last), at shapes that split across
+    threads."""
     rng = np.random.default_rng(seed)
 
     def f32(*shape):
@@ -20,18 +21,18 @@ def kernel_args(name, seed=0):
     labels = rng.integers(0, 10, size=37).astype(np.int64)
     scalars = [np.float32(s) for s in (0.01, 0.9, 0.1, 0.999, 0.001, 1e-8, 0.01)]
     return {
-        "conv2d_forward": (f32(37, 16, 10, 10), f32(37, 6, 14, 14), f32(16, 6, 5, 5), f32(16)),
-        "conv2d_backward": (f32(37, 6, 14, 14), f32(16, 6, 5, 5), f32(16), f32(37, 16, 10, 10),
-                            f32(37, 6, 14, 14), f32(16, 6, 5, 5)),
-        "avgpool2d_forward": (f32(37, 6, 14, 14), f32(37, 6, 28, 28), 2),
-        "avgpool2d_backward": (f32(37, 6, 28, 28), f32(37, 6, 14, 14), 2),
+        "conv2d_forward": (f32(16, 10, 10, 37), f32(6, 14, 14, 37), f32(16, 6, 5, 5), f32(16)),
+        "conv2d_backward": (f32(6, 14, 14, 37), f32(16, 6, 5, 5), f32(16), f32(16, 10, 10, 37),
+                            f32(6, 14, 14, 37), f32(16, 6, 5, 5)),
+        "avgpool2d_forward": (f32(6, 14, 14, 37), f32(6, 28, 28, 37), 2),
+        "avgpool2d_backward": (f32(6, 28, 28, 37), f32(6, 14, 14, 37), 2),
         "tanh_forward": (f32(37, 6, 28, 28), f32(37, 6, 28, 28)),
         "tanh_backward": (f32(37, 6, 28, 28), f32(37, 6, 28, 28), f32(37, 6, 28, 28)),
-        "linear_forward": (f32(37, 84), f32(37, 120), f32(84, 120), f32(84)),
-        "linear_backward": (f32(37, 120), f32(84, 120), f32(84), f32(37, 84), f32(37, 120),
+        "linear_forward": (f32(84, 37), f32(120, 37), f32(84, 120), f32(84)),
+        "linear_backward": (f32(120, 37), f32(84, 120), f32(84), f32(84, 37), f32(120, 37),
                             f32(84, 120)),
-        "softmax_xent_forward": (f32(37), f32(37, 10), f32(37, 10), labels),
-        "softmax_xent_backward": (f32(37, 10), np.abs(f32(37, 10)), labels, np.float32(1.0)),
+        "softmax_xent_forward": (f32(37), f32(10, 37), f32(10, 37), labels),
+        "softmax_xent_backward": (f32(10, 37), np.abs(f32(10, 37)), labels, np.float32(1.0)),
         "adam_update": (f32(5001), f32(5001), np.abs(f32(5001)), f32(5001), *scalars),
     }[name]
 

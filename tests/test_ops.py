@@ -2,7 +2,8 @@
 
 One checker (check_op) runs an op three ways on the same seeded inputs and the same random
 upstream gradient (torch autograd, tinyconv.kernels.reference, the validated kernels in
-tinyconv.ops) and compares the forward output and every gradient by name.
+tinyconv.ops) and compares the forward output and every gradient by name. Cases are written
+batch-first as torch takes them; the kernel adapters move the batch axis last and back.
 """
 
 import numpy as np
@@ -53,6 +54,28 @@ def _empty(shape):
     return np.empty(shape, np.float32)
 
 
+def batch_last(a):
+    """(N, ...) -> (..., N), contiguous: the kernels' layout."""
+    return np.ascontiguousarray(np.moveaxis(a, 0, -1))
+
+
+def batch_first(a):
+    """(..., N) -> (N, ...): back to torch's layout for comparison."""
+    return np.moveaxis(a, -1, 0)
+
+
+def _run_batch_last(forward, backward, inputs, dout, params=(), sizes=()):
+    """Run a kernel pair on batch-last copies of inp and dout; results batch-first again."""
+    inp, dout = batch_last(inputs["inp"]), batch_last(dout)
+    params = [inputs[name] for name in params]
+    out, dinp = _empty(dout.shape), _empty(inp.shape)
+    dparams = [_empty(p.shape) for p in params]
+    saved = (inp, params[0]) if params else ()  # a layer with weights needs inp and weight
+    forward(out, inp, *params, *sizes)
+    backward(dinp, *dparams, dout, *saved, *sizes)
+    return out, dinp, dparams
+
+
 class Conv2d:
     grads = ("inp", "weight", "bias")
 
@@ -68,12 +91,10 @@ class Conv2d:
 
     @staticmethod
     def kernel(inputs, dout):
-        inp, weight, bias = inputs["inp"], inputs["weight"], inputs["bias"]
-        res = {"out": _empty(dout.shape), "dinp": _empty(inp.shape),
-               "dweight": _empty(weight.shape), "dbias": _empty(bias.shape)}
-        ops.conv2d_forward(res["out"], inp, weight, bias)
-        ops.conv2d_backward(res["dinp"], res["dweight"], res["dbias"], dout, inp, weight)
-        return res
+        out, dinp, (dweight, dbias) = _run_batch_last(
+            ops.conv2d_forward, ops.conv2d_backward, inputs, dout, params=("weight", "bias"))
+        return {"out": batch_first(out), "dinp": batch_first(dinp), "dweight": dweight,
+                "dbias": dbias}
 
 
 class AvgPool2d:
@@ -89,11 +110,9 @@ class AvgPool2d:
 
     @staticmethod
     def kernel(inputs, dout):
-        inp, k = inputs["inp"], inputs["k"]
-        res = {"out": _empty(dout.shape), "dinp": _empty(inp.shape)}
-        ops.avgpool2d_forward(res["out"], inp, k)
-        ops.avgpool2d_backward(res["dinp"], dout, k)
-        return res
+        out, dinp, _ = _run_batch_last(ops.avgpool2d_forward, ops.avgpool2d_backward, inputs,
+                                       dout, sizes=(inputs["k"],))
+        return {"out": batch_first(out), "dinp": batch_first(dinp)}
 
 
 class Tanh:
@@ -129,12 +148,10 @@ class Linear:
 
     @staticmethod
     def kernel(inputs, dout):
-        inp, weight, bias = inputs["inp"], inputs["weight"], inputs["bias"]
-        res = {"out": _empty(dout.shape), "dinp": _empty(inp.shape),
-               "dweight": _empty(weight.shape), "dbias": _empty(bias.shape)}
-        ops.linear_forward(res["out"], inp, weight, bias)
-        ops.linear_backward(res["dinp"], res["dweight"], res["dbias"], dout, inp, weight)
-        return res
+        out, dinp, (dweight, dbias) = _run_batch_last(
+            ops.linear_forward, ops.linear_backward, inputs, dout, params=("weight", "bias"))
+        return {"out": batch_first(out), "dinp": batch_first(dinp), "dweight": dweight,
+                "dbias": dbias}
 
 
 class SoftmaxXent:
@@ -150,11 +167,11 @@ class SoftmaxXent:
 
     @staticmethod
     def kernel(inputs, dout):
-        logits, labels = inputs["logits"], inputs["labels"]
+        logits, labels = batch_last(inputs["logits"]), inputs["labels"]
         losses, probs, dlogits = _empty(len(labels)), _empty(logits.shape), _empty(logits.shape)
         loss = ops.softmax_xent_forward(losses, probs, logits, labels)
         ops.softmax_xent_backward(dlogits, probs, labels, float(dout))
-        return {"out": np.float32(loss), "dlogits": dlogits}
+        return {"out": np.float32(loss), "dlogits": batch_first(dlogits)}
 
 
 # ---- shapes: LeNet-5's at batch 128, then the odd ones the kernels must also get right

@@ -2,7 +2,9 @@
 
 The layer list mirrors the `nn.Sequential` called `backbone` in the original report's PyTorch
 module, index for index, so parameter names (`backbone.0.weight`, ...) and shapes match a
-torch state_dict exactly. Activations are NCHW float32, allocated once per batch size.
+torch state_dict exactly. The public methods take NCHW batches and return (N, 10) logits, as
+torch does; inside, activations are batch-last float32 ((C,H,W,N), then (features, N)), the
+layout the kernels are fast in, allocated once per batch size.
 """
 
 import numpy as np
@@ -11,20 +13,20 @@ from tinyconv.kernels import get_backend
 
 # backbone index -> (layer kind, parameter shapes (weight, bias) or None)
 LAYERS = (
-    ("conv", ((6, 1, 5, 5), (6,))),       # 0: (N,1,32,32) -> (N,6,28,28)
+    ("conv", ((6, 1, 5, 5), (6,))),       # 0: (1,32,32,N) -> (6,28,28,N)
     ("tanh", None),                       # 1
-    ("pool", None),                       # 2: -> (N,6,14,14)
+    ("pool", None),                       # 2: -> (6,14,14,N)
     ("tanh", None),                       # 3
-    ("conv", ((16, 6, 5, 5), (16,))),     # 4: -> (N,16,10,10)
+    ("conv", ((16, 6, 5, 5), (16,))),     # 4: -> (16,10,10,N)
     ("tanh", None),                       # 5
-    ("pool", None),                       # 6: -> (N,16,5,5)
+    ("pool", None),                       # 6: -> (16,5,5,N)
     ("tanh", None),                       # 7
-    ("conv", ((120, 16, 5, 5), (120,))),  # 8: -> (N,120,1,1)
+    ("conv", ((120, 16, 5, 5), (120,))),  # 8: -> (120,1,1,N)
     ("tanh", None),                       # 9
-    ("flatten", None),                    # 10: -> (N,120)
-    ("linear", ((84, 120), (84,))),       # 11: -> (N,84)
+    ("flatten", None),                    # 10: -> (120,N), features in torch's (c,h,w) order
+    ("linear", ((84, 120), (84,))),       # 11: -> (84,N)
     ("tanh", None),                       # 12
-    ("linear", ((10, 84), (10,))),        # 13: -> (N,10) logits
+    ("linear", ((10, 84), (10,))),        # 13: -> (10,N) logits
 )
 INPUT_SHAPE = (1, 32, 32)
 CLASSES = 10
@@ -51,19 +53,19 @@ PARAM_COUNT = sum(int(np.prod(shape)) for shape in PARAM_SHAPES.values())
 
 
 def _activation_shapes(batch):
-    """Shapes of the input and of every layer's output for a batch size."""
-    shapes = [(batch, *INPUT_SHAPE)]
+    """Batch-last shapes of the input and of every layer's output for a batch size."""
+    shapes = [(*INPUT_SHAPE, batch)]
     for kind, params in LAYERS:
-        n, *rest = shapes[-1]
+        *rest, n = shapes[-1]
         if kind == "conv":
             (oc, _, kh, kw), _ = params
-            shapes.append((n, oc, rest[1] - kh + 1, rest[2] - kw + 1))
+            shapes.append((oc, rest[1] - kh + 1, rest[2] - kw + 1, n))
         elif kind == "pool":
-            shapes.append((n, rest[0], rest[1] // POOL, rest[2] // POOL))
+            shapes.append((rest[0], rest[1] // POOL, rest[2] // POOL, n))
         elif kind == "flatten":
-            shapes.append((n, int(np.prod(rest))))
+            shapes.append((int(np.prod(rest)), n))
         elif kind == "linear":
-            shapes.append((n, params[0][0]))
+            shapes.append((params[0][0], n))
         else:  # tanh keeps the shape
             shapes.append(shapes[-1])
     return shapes
@@ -74,15 +76,14 @@ class _Buffers:
 
     def __init__(self, batch):
         shapes = _activation_shapes(batch)
-        # acts[0] is the caller's input batch, set on each forward
-        self.acts = [None] + [np.empty(shape, np.float32) for shape in shapes[1:]]
+        self.acts = [np.empty(shape, np.float32) for shape in shapes]
         self.dacts = [np.empty(shape, np.float32) for shape in shapes]
         for index, (kind, _) in enumerate(LAYERS):
             if kind == "flatten":  # a reshape: the output is a view of the input, both ways
                 self.acts[index + 1] = self.acts[index].reshape(shapes[index + 1])
                 self.dacts[index + 1] = self.dacts[index].reshape(shapes[index + 1])
         self.losses = np.empty(batch, np.float32)
-        self.probs = np.empty((batch, CLASSES), np.float32)
+        self.probs = np.empty((CLASSES, batch), np.float32)
 
 
 class LeNet5:
@@ -150,15 +151,15 @@ class LeNet5:
             raise ValueError(f"LeNet5: x must be an array (N, 1, 32, 32), found {found}")
         if x.shape[0] == 0:
             raise ValueError("LeNet5: x must hold at least one image, found an empty batch")
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return x
 
     def _run_forward(self, x):
-        """Fill the batch size's activation buffers; returns them (logits last)."""
+        """Fill the batch size's activation buffers from NCHW x; returns them (logits last)."""
         batch = x.shape[0]
         if batch not in self._buffers:
             self._buffers[batch] = _Buffers(batch)
         buf = self._buffers[batch]
-        buf.acts[0] = x
+        buf.acts[0][...] = np.moveaxis(x, 0, -1)  # (N,1,32,32) -> (1,32,32,N), cast to float32
         k = self.kernels
         for index, (kind, _) in enumerate(LAYERS):
             inp, out = buf.acts[index], buf.acts[index + 1]
@@ -181,14 +182,14 @@ class LeNet5:
 
     def forward(self, x):
         """Logits (N, 10) for a float32 batch (N, 1, 32, 32)."""
-        return self._run_forward(self._check_input(x)).acts[-1].copy()
+        return self._run_forward(self._check_input(x)).acts[-1].T.copy()
 
     def loss(self, x, y):
         """Mean cross-entropy and the logits (N, 10), without gradients."""
         x, y = self._check_input(x), self._check_labels(y, len(x))
         buf = self._run_forward(x)
         self.kernels.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], y)
-        return float(buf.losses.mean()), buf.acts[-1].copy()
+        return float(buf.losses.mean()), buf.acts[-1].T.copy()
 
     def _check_labels(self, y, batch):
         y = np.asarray(y)

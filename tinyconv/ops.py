@@ -3,7 +3,8 @@
 The kernels trust their arguments (a wrong shape there reads out of bounds); these wrappers
 check rank, shape agreement, dtype, contiguity and label range, and raise a ValueError that
 names the op, the argument, what was expected and what was found. Arguments follow the kernel
-contract: outputs, saved tensors, inputs, parameters, sizes.
+contract: outputs, saved tensors, inputs, parameters, sizes; activations are batch-last, as
+the kernels take them: images (C,H,W,N), features (IN,N), logits (V,N).
 """
 
 import numpy as np
@@ -45,7 +46,7 @@ def _labels(op, labels, n, classes):
 
 
 def _conv_shapes(op, inp, weight):
-    N, C, H, W = _array(op, "inp", inp, ("N", "C", "H", "W"))
+    C, H, W, N = _array(op, "inp", inp, ("C", "H", "W", "N"))
     OC, WC, KH, KW = _array(op, "weight", weight, ("OC", "C", "KH", "KW"))
     if WC != C:
         raise ValueError(f"{op}: weight must have C = {C} input channels to match inp "
@@ -61,7 +62,7 @@ def conv2d_forward(out, inp, weight, bias):
     op = "conv2d_forward"
     N, C, H, W, OC, KH, KW = _conv_shapes(op, inp, weight)
     _shape(op, "bias", bias, (OC,), ("OC",))
-    _shape(op, "out", out, (N, OC, H - KH + 1, W - KW + 1), ("N", "OC", "OH", "OW"))
+    _shape(op, "out", out, (OC, H - KH + 1, W - KW + 1, N), ("OC", "OH", "OW", "N"))
     cpu.conv2d_forward(out, inp, weight, bias)
 
 
@@ -69,34 +70,34 @@ def conv2d_backward(dinp, dweight, dbias, dout, inp, weight):
     """Overwrite dinp, dweight, dbias with the gradients of conv2d_forward."""
     op = "conv2d_backward"
     N, C, H, W, OC, KH, KW = _conv_shapes(op, inp, weight)
-    _shape(op, "dout", dout, (N, OC, H - KH + 1, W - KW + 1), ("N", "OC", "OH", "OW"))
-    _shape(op, "dinp", dinp, inp.shape, ("N", "C", "H", "W"))
+    _shape(op, "dout", dout, (OC, H - KH + 1, W - KW + 1, N), ("OC", "OH", "OW", "N"))
+    _shape(op, "dinp", dinp, inp.shape, ("C", "H", "W", "N"))
     _shape(op, "dweight", dweight, weight.shape, ("OC", "C", "KH", "KW"))
     _shape(op, "dbias", dbias, (OC,), ("OC",))
     cpu.conv2d_backward(dinp, dweight, dbias, dout, inp, weight)
 
 
 def _pool_shapes(op, inp_name, inp, k):
-    N, C, H, W = _array(op, inp_name, inp, ("N", "C", "H", "W"))
+    C, H, W, N = _array(op, inp_name, inp, ("C", "H", "W", "N"))
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"{op}: k must be a positive int, found {k!r}")
     if H % k or W % k:
         raise ValueError(f"{op}: {inp_name} height and width must be divisible by k = {k}, "
                          f"found (H, W) = ({H}, {W})")
-    return N, C, H // k, W // k
+    return C, H // k, W // k, N
 
 
 def avgpool2d_forward(out, inp, k):
     """Mean over non-overlapping k x k windows (torch.nn.functional.avg_pool2d(x, k))."""
     op = "avgpool2d_forward"
-    _shape(op, "out", out, _pool_shapes(op, "inp", inp, k), ("N", "C", "H/k", "W/k"))
+    _shape(op, "out", out, _pool_shapes(op, "inp", inp, k), ("C", "H/k", "W/k", "N"))
     cpu.avgpool2d_forward(out, inp, int(k))
 
 
 def avgpool2d_backward(dinp, dout, k):
     """Overwrite dinp with the gradient of avgpool2d_forward."""
     op = "avgpool2d_backward"
-    _shape(op, "dout", dout, _pool_shapes(op, "dinp", dinp, k), ("N", "C", "H/k", "W/k"))
+    _shape(op, "dout", dout, _pool_shapes(op, "dinp", dinp, k), ("C", "H/k", "W/k", "N"))
     cpu.avgpool2d_backward(dinp, dout, int(k))
 
 
@@ -123,7 +124,7 @@ def tanh_backward(dinp, out, dout):
 
 
 def _linear_shapes(op, inp, weight):
-    N, IN = _array(op, "inp", inp, ("N", "IN"))
+    IN, N = _array(op, "inp", inp, ("IN", "N"))
     OUT, WIN = _array(op, "weight", weight, ("OUT", "IN"))
     if WIN != IN:
         raise ValueError(f"{op}: weight must have IN = {IN} columns to match inp {inp.shape}, "
@@ -132,11 +133,11 @@ def _linear_shapes(op, inp, weight):
 
 
 def linear_forward(out, inp, weight, bias):
-    """y = x W^T + b with torch's (OUT, IN) weight (torch.nn.functional.linear)."""
+    """out = weight @ inp + bias: torch.nn.functional.linear with the batch last."""
     op = "linear_forward"
     N, IN, OUT = _linear_shapes(op, inp, weight)
     _shape(op, "bias", bias, (OUT,), ("OUT",))
-    _shape(op, "out", out, (N, OUT), ("N", "OUT"))
+    _shape(op, "out", out, (OUT, N), ("OUT", "N"))
     cpu.linear_forward(out, inp, weight, bias)
 
 
@@ -144,8 +145,8 @@ def linear_backward(dinp, dweight, dbias, dout, inp, weight):
     """Overwrite dinp, dweight, dbias with the gradients of linear_forward."""
     op = "linear_backward"
     N, IN, OUT = _linear_shapes(op, inp, weight)
-    _shape(op, "dout", dout, (N, OUT), ("N", "OUT"))
-    _shape(op, "dinp", dinp, inp.shape, ("N", "IN"))
+    _shape(op, "dout", dout, (OUT, N), ("OUT", "N"))
+    _shape(op, "dinp", dinp, inp.shape, ("IN", "N"))
     _shape(op, "dweight", dweight, weight.shape, ("OUT", "IN"))
     _shape(op, "dbias", dbias, (OUT,), ("OUT",))
     cpu.linear_backward(dinp, dweight, dbias, dout, inp, weight)
@@ -154,10 +155,10 @@ def linear_backward(dinp, dweight, dbias, dout, inp, weight):
 def softmax_xent_forward(losses, probs, logits, labels):
     """Per-sample cross-entropy into losses, softmax into probs; returns the mean loss."""
     op = "softmax_xent_forward"
-    N, V = _array(op, "logits", logits, ("N", "V"))
+    V, N = _array(op, "logits", logits, ("V", "N"))
     _labels(op, labels, N, V)
     _shape(op, "losses", losses, (N,), ("N",))
-    _shape(op, "probs", probs, (N, V), ("N", "V"))
+    _shape(op, "probs", probs, (V, N), ("V", "N"))
     cpu.softmax_xent_forward(losses, probs, logits, labels)
     return float(losses.mean())
 
@@ -165,9 +166,9 @@ def softmax_xent_forward(losses, probs, logits, labels):
 def softmax_xent_backward(dlogits, probs, labels, dloss=1.0):
     """Overwrite dlogits with the gradient of the mean loss, scaled by dloss."""
     op = "softmax_xent_backward"
-    N, V = _array(op, "probs", probs, ("N", "V"))
+    V, N = _array(op, "probs", probs, ("V", "N"))
     _labels(op, labels, N, V)
-    _shape(op, "dlogits", dlogits, (N, V), ("N", "V"))
+    _shape(op, "dlogits", dlogits, (V, N), ("V", "N"))
     cpu.softmax_xent_backward(dlogits, probs, labels, np.float32(dloss))
 
 
