@@ -76,25 +76,32 @@ def _run_batch_last(forward, backward, inputs, dout, params=(), sizes=()):
     return out, dinp, dparams
 
 
-class Conv2d:
-    grads = ("inp", "weight", "bias")
+class WeightedLayer:
+    """A layer with a weight and a bias (conv2d, linear), run the three ways."""
 
-    @staticmethod
-    def torch(inputs, dout):
-        return _torch_run(F.conv2d, inputs, dout, Conv2d.grads)
+    def __init__(self, torch_fn, ref_forward, ref_backward, forward, backward):
+        self.torch_fn, self.ref_forward, self.ref_backward = torch_fn, ref_forward, ref_backward
+        self.forward, self.backward = forward, backward
 
-    @staticmethod
-    def reference(inputs, dout):
-        dinp, dweight, dbias = ref.conv2d_backward(dout, inputs["inp"], inputs["weight"])
-        return {"out": ref.conv2d_forward(**inputs), "dinp": dinp, "dweight": dweight,
+    def torch(self, inputs, dout):
+        return _torch_run(self.torch_fn, inputs, dout, ("inp", "weight", "bias"))
+
+    def reference(self, inputs, dout):
+        dinp, dweight, dbias = self.ref_backward(dout, inputs["inp"], inputs["weight"])
+        return {"out": self.ref_forward(**inputs), "dinp": dinp, "dweight": dweight,
                 "dbias": dbias}
 
-    @staticmethod
-    def kernel(inputs, dout):
+    def kernel(self, inputs, dout):
         out, dinp, (dweight, dbias) = _run_batch_last(
-            ops.conv2d_forward, ops.conv2d_backward, inputs, dout, params=("weight", "bias"))
+            self.forward, self.backward, inputs, dout, params=("weight", "bias"))
         return {"out": batch_first(out), "dinp": batch_first(dinp), "dweight": dweight,
                 "dbias": dbias}
+
+
+Conv2d = WeightedLayer(F.conv2d, ref.conv2d_forward, ref.conv2d_backward, ops.conv2d_forward,
+                       ops.conv2d_backward)
+Linear = WeightedLayer(F.linear, ref.linear_forward, ref.linear_backward, ops.linear_forward,
+                       ops.linear_backward)
 
 
 class AvgPool2d:
@@ -131,27 +138,6 @@ class Tanh:
         ops.tanh_forward(res["out"], inputs["inp"])
         ops.tanh_backward(res["dinp"], res["out"], dout)
         return res
-
-
-class Linear:
-    grads = ("inp", "weight", "bias")
-
-    @staticmethod
-    def torch(inputs, dout):
-        return _torch_run(F.linear, inputs, dout, Linear.grads)
-
-    @staticmethod
-    def reference(inputs, dout):
-        dinp, dweight, dbias = ref.linear_backward(dout, inputs["inp"], inputs["weight"])
-        return {"out": ref.linear_forward(**inputs), "dinp": dinp, "dweight": dweight,
-                "dbias": dbias}
-
-    @staticmethod
-    def kernel(inputs, dout):
-        out, dinp, (dweight, dbias) = _run_batch_last(
-            ops.linear_forward, ops.linear_backward, inputs, dout, params=("weight", "bias"))
-        return {"out": batch_first(out), "dinp": batch_first(dinp), "dweight": dweight,
-                "dbias": dbias}
 
 
 class SoftmaxXent:
