@@ -72,18 +72,37 @@ def _activation_shapes(batch):
 
 
 class _Buffers:
-    """Every activation and activation gradient for one batch size, allocated once."""
+    """Every activation for one batch size, and on first need their gradients, made once.
+
+    tanh runs in place: nothing reads a pre-activation again (its backward uses its output),
+    so a tanh shares its input's buffer, and its backward its upstream gradient's. Flatten is
+    a view. Gradient buffers wait for the first backward, so evaluation never pays for them.
+    """
 
     def __init__(self, batch):
-        shapes = _activation_shapes(batch)
-        self.acts = [np.empty(shape, np.float32) for shape in shapes]
-        self.dacts = [np.empty(shape, np.float32) for shape in shapes]
-        for index, (kind, _) in enumerate(LAYERS):
-            if kind == "flatten":  # a reshape: the output is a view of the input, both ways
-                self.acts[index + 1] = self.acts[index].reshape(shapes[index + 1])
-                self.dacts[index + 1] = self.dacts[index].reshape(shapes[index + 1])
+        self.shapes = _activation_shapes(batch)
+        self.acts = self._chain(lambda shape: np.empty(shape, np.float32))
+        self.dacts = None
         self.losses = np.empty(batch, np.float32)
         self.probs = np.empty((CLASSES, batch), np.float32)
+
+    def _chain(self, new):
+        """A buffer per layer boundary, sharing memory wherever a layer allows it."""
+        arrays = [new(self.shapes[0])]
+        for index, (kind, _) in enumerate(LAYERS):
+            if kind == "tanh":
+                arrays.append(arrays[index])
+            elif kind == "flatten":
+                arrays.append(arrays[index].reshape(self.shapes[index + 1]))
+            else:
+                arrays.append(new(self.shapes[index + 1]))
+        return arrays
+
+    def gradients(self):
+        """The activation gradient buffers, allocated on the first call."""
+        if self.dacts is None:
+            self.dacts = self._chain(lambda shape: np.empty(shape, np.float32))
+        return self.dacts
 
 
 class LeNet5:
@@ -171,7 +190,7 @@ class LeNet5:
                 k.tanh_forward(out, inp)
             elif kind == "pool":
                 k.avgpool2d_forward(out, inp, POOL)
-            # flatten: out is already a view of inp
+            # flatten: out is already a view of inp; tanh runs in place (out is inp)
         return buf
 
     def _layer_params(self, index):
@@ -209,12 +228,13 @@ class LeNet5:
         """
         x, y = self._check_input(x), self._check_labels(y, len(x))
         buf = self._run_forward(x)
+        dacts = buf.gradients()
         k = self.kernels
         k.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], y)
-        k.softmax_xent_backward(buf.dacts[-1], buf.probs, y, np.float32(1.0))
+        k.softmax_xent_backward(dacts[-1], buf.probs, y, np.float32(1.0))
         for index in reversed(range(len(LAYERS))):
             kind = LAYERS[index][0]
-            dinp, dout = buf.dacts[index], buf.dacts[index + 1]
+            dinp, dout = dacts[index], dacts[index + 1]
             if kind == "conv":
                 k.conv2d_backward(dinp, *self._layer_grads(index), dout, buf.acts[index],
                                   self.params[f"backbone.{index}.weight"])
@@ -225,5 +245,5 @@ class LeNet5:
                 k.tanh_backward(dinp, buf.acts[index + 1], dout)
             elif kind == "pool":
                 k.avgpool2d_backward(dinp, dout, POOL)
-            # flatten: dinp is already a view of dout
+            # flatten: dinp is already a view of dout; tanh above ran in place (dinp is dout)
         return float(buf.losses.mean()), self.grads

@@ -160,7 +160,7 @@ def avgpool2d_backward(dinp, dout, k):
 
 @njit(**_JIT)
 def tanh_forward(out, inp):
-    # inp (any shape, C-contiguous) -> out (same shape)
+    # inp (any shape, C-contiguous) -> out (same shape); out may be inp (in place)
     flat_out, flat_inp = out.ravel(), inp.ravel()
     for idx in prange(flat_inp.size):
         flat_out[idx] = _tanh32(flat_inp[idx])
@@ -168,7 +168,8 @@ def tanh_forward(out, inp):
 
 @njit(**_JIT)
 def tanh_backward(dinp, out, dout):
-    # overwrites dinp; out is the forward's saved output, all the same shape
+    # overwrites dinp (which may be dout: in place); out is the forward's saved output, all the
+    # same shape
     # d tanh(x)/dx = 1 - tanh(x)^2, read from the saved output instead of recomputing tanh
     flat_dinp, flat_out, flat_dout = dinp.ravel(), out.ravel(), dout.ravel()
     for idx in prange(flat_out.size):
