@@ -148,6 +148,17 @@ def test_import_and_train_never_import_torch(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs must be at least 1, found 0"),
+    (["--limit-train", "0"], "--limit-train must be at least 1, found 0"),
+    (["--lr", "-1"], "--lr must be positive, found -1.0"),
+])
+def test_bad_settings_are_refused(tmp_path, capsys, flags, message):
+    assert train.main([*flags, "--run-dir", str(tmp_path / "run")]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_help_explains_the_flags():
     out = subprocess.run([sys.executable, "-m", "tinyconv.train", "--help"], check=True,
                          capture_output=True, text=True).stdout

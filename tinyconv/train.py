@@ -174,11 +174,19 @@ def parse_args(argv):
 
 
 def build_config(args):
-    """The run's settings: the recipe's, overridden by the flags given."""
+    """The run's settings: the recipe's, overridden by the flags given, checked."""
     given = {k: v for k, v in vars(args).items() if v is not None and k not in
              ("recipe", "run_dir", "resume", "quiet")}
-    return {**RECIPES[args.recipe], "recipe": args.recipe, "limit_train": None,
-            "limit_test": None, "threads": None, "data_dir": None, **given}
+    config = {**RECIPES[args.recipe], "recipe": args.recipe, "limit_train": None,
+              "limit_test": None, "threads": None, "data_dir": None, **given}
+    for key, least in (("epochs", 1), ("batch_size", 1), ("lr_step", 1), ("translate", 0),
+                       ("limit_train", 1), ("limit_test", 1)):
+        if config[key] is not None and config[key] < least:
+            raise ValueError(f"--{key.replace('_', '-')} must be at least {least}, "
+                             f"found {config[key]}")
+    if not config["lr"] > 0:
+        raise ValueError(f"--lr must be positive, found {config['lr']}")
+    return config
 
 
 def resumed_config(args):
