@@ -1,0 +1,196 @@
+"""What every bench script shares: the header, the alternating timer, fixed-width rows, JSON.
+
+Imports nothing beyond the standard library, so that a bench's child processes, which import
+their script and with it this file, load only the library they measure.
+"""
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+
+# units where more is better; in every other unit (ms, s, MiB) less is better
+HIGHER_IS_BETTER = ("samples/s", "calls/s", "GFLOP/s")
+RATIO_MEANING = ("tinyconv's advantage, > 1 when tinyconv is ahead: tinyconv/torch for rates "
+                 f"({', '.join(HIGHER_IS_BETTER)}), torch/tinyconv for times and memory")
+# (title, width, alignment) of each column of a row
+COLUMNS = (("case", 34, "<"), ("shape", 16, "<"), ("tinyconv", 10, ">"), ("torch", 10, ">"),
+           ("ratio", 6, ">"), ("unit", 9, "<"))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call of one callable: the best and the median round."""
+
+    min: float
+    median: float
+
+
+@dataclass(frozen=True)
+class Row:
+    """One case: tinyconv's figure, torch's (None where torch has no counterpart), the unit."""
+
+    case: str
+    shape: str
+    tinyconv: float
+    torch: float | None
+    unit: str
+
+    @property
+    def ratio(self):
+        """tinyconv's advantage over torch (see RATIO_MEANING); None without a torch figure."""
+        if self.torch is None:
+            return None
+        if self.unit in HIGHER_IS_BETTER:
+            return self.tinyconv / self.torch
+        return self.torch / self.tinyconv
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo, or what platform knows elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def busy_cores(seconds=0.5):
+    """Cores' worth of CPU the machine used over the next `seconds` (Linux), or None."""
+    def sample():
+        with open("/proc/stat") as stat:  # first line: jiffies per state, all cores summed
+            user, nice, system, idle, iowait, irq, softirq, steal = map(
+                int, stat.readline().split()[1:9])
+        return user + nice + system + idle + iowait + irq + softirq + steal, idle + iowait
+
+    try:
+        total, idle = sample()
+        time.sleep(seconds)
+        total_after, idle_after = sample()
+    except (OSError, ValueError):
+        return None
+    return os.cpu_count() * (1 - (idle_after - idle) / max(total_after - total, 1))
+
+
+def busy_warning(busy):
+    """A warning when other work keeps half a core or more busy (see busy_cores), or None."""
+    if busy is None or busy < 0.5:
+        return None
+    return (f"warning: other processes keep {busy:.1f} of the {os.cpu_count()} cores busy: the "
+            "timings will be noisy, multi-threaded ones most (a parallel region waits for its "
+            "slowest thread); compare the min, or rerun when the machine is idle")
+
+
+def make_header(bench, threads, method, busy):
+    """The run's context: bench, command, machine, its other load, threads, versions, method,
+    and what the ratio means. busy: busy_cores() measured before the bench started."""
+    others = "unknown" if busy is None else f"{busy:.2f} cores busy just before the start"
+    return {
+        "bench": bench,
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        # other processes skew the timings: how busy the machine was tells how far to trust them
+        "other load": (f"{others}; load average "
+                       + " ".join(f"{load:.2f}" for load in os.getloadavg())),
+        "threads": threads,
+        "python": platform.python_version(),
+        **{package: version(package) for package in ("numpy", "numba", "torch")},
+        "method": method,
+        "ratio": RATIO_MEANING,
+    }
+
+
+def alternate(calls, rounds, steps, warmup=3, synchronize=None):
+    """Time callables in turns: per callable, seconds per call, min and median over rounds.
+
+    Each callable first runs `warmup` times untimed (compilation, allocation, caches). Then,
+    in each round, each runs `steps` times in a row, timed as one block. synchronize, if
+    given, is called before a block's clock starts and before it stops: a GPU backend passes
+    its device synchronize so that a block's time includes the work it queued.
+    """
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    seconds = [[] for _ in calls]
+    for round_index in range(rounds):
+        # every other round runs the callables in reverse, so none always follows the same one
+        # (which may have just evicted the caches or heated the cores)
+        order = list(range(len(calls)))
+        if round_index % 2:
+            order.reverse()
+        for index in order:
+            if synchronize:
+                synchronize()
+            start = time.perf_counter()
+            for _ in range(steps):
+                calls[index]()
+            if synchronize:
+                synchronize()
+            seconds[index].append((time.perf_counter() - start) / steps)
+    return [Timing(min(block), statistics.median(block)) for block in seconds]
+
+
+def timing_rows(case, shape, timings, work, rate_unit):
+    """Rows of a timed case from (tinyconv, torch) Timings: ms per call (min, median), and
+    the rate at the median, where one call does `work` (samples, or GFLOP for GFLOP/s)."""
+    ours, theirs = timings
+    return [
+        Row(f"{case}, min", shape, ours.min * 1e3, theirs.min * 1e3, "ms"),
+        Row(f"{case}, median", shape, ours.median * 1e3, theirs.median * 1e3, "ms"),
+        Row(case, shape, work / ours.median, work / theirs.median, rate_unit),
+    ]
+
+
+def format_header(header):
+    """The header as aligned `key  value` lines."""
+    width = max(len(key) for key in header)
+    lines = []
+    for key, value in header.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{name} {count}" for name, count in value.items())
+        lines.append(f"{key:<{width}}  {value}")
+    return "\n".join(lines)
+
+
+def _cell(value, width, align):
+    if value is None:
+        text = "-"
+    elif isinstance(value, str):
+        text = value
+    elif abs(value) >= 1000:
+        text = f"{value:,.0f}"
+    else:
+        text = f"{value:.4g}"
+    return f"{text:{align}{width}}"
+
+
+def format_table_head():
+    """The column titles and a rule under them."""
+    titles = " | ".join(_cell(title, width, align) for title, width, align in COLUMNS)
+    titles = titles.rstrip()
+    return f"{titles}\n{'-' * len(titles)}"
+
+
+def format_row(row):
+    """A row at the columns' fixed widths; the ratio with two decimals."""
+    ratio = None if row.ratio is None else f"{row.ratio:.2f}"
+    values = (row.case, row.shape, row.tinyconv, row.torch, ratio, row.unit)
+    return " | ".join(_cell(value, width, align)
+                      for value, (_, width, align) in zip(values, COLUMNS, strict=True)).rstrip()
+
+
+def write_json(path, header, rows):
+    """The header and the rows (each with its ratio) as one JSON document."""
+    document = {"header": header,
+                "rows": [{**asdict(row), "ratio": row.ratio} for row in rows]}
+    with open(path, "w") as out:
+        json.dump(document, out, indent=2)
+        out.write("\n")

@@ -1,0 +1,223 @@
+"""Every op at LeNet-5's shapes, tinyconv's kernel against torch's: python bench/kernels.py.
+
+Each case is checked before it is timed (forward output and every gradient within 1e-4 of
+torch's, relative to the largest magnitude). tinyconv's arguments are prepared in its
+batch-last layout outside the clock; torch's backward is timed alone, through
+torch.autograd.grad on a graph built once.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench.common from anywhere
+
+from bench.common import (  # noqa: E402
+    alternate,
+    busy_cores,
+    busy_warning,
+    format_header,
+    format_row,
+    format_table_head,
+    make_header,
+    timing_rows,
+    write_json,
+)
+
+THREADS = 2
+BATCH = 128
+ROUNDS = 20
+STEPS = 10
+CHECK_RTOL = 1e-4
+SEED = 0
+
+# name -> (op, torch-layout input shapes, parameter shapes); LeNet-5's layers at batch N
+CASES = {
+    "conv1": ("conv2d", (1, 32, 32), ((6, 1, 5, 5), (6,))),
+    "conv2": ("conv2d", (6, 14, 14), ((16, 6, 5, 5), (16,))),
+    "conv3": ("conv2d", (16, 5, 5), ((120, 16, 5, 5), (120,))),
+    "pool1": ("avgpool2d", (6, 28, 28), ()),
+    "pool2": ("avgpool2d", (16, 10, 10), ()),
+    "tanh1": ("tanh", (6, 28, 28), ()),
+    "fc1": ("linear", (120,), ((84, 120), (84,))),
+    "fc2": ("linear", (84,), ((10, 84), (10,))),
+    "xent": ("softmax_xent", (10,), ()),
+}
+
+
+def batch_last(a):
+    return np.ascontiguousarray(np.moveaxis(a, 0, -1))
+
+
+def flops(op, inp_shape, params, batch):
+    """Floating-point operations of one forward call (a multiply-add counts 2); 0 if not a
+    layer with weights. The backward does twice as many (dinp and dweight)."""
+    if op == "conv2d":
+        (oc, c, kh, kw), _ = params
+        return 2 * batch * oc * c * kh * kw * (inp_shape[1] - kh + 1) * (inp_shape[2] - kw + 1)
+    if op == "linear":
+        (out, inp), _ = params
+        return 2 * batch * out * inp
+    return 0
+
+
+class Case:
+    """One op's forward and backward, set up for tinyconv and for torch on the same data."""
+
+    def __init__(self, op, inp_shape, param_shapes, batch, kernels, torch):
+        rng = np.random.default_rng(SEED)
+        self.op, self.kernels, self.torch = op, kernels, torch
+        x = rng.standard_normal((batch, *inp_shape)).astype(np.float32)
+        self.params = [(rng.standard_normal(s) * 0.1).astype(np.float32) for s in param_shapes]
+        self.labels = rng.integers(0, inp_shape[0], size=batch).astype(np.int64)
+        # torch's side: a graph built once, differentiated many times
+        self.t_inp = torch.from_numpy(x).requires_grad_()
+        self.t_params = [torch.from_numpy(p).requires_grad_() for p in self.params]
+        self.t_out = self.torch_forward()
+        dout = rng.standard_normal(tuple(self.t_out.shape)).astype(np.float32)
+        self.t_dout = torch.from_numpy(dout)
+        # tinyconv's side: batch-last copies and every buffer, made once
+        self.inp, self.dout = batch_last(x), batch_last(dout) if dout.ndim else dout
+        out_shape = self.dout.shape if op != "softmax_xent" else (batch,)
+        self.out = np.empty(out_shape, np.float32)
+        self.dinp = np.empty_like(self.inp)
+        self.dparams = [np.empty_like(p) for p in self.params]
+        self.probs = np.empty_like(self.inp)
+
+    def torch_forward(self):
+        F = self.torch.nn.functional
+        x, p = self.t_inp, self.t_params
+        return {"conv2d": lambda: F.conv2d(x, *p), "avgpool2d": lambda: F.avg_pool2d(x, 2),
+                "tanh": lambda: self.torch.tanh(x), "linear": lambda: F.linear(x, *p),
+                "softmax_xent": lambda: F.cross_entropy(x, self.torch.from_numpy(self.labels)),
+                }[self.op]()
+
+    def torch_backward(self):
+        return self.torch.autograd.grad(self.t_out, [self.t_inp, *self.t_params], self.t_dout,
+                                        retain_graph=True)
+
+    def forward(self):
+        k, op = self.kernels, self.op
+        if op in ("conv2d", "linear"):
+            getattr(k, f"{op}_forward")(self.out, self.inp, *self.params)
+        elif op == "avgpool2d":
+            k.avgpool2d_forward(self.out, self.inp, 2)
+        elif op == "tanh":
+            k.tanh_forward(self.out, self.inp)
+        else:
+            k.softmax_xent_forward(self.out, self.probs, self.inp, self.labels)
+
+    def backward(self):
+        k, op = self.kernels, self.op
+        if op in ("conv2d", "linear"):
+            getattr(k, f"{op}_backward")(self.dinp, *self.dparams, self.dout, self.inp,
+                                         self.params[0])
+        elif op == "avgpool2d":
+            k.avgpool2d_backward(self.dinp, self.dout, 2)
+        elif op == "tanh":
+            k.tanh_backward(self.dinp, self.out, self.dout)
+        else:
+            k.softmax_xent_backward(self.dinp, self.probs, self.labels, np.float32(self.dout))
+
+    def check(self, name):
+        """Stop the bench unless tinyconv's forward and gradients match torch's."""
+        self.forward()
+        self.backward()
+        theirs_out = self.t_out.detach().numpy()
+        ours_out = self.out.mean() if self.op == "softmax_xent" else np.moveaxis(self.out, -1, 0)
+        pairs = [("out", ours_out, theirs_out),
+                 ("dinp", np.moveaxis(self.dinp, -1, 0), self.torch_backward()[0].numpy())]
+        pairs += [(f"d{i}", ours, theirs.numpy()) for i, (ours, theirs)
+                  in enumerate(zip(self.dparams, self.torch_backward()[1:], strict=True))]
+        for tensor, ours, theirs in pairs:
+            err = np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30)
+            if err > CHECK_RTOL:
+                sys.exit(f"{name}: {tensor} differs from torch by {err:.3g} > {CHECK_RTOL}")
+
+
+def adam_calls(kernels, torch):
+    """tinyconv's Adam kernel over LeNet-5's 61,706 parameters against torch.optim.Adam."""
+    from tinyconv.kernels import adam_scalars
+    from tinyconv.model import PARAM_COUNT, PARAM_SHAPES
+
+    rng = np.random.default_rng(SEED)
+    params = rng.standard_normal(PARAM_COUNT).astype(np.float32)
+    grads = rng.standard_normal(PARAM_COUNT).astype(np.float32)
+    m, v = np.zeros_like(params), np.zeros_like(params)
+    scalars = adam_scalars(1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+    offsets = np.cumsum([0] + [int(np.prod(s)) for s in PARAM_SHAPES.values()])
+    tensors = [torch.from_numpy(params[a:b].copy()).requires_grad_()
+               for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    for tensor, (a, b) in zip(tensors, zip(offsets[:-1], offsets[1:], strict=True), strict=True):
+        tensor.grad = torch.from_numpy(grads[a:b].copy())
+    opt = torch.optim.Adam(tensors, lr=1e-3)
+    return (lambda: kernels.adam_update(params, m, v, grads, *scalars)), opt.step, PARAM_COUNT
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python bench/kernels.py",
+        description="Time every LeNet-5 op, forward and backward, tinyconv against torch, "
+                    "after checking that both compute the same thing.")
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help="threads for both libraries (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=BATCH,
+                        help="batch size N (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS,
+                        help="timed rounds per case (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=STEPS,
+                        help="calls per library per round (default %(default)s)")
+    parser.add_argument("--device", choices=("cpu",), default="cpu",
+                        help="the backend to time (the CUDA backend is not there yet)")
+    parser.add_argument("--json", metavar="PATH", help="also write the header and rows as JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    busy = busy_cores()
+    import numba
+    import torch
+
+    from tinyconv.kernels import get_backend
+
+    numba.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    kernels = get_backend(args.device)
+    header = make_header("bench/kernels.py: every LeNet-5 op, tinyconv kernel vs torch",
+                         {"tinyconv (numba)": args.threads, "torch": torch.get_num_threads()},
+                         f"per call, min and median over {args.rounds} rounds of {args.steps} "
+                         "calls per library, alternating, after 3 warm-up calls", busy)
+    print(format_header(header))
+    warning = busy_warning(busy)
+    if warning:
+        print(warning)
+    print(format_table_head())
+    rows = []
+    for name, (op, inp_shape, param_shapes) in CASES.items():
+        case = Case(op, inp_shape, param_shapes, args.batch_size, kernels, torch)
+        case.check(name)
+        shape = "x".join(map(str, (args.batch_size, *inp_shape)))
+        work = flops(op, inp_shape, param_shapes, args.batch_size) / 1e9
+        for direction, ours, theirs, factor in (
+                ("forward", case.forward, case.torch_forward, 1),
+                ("backward", case.backward, case.torch_backward, 2)):
+            timings = alternate([ours, theirs], args.rounds, args.steps)
+            unit = "GFLOP/s" if work else "calls/s"
+            for row in timing_rows(f"{name} {direction}", shape, timings,
+                                   work * factor or 1, unit):
+                rows.append(row)
+                print(format_row(row), flush=True)
+    ours, theirs, count = adam_calls(kernels, torch)
+    for row in timing_rows("adam update", str(count), alternate([ours, theirs], args.rounds,
+                                                                args.steps), 1, "calls/s"):
+        rows.append(row)
+        print(format_row(row))
+    if args.json:
+        write_json(args.json, header, rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,414 @@
+"""LeNet-5 end to end, tinyconv against PyTorch eager: python bench/train.py [--help].
+
+A training step (forward, loss, backward, Adam update) and inference (forward only), each
+checked against torch before it is timed, the two libraries taking turns; then the time from
+process start to the first finished training step (cold and warm Numba cache) and the peak
+resident memory of training.
+
+Each library runs in a process of its own, as in a program that uses only it: tinyconv (Numba)
+and torch both run on OpenMP's libgomp, and in one process they share one runtime, which
+measurably changes their speed (torch's training step 3x slower when Numba loads the system's
+libgomp first; tinyconv's 10% faster on torch's). So tinyconv and torch are imported inside the
+functions that use them, never at the top: the processes import this file and must load only
+the library they measure.
+"""
+
+import argparse
+import itertools
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # bench.common and tests.torch_lenet, from any directory
+
+from bench.common import (  # noqa: E402
+    Row,
+    alternate,
+    busy_cores,
+    busy_warning,
+    format_header,
+    format_row,
+    format_table_head,
+    make_header,
+    timing_rows,
+    write_json,
+)
+
+DEVICE = "cpu"
+THREADS = 2  # the same for both libraries
+BATCH_SIZE = 128  # images per training step (the default recipe's)
+INFER_BATCH_SIZE = 1000
+ROUNDS = 20  # timed rounds per case; in each, each library runs STEPS calls in a row
+STEPS = 10
+WARMUP = 3  # untimed calls per library before the rounds
+TRAIN_BATCHES = 30  # real MNIST batches prepared up front, cycled, so batch prep is not timed
+INFER_BATCHES = 5
+# the timed cases: row name, worker call, batches (see serve)
+TIMED_CASES = (("train step", "train_step", "train"), ("inference", "forward", "infer"))
+CHECK_STEPS = 5  # training steps from equal weights whose losses must agree...
+CHECK_RTOL = 1e-4  # ...to this relative difference (tests/test_training.py's), as must logits
+MEMORY_STEPS = 50  # training steps of the peak-memory children
+SEED = 0
+LR = 1e-3
+# the issue's memory target (peak resident memory under 300 MB) is for this training command
+TRAIN_LIMIT, TEST_LIMIT = 12800, 1000
+TRAIN_COMMAND = ("-m", "tinyconv.train", "--epochs", "1", "--limit-train", str(TRAIN_LIMIT),
+                 "--limit-test", str(TEST_LIMIT), "--quiet")
+# what a child process runs: python -c CHILD_CODE LIBRARY BATCHES_NPZ THREADS STEPS
+CHILD_CODE = "import sys; from bench.train import child; child(*sys.argv[1:])"
+# python -c PEAK_RSS_LAUNCHER COMMAND...: runs COMMAND, then prints its peak resident memory
+# (KiB). Linux carries a process's peak across fork and exec, so a child started straight from
+# this bench (hundreds of MB) reports at least the bench's own peak, even from
+# getrusage(RUSAGE_SELF); started from this small launcher, at least the launcher's (~13 MiB).
+PEAK_RSS_LAUNCHER = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+                     "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+                     "sys.exit(code)")
+
+
+class Side(NamedTuple):
+    """One library's LeNet-5, its training step and forward on NumPy batches."""
+
+    model: Any
+    train_step: Callable  # (x, y) -> the batch's mean loss, after one Adam update
+    forward: Callable  # x -> logits as a NumPy array, no gradients
+    get_threads: Callable  # () -> the thread count the library will use
+
+
+def tinyconv_side(threads):
+    """tinyconv's LeNet-5 (seeded init) with Adam, on `threads` Numba threads."""
+    import numba
+
+    import tinyconv
+
+    numba.set_num_threads(threads)  # starts Numba's thread pool, on an OpenMP runtime
+    model = tinyconv.LeNet5(seed=SEED)
+    opt = tinyconv.Adam(model, lr=LR)
+
+    def train_step(x, y):
+        loss, grads = model.loss_and_grads(x, y)
+        opt.step(grads)
+        return loss
+
+    return Side(model, train_step, model.forward, numba.get_num_threads)
+
+
+def torch_side(threads, like=None):
+    """torch's LeNet-5 with Adam on `threads` threads: a copy of tinyconv model `like`'s
+    weights, or torch's own seeded init."""
+    import torch
+
+    from tests.torch_lenet import LeNet5, torch_copy
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(SEED)
+    module = LeNet5() if like is None else torch_copy(like)
+    opt = torch.optim.Adam(module.parameters(), lr=LR)
+
+    def train_step(x, y):
+        opt.zero_grad()
+        logits = module(torch.from_numpy(x))  # from_numpy shares the memory: no copy timed
+        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y))
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    def forward(x):
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+
+    return Side(module, train_step, forward, torch.get_num_threads)
+
+
+SIDES = {"tinyconv": tinyconv_side, "torch": torch_side}
+
+
+def mnist_batches(split, batch_size, count):
+    """`count` full batches of real MNIST (x, y), drawn once with a fixed seed."""
+    from tinyconv import iterate_batches, load_mnist
+
+    images, labels = load_mnist(split)
+    batches = iterate_batches(images, labels, batch_size, rng=np.random.default_rng(SEED),
+                              drop_last=True)
+    return list(itertools.islice(batches, count))
+
+
+# ---- one process per library, called in turns
+
+
+def serve(library, threads, batches, connection):
+    """A worker process: build the library's side, then answer calls until sent None.
+
+    A call (name, batch index) answers ("ok", result) or ("error", traceback). Both sides
+    start from tinyconv's seeded weights (torch's through torch_copy) and share `batches`:
+    {"train": [(x, y), ...], "infer": [(x, y), ...]}.
+    """
+    if library == "torch":
+        from tinyconv import LeNet5  # the weights to copy; Numba's thread pool stays unstarted
+
+        side = torch_side(threads, like=LeNet5(seed=SEED))
+    else:
+        side = tinyconv_side(threads)
+    train, infer = batches["train"], batches["infer"]
+    calls = {"threads": side.get_threads,
+             "train_step": lambda index: side.train_step(*train[index % len(train)]),
+             "forward": lambda index: side.forward(infer[index % len(infer)][0])}
+    while (request := connection.recv()) is not None:
+        name, args = request
+        try:
+            connection.send(("ok", calls[name](*args)))
+        except Exception:
+            connection.send(("error", traceback.format_exc()))
+
+
+class Worker:
+    """One library's side in a process of its own (see serve), called through a pipe."""
+
+    def __init__(self, library, threads, batches):
+        # spawn: a fresh interpreter that imports only this file, then the library it serves
+        context = multiprocessing.get_context("spawn")
+        self.library = library
+        self.connection, theirs = context.Pipe()
+        self.process = context.Process(target=serve, args=(library, threads, batches, theirs),
+                                       daemon=True)
+        self.process.start()
+        theirs.close()
+
+    def __call__(self, name, *args):
+        """The result of calls[name](*args) in the worker; exits with its traceback if it fails."""
+        self.connection.send((name, args))
+        status, result = self.connection.recv()
+        if status != "ok":
+            sys.exit(f"error: the {self.library} worker failed:\n{result}")
+        return result
+
+    def close(self):
+        """Stop the worker and wait for it."""
+        self.connection.send(None)
+        self.process.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def cycling(worker, name, count):
+    """A no-argument callable: worker's `name` on batch 0, 1, ..., count-1, 0, 1, ..."""
+    indices = itertools.cycle(range(count))
+    return lambda: worker(name, next(indices))
+
+
+# ---- correctness, before any timing
+
+
+def check_threads(ours, theirs, threads):
+    """Both libraries' thread counts, as they report them; exits unless both are `threads`."""
+    found = {"tinyconv (numba)": ours("threads"), "torch": theirs("threads")}
+    if set(found.values()) != {threads}:
+        sys.exit(f"error: asked both libraries for {threads} threads, found {found}")
+    return found
+
+
+def check_inference(ours, theirs):
+    """The logits' largest difference relative to the largest logit; exits over CHECK_RTOL."""
+    ours_logits, theirs_logits = ours("forward", 0), theirs("forward", 0)
+    error = np.abs(ours_logits - theirs_logits).max() / np.abs(theirs_logits).max()
+    if not error <= CHECK_RTOL:
+        sys.exit(f"error: tinyconv's logits differ from torch's by {error:.3g} of the largest "
+                 f"(allowed {CHECK_RTOL:g}) at batch {len(ours_logits)}; not timing a model "
+                 "that computes something else")
+    return error
+
+
+def check_training(ours, theirs):
+    """The losses' largest relative difference over CHECK_STEPS steps; exits over CHECK_RTOL."""
+    largest = 0.0
+    for step in range(CHECK_STEPS):
+        ours_loss, theirs_loss = ours("train_step", step), theirs("train_step", step)
+        error = abs(ours_loss - theirs_loss) / abs(theirs_loss)
+        if not error <= CHECK_RTOL:
+            sys.exit(f"error: training step {step + 1} from equal weights: tinyconv's loss "
+                     f"{ours_loss:.7g}, torch's {theirs_loss:.7g}, relative difference "
+                     f"{error:.3g} (allowed {CHECK_RTOL:g}); not timing a model that "
+                     "computes something else")
+        largest = max(largest, error)
+    return largest
+
+
+# ---- child processes: time to the first step, peak memory
+
+
+def child(library, batches_path, threads, steps):
+    """A child process's work: train on the saved batches; print when the first step ended."""
+    saved = np.load(batches_path)
+    xs, ys = saved["x"], saved["y"]
+    side = SIDES[library](int(threads))
+    for step in range(int(steps)):
+        side.train_step(xs[step % len(xs)], ys[step % len(ys)])
+        if step == 0:
+            print(time.time(), flush=True)
+
+
+def run_child(argv, env):
+    """Run a command to its end and return its stdout; exit with its stderr if it fails."""
+    done = subprocess.run(argv, cwd=REPO_ROOT, env={**os.environ, **env}, capture_output=True,
+                          text=True)
+    if done.returncode:
+        sys.exit(f"error: child process {argv} exited with {done.returncode}:\n"
+                 f"{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def first_step_seconds(library, threads, batches_path, env):
+    """Seconds from a child's start to the end of its first training step."""
+    start = time.time()
+    stdout = run_child([sys.executable, "-c", CHILD_CODE, library, str(batches_path),
+                        str(threads), "1"], env)
+    return float(stdout.split()[-1]) - start
+
+
+def peak_mib(argv, env):
+    """A command's peak resident memory in MiB, as its small launcher process sees it."""
+    stdout = run_child([sys.executable, "-c", PEAK_RSS_LAUNCHER, *argv], env)
+    return int(stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def subprocess_rows(args, batches):
+    """Yield the start-up (cold and warm Numba cache) and peak-memory rows, from children."""
+    shape = f"N={args.batch_size}"
+    with tempfile.TemporaryDirectory(prefix="tinyconv-bench-") as tmp:
+        tmp = Path(tmp)
+        batches_path = tmp / "batches.npz"
+        np.savez(batches_path, x=np.stack([x for x, _ in batches]),
+                 y=np.stack([y for _, y in batches]))
+        # an empty cache: the first tinyconv child compiles every kernel, later ones load them
+        env = {"NUMBA_CACHE_DIR": str(tmp / "numba-cache")}
+        for cache in ("cold", "warm"):
+            ours = first_step_seconds("tinyconv", args.threads, batches_path, env)
+            theirs = first_step_seconds("torch", args.threads, batches_path, env)
+            yield Row(f"start to 1st step, {cache} cache", shape, ours, theirs, "s")
+        ours, theirs = (peak_mib([sys.executable, "-c", CHILD_CODE, library, str(batches_path),
+                                  str(args.threads), str(MEMORY_STEPS)], env)
+                        for library in ("tinyconv", "torch"))
+        yield Row(f"peak RSS, {MEMORY_STEPS} train steps", shape, ours, theirs, "MiB")
+        command = [sys.executable, *TRAIN_COMMAND, "--threads", str(args.threads),
+                   "--run-dir", str(tmp / "run")]
+        yield Row("peak RSS, python -m tinyconv.train", f"1 epoch of {TRAIN_LIMIT}",
+                  peak_mib(command, env), None, "MiB")
+
+
+# ---- command line
+
+
+def positive(text):
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, found {value}")
+    return value
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python bench/train.py",
+        description="Time LeNet-5 training and inference in tinyconv and in PyTorch eager on\n"
+                    "the same weights, MNIST batches and thread count, after checking that\n"
+                    "both compute the same losses and logits; then, in child processes, the\n"
+                    "time to the first training step (cold and warm Numba cache) and the peak\n"
+                    "memory of training. One row per case; ratio > 1: tinyconv is ahead.\n"
+                    "Timings are noisy while other processes run: compare min and median, and\n"
+                    "rerun.",
+        epilog="Examples:\n"
+               "  python bench/train.py                                # every case, ~1 min\n"
+               "  python bench/train.py --skip-subprocess --rounds 3   # a quick look\n"
+               "  python bench/train.py --threads 1 --json one.json    # one thread, saved",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default=DEVICE,
+                        help=f"where tinyconv runs (default {DEVICE}; only cpu exists for now)")
+    parser.add_argument("--threads", type=positive, default=THREADS,
+                        help=f"threads for both libraries, numba.set_num_threads and "
+                             f"torch.set_num_threads (default {THREADS})")
+    parser.add_argument("--batch-size", type=positive, default=BATCH_SIZE,
+                        help=f"images per training step (default {BATCH_SIZE})")
+    parser.add_argument("--infer-batch-size", type=positive, default=INFER_BATCH_SIZE,
+                        help=f"images per inference call (default {INFER_BATCH_SIZE})")
+    parser.add_argument("--rounds", type=positive, default=ROUNDS,
+                        help=f"timed rounds per case; min and median are over rounds "
+                             f"(default {ROUNDS})")
+    parser.add_argument("--steps", type=positive, default=STEPS,
+                        help=f"calls per library per round, timed as one block "
+                             f"(default {STEPS})")
+    parser.add_argument("--skip-subprocess", action="store_true",
+                        help="skip the start-up and memory cases (child processes, about half "
+                             "a minute: the first compiles every kernel)")
+    parser.add_argument("--json", metavar="PATH",
+                        help="also write the header and the rows as JSON to PATH")
+    args = parser.parse_args(argv)
+    if args.device != "cpu":
+        parser.error(f"--device {args.device}: tinyconv's CUDA backend is not there yet; "
+                     "only --device cpu works for now")
+    if args.threads > os.cpu_count():
+        parser.error(f"--threads must be at most the {os.cpu_count()} cores, "
+                     f"found {args.threads}")
+    if args.batch_size > 60000 or args.infer_batch_size > 10000:
+        parser.error("--batch-size must be at most 60000 (the training images) and "
+                     "--infer-batch-size at most 10000 (the test images)")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    busy = busy_cores()  # before this bench adds its own load
+    warning = busy_warning(busy)
+    if warning:
+        print(warning, file=sys.stderr)
+    batches = {"train": mnist_batches("train", args.batch_size, TRAIN_BATCHES),
+               "infer": mnist_batches("test", args.infer_batch_size, INFER_BATCHES)}
+    rows = []
+
+    def emit(new_rows):
+        for row in new_rows:
+            print(format_row(row), flush=True)
+            rows.append(row)
+
+    with (Worker("tinyconv", args.threads, batches) as ours,
+          Worker("torch", args.threads, batches) as theirs):
+        threads = check_threads(ours, theirs, args.threads)
+        logits_error = check_inference(ours, theirs)
+        loss_error = check_training(ours, theirs)
+        header = make_header(
+            f"bench/train.py: LeNet-5 end to end, tinyconv ({args.device}) vs torch eager "
+            "(cpu), each in a process of its own", threads,
+            f"per call, min and median over {args.rounds} rounds of {args.steps} calls per "
+            f"library, alternating, after {WARMUP} warm-up calls; samples/s at the median",
+            busy)
+        header["check"] = (f"from equal weights, logits differ by {logits_error:.1e} of the "
+                           f"largest, losses over {CHECK_STEPS} steps by {loss_error:.1e} "
+                           f"relative (allowed {CHECK_RTOL:g})")
+        print(format_header(header), end="\n\n")
+        print(format_table_head())
+        for case, call, key in TIMED_CASES:
+            timings = alternate([cycling(worker, call, len(batches[key]))
+                                 for worker in (ours, theirs)], args.rounds, args.steps, WARMUP)
+            size = len(batches[key][0][1])  # images per call
+            emit(timing_rows(case, f"{size}x1x32x32", timings, size, "samples/s"))
+    if not args.skip_subprocess:
+        emit(subprocess_rows(args, batches["train"]))
+    if args.json:
+        write_json(args.json, header, rows)
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
