@@ -8,10 +8,12 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
+from pathlib import Path
 
 # units where more is better; in every other unit (ms, s, MiB) less is better
 HIGHER_IS_BETTER = ("samples/s", "calls/s", "GFLOP/s")
@@ -62,6 +64,16 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+def commit():
+    """The checkout's commit (git describe --always --dirty), or "unknown" outside git."""
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                              text=True, cwd=Path(__file__).resolve().parent, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return done.stdout.strip()
+
+
 def busy_cores(seconds=0.5):
     """Cores' worth of CPU the machine used over the next `seconds` (Linux), or None."""
     def sample():
@@ -89,12 +101,13 @@ def busy_warning(busy):
 
 
 def make_header(bench, threads, method, busy):
-    """The run's context: bench, command, machine, its other load, threads, versions, method,
-    and what the ratio means. busy: busy_cores() measured before the bench started."""
+    """The run's context: bench, command, commit, machine, its other load, threads, versions,
+    method, and what the ratio means. busy: busy_cores() measured before the bench started."""
     others = "unknown" if busy is None else f"{busy:.2f} cores busy just before the start"
     return {
         "bench": bench,
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "commit": commit(),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         # other processes skew the timings: how busy the machine was tells how far to trust them

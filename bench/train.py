@@ -24,7 +24,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -51,10 +51,8 @@ INFER_BATCH_SIZE = 1000
 ROUNDS = 20  # timed rounds per case; in each, each library runs STEPS calls in a row
 STEPS = 10
 WARMUP = 3  # untimed calls per library before the rounds
-TRAIN_BATCHES = 30  # real MNIST batches prepared up front, cycled, so batch prep is not timed
+TRAIN_BATCHES = 30  # real MNIST batches each worker prepares up front and cycles: not timed
 INFER_BATCHES = 5
-# the timed cases: row name, worker call, batches (see serve)
-TIMED_CASES = (("train step", "train_step", "train"), ("inference", "forward", "infer"))
 CHECK_STEPS = 5  # training steps from equal weights whose losses must agree...
 CHECK_RTOL = 1e-4  # ...to this relative difference (tests/test_training.py's), as must logits
 MEMORY_STEPS = 50  # training steps of the peak-memory children
@@ -76,9 +74,8 @@ PEAK_RSS_LAUNCHER = ("import resource, subprocess, sys; code = subprocess.call(s
 
 
 class Side(NamedTuple):
-    """One library's LeNet-5, its training step and forward on NumPy batches."""
+    """One library's LeNet-5: its training step and forward on NumPy batches."""
 
-    model: Any
     train_step: Callable  # (x, y) -> the batch's mean loss, after one Adam update
     forward: Callable  # x -> logits as a NumPy array, no gradients
     get_threads: Callable  # () -> the thread count the library will use
@@ -99,7 +96,7 @@ def tinyconv_side(threads):
         opt.step(grads)
         return loss
 
-    return Side(model, train_step, model.forward, numba.get_num_threads)
+    return Side(train_step, model.forward, numba.get_num_threads)
 
 
 def torch_side(threads, like=None):
@@ -126,7 +123,7 @@ def torch_side(threads, like=None):
         with torch.no_grad():
             return module(torch.from_numpy(x)).numpy()
 
-    return Side(module, train_step, forward, torch.get_num_threads)
+    return Side(train_step, forward, torch.get_num_threads)
 
 
 SIDES = {"tinyconv": tinyconv_side, "torch": torch_side}
@@ -145,12 +142,12 @@ def mnist_batches(split, batch_size, count):
 # ---- one process per library, called in turns
 
 
-def serve(library, threads, batches, connection):
+def serve(library, threads, batch_size, infer_batch_size, connection):
     """A worker process: build the library's side, then answer calls until sent None.
 
-    A call (name, batch index) answers ("ok", result) or ("error", traceback). Both sides
-    start from tinyconv's seeded weights (torch's through torch_copy) and share `batches`:
-    {"train": [(x, y), ...], "infer": [(x, y), ...]}.
+    A call (name, args) answers ("ok", result) or ("error", traceback). Every worker draws
+    the same batches (mnist_batches is seeded) and starts from tinyconv's seeded weights
+    (torch's through torch_copy), so the two compute the same thing.
     """
     if library == "torch":
         from tinyconv import LeNet5  # the weights to copy; Numba's thread pool stays unstarted
@@ -158,7 +155,8 @@ def serve(library, threads, batches, connection):
         side = torch_side(threads, like=LeNet5(seed=SEED))
     else:
         side = tinyconv_side(threads)
-    train, infer = batches["train"], batches["infer"]
+    train = mnist_batches("train", batch_size, TRAIN_BATCHES)
+    infer = mnist_batches("test", infer_batch_size, INFER_BATCHES)
     calls = {"threads": side.get_threads,
              "train_step": lambda index: side.train_step(*train[index % len(train)]),
              "forward": lambda index: side.forward(infer[index % len(infer)][0])}
@@ -173,27 +171,36 @@ def serve(library, threads, batches, connection):
 class Worker:
     """One library's side in a process of its own (see serve), called through a pipe."""
 
-    def __init__(self, library, threads, batches):
+    def __init__(self, library, args):
         # spawn: a fresh interpreter that imports only this file, then the library it serves
         context = multiprocessing.get_context("spawn")
         self.library = library
         self.connection, theirs = context.Pipe()
-        self.process = context.Process(target=serve, args=(library, threads, batches, theirs),
-                                       daemon=True)
+        self.process = context.Process(
+            target=serve, daemon=True,
+            args=(library, args.threads, args.batch_size, args.infer_batch_size, theirs))
         self.process.start()
         theirs.close()
 
     def __call__(self, name, *args):
         """The result of calls[name](*args) in the worker; exits with its traceback if it fails."""
-        self.connection.send((name, args))
-        status, result = self.connection.recv()
+        try:
+            self.connection.send((name, args))
+            status, result = self.connection.recv()
+        except (EOFError, OSError):  # the worker died, most likely while starting
+            self.process.join()
+            sys.exit(f"error: the {self.library} worker process ended with exit code "
+                     f"{self.process.exitcode}; its own error, if any, is printed above")
         if status != "ok":
             sys.exit(f"error: the {self.library} worker failed:\n{result}")
         return result
 
     def close(self):
-        """Stop the worker and wait for it."""
-        self.connection.send(None)
+        """Stop the worker, if it still runs, and wait for it."""
+        try:
+            self.connection.send(None)
+        except OSError:  # it has already ended
+            pass
         self.process.join()
 
     def __enter__(self):
@@ -203,9 +210,9 @@ class Worker:
         self.close()
 
 
-def cycling(worker, name, count):
-    """A no-argument callable: worker's `name` on batch 0, 1, ..., count-1, 0, 1, ..."""
-    indices = itertools.cycle(range(count))
+def cycling(worker, name):
+    """A no-argument callable: worker's `name` on batch 0, then 1, 2, ... (wrapping round)."""
+    indices = itertools.count()
     return lambda: worker(name, next(indices))
 
 
@@ -284,9 +291,10 @@ def peak_mib(argv, env):
     return int(stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
 
 
-def subprocess_rows(args, batches):
+def subprocess_rows(args):
     """Yield the start-up (cold and warm Numba cache) and peak-memory rows, from children."""
     shape = f"N={args.batch_size}"
+    batches = mnist_batches("train", args.batch_size, TRAIN_BATCHES)
     with tempfile.TemporaryDirectory(prefix="tinyconv-bench-") as tmp:
         tmp = Path(tmp)
         batches_path = tmp / "batches.npz"
@@ -373,8 +381,6 @@ def main(argv=None):
     warning = busy_warning(busy)
     if warning:
         print(warning, file=sys.stderr)
-    batches = {"train": mnist_batches("train", args.batch_size, TRAIN_BATCHES),
-               "infer": mnist_batches("test", args.infer_batch_size, INFER_BATCHES)}
     rows = []
 
     def emit(new_rows):
@@ -382,29 +388,29 @@ def main(argv=None):
             print(format_row(row), flush=True)
             rows.append(row)
 
-    with (Worker("tinyconv", args.threads, batches) as ours,
-          Worker("torch", args.threads, batches) as theirs):
+    with Worker("tinyconv", args) as ours, Worker("torch", args) as theirs:
         threads = check_threads(ours, theirs, args.threads)
         logits_error = check_inference(ours, theirs)
         loss_error = check_training(ours, theirs)
         header = make_header(
             f"bench/train.py: LeNet-5 end to end, tinyconv ({args.device}) vs torch eager "
             "(cpu), each in a process of its own", threads,
-            f"per call, min and median over {args.rounds} rounds of {args.steps} calls per "
-            f"library, alternating, after {WARMUP} warm-up calls; samples/s at the median",
+            f"per call (a pipe round trip to the library's worker), min and median over "
+            f"{args.rounds} rounds of {args.steps} calls per library, alternating, after "
+            f"{WARMUP} warm-up calls; samples/s at the median",
             busy)
         header["check"] = (f"from equal weights, logits differ by {logits_error:.1e} of the "
                            f"largest, losses over {CHECK_STEPS} steps by {loss_error:.1e} "
                            f"relative (allowed {CHECK_RTOL:g})")
         print(format_header(header), end="\n\n")
         print(format_table_head())
-        for case, call, key in TIMED_CASES:
-            timings = alternate([cycling(worker, call, len(batches[key]))
-                                 for worker in (ours, theirs)], args.rounds, args.steps, WARMUP)
-            size = len(batches[key][0][1])  # images per call
+        for case, call, size in (("train step", "train_step", args.batch_size),
+                                 ("inference", "forward", args.infer_batch_size)):
+            timings = alternate([cycling(worker, call) for worker in (ours, theirs)],
+                                args.rounds, args.steps, WARMUP)
             emit(timing_rows(case, f"{size}x1x32x32", timings, size, "samples/s"))
     if not args.skip_subprocess:
-        emit(subprocess_rows(args, batches["train"]))
+        emit(subprocess_rows(args))
     if args.json:
         write_json(args.json, header, rows)
         print(f"\nwrote {args.json}")
