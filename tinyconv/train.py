@@ -102,7 +102,9 @@ def train(config, run_dir, resume=False, quiet=False):
                     if last_path.exists() else "no checkpoint was written before it")
             raise TrainingError(f"training stopped: {exc}; {kept}") from None
         sched.step()
-        result = evaluate(model, test_images, test_labels, config["resize"], config["normalize"])
+        # at the training batch size, so the test pass reuses the training buffers
+        result = evaluate(model, test_images, test_labels, config["resize"], config["normalize"],
+                          config["batch_size"])
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "test_loss": result["loss"],
                    "test_accuracy": result["accuracy"], "lr": lr,
                    "seconds": time.perf_counter() - began}
