@@ -6,8 +6,10 @@ IN/OUT linear features, V classes, P parameter count.
 
 Layout: the batch is the LAST axis of every activation: images (C,H,W,N), features (IN,N),
 logits (V,N). Every inner loop then runs over N contiguous samples with one weight held in
-a register, which vectorises (8 floats a step with AVX2) and reuses the weight N times:
-5 to 100 times faster than NCHW here (README, "Speed"). Weights keep torch's layout.
+a register, which vectorises (8 floats a step with AVX2) and reuses the weight N times.
+Measured at batch 128 against the same loops in NCHW: conv2 forward 11 ms -> 1.6 ms, conv3
+forward (a 1x1 output, so a 1-long inner loop in NCHW) 27 ms -> 0.2 ms. Weights keep torch's
+layout.
 tinyconv.model transposes the NCHW input once per batch and the logits once back.
 
 The contract (DESIGN.md section 2): outputs first, then what the forward saved, then inputs,
