@@ -82,25 +82,25 @@ class _Buffers:
 
     def __init__(self, batch):
         self.shapes = _activation_shapes(batch)
-        self.acts = self._chain(lambda shape: np.empty(shape, np.float32))
+        self.acts = self._chain()
         self.dacts = None
         self.losses = np.empty(batch, np.float32)
         self.probs = np.empty((CLASSES, batch), np.float32)
 
-    def _chain(self, new):
-        """A buffer per layer boundary; flatten's is a view of the one before."""
-        arrays = [new(self.shapes[0])]
+    def _chain(self):
+        """A float32 buffer per layer boundary; flatten's is a view of the one before."""
+        arrays = [np.empty(self.shapes[0], np.float32)]
         for index, (kind, _) in enumerate(LAYERS):
             if kind == "flatten":
                 arrays.append(arrays[index].reshape(self.shapes[index + 1]))
             else:
-                arrays.append(new(self.shapes[index + 1]))
+                arrays.append(np.empty(self.shapes[index + 1], np.float32))
         return arrays
 
     def gradients(self):
         """The activation gradient buffers, allocated on the first call."""
         if self.dacts is None:
-            self.dacts = self._chain(lambda shape: np.empty(shape, np.float32))
+            self.dacts = self._chain()
         return self.dacts
 
 
