@@ -143,6 +143,16 @@ def test_bad_checkpoints_get_a_clear_error(tmp_path, capsys, damage, message):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--limit", "0"], "--limit must be at least 1, found 0"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, found 0"),
+])
+def test_evaluate_refuses_bad_flags(tmp_path, capsys, flags, message):
+    assert evaluate.main([str(tmp_path / "any.npz"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
 def test_import_and_train_never_import_torch(tmp_path):
     code = ("import sys, tinyconv, tinyconv.train, tinyconv.evaluate; "
             f"tinyconv.train.main({[*QUICK, '--epochs', '1', '--run-dir', str(tmp_path)]!r}); "

@@ -79,6 +79,9 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     try:
+        for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be at least 1, found {value}")
         set_threads(args.threads)
         model, _, _, header = load_run(args.checkpoint)
         config = header["config"]
