@@ -202,6 +202,17 @@ class LeNet5:
         """Logits (N, 10) for a float32 batch (N, 1, 32, 32)."""
         return self._run_forward(self._check_input(x)).acts[-1].T.copy()
 
+    def probabilities(self, x):
+        """Softmax class probabilities (N, 10), float64, for a float32 batch (N, 1, 32, 32)."""
+        logits = self.forward(x).astype(np.float64)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def activations(self, x):
+        """Each backbone layer's output for a batch x, batch first: a list, index = layer."""
+        buf = self._run_forward(self._check_input(x))
+        return [np.moveaxis(act, -1, 0).copy() for act in buf.acts[1:]]
+
     def loss(self, x, y):
         """Mean cross-entropy and the logits (N, 10), without gradients."""
         x, y = self._check_input(x), self._check_labels(y, len(x))
