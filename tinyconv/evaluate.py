@@ -10,8 +10,9 @@ import sys
 
 import numpy as np
 
-from tinyconv.checkpoint import CheckpointError, load_run
+from tinyconv.checkpoint import CheckpointError
 from tinyconv.data import DataError, iterate_batches, load_mnist
+from tinyconv.interop import TORCH_PREPROCESSING, MissingDependencyError, load_model
 from tinyconv.kernels import set_threads
 from tinyconv.model import CLASSES
 
@@ -64,7 +65,18 @@ def parse_args(argv):
         prog="python -m tinyconv.evaluate",
         description="Evaluate a tinyconv checkpoint (e.g. runs/NAME/best.npz) on the MNIST "
                     "test set: accuracy, per-class accuracy and the confusion matrix.")
-    parser.add_argument("checkpoint", help="a .npz checkpoint written by python -m tinyconv.train")
+    parser.add_argument("checkpoint", help="a .npz checkpoint written by python -m "
+                        "tinyconv.train, a run directory (its best.npz), or a PyTorch file "
+                        "(.pt: a state_dict or the report's checkpoint)")
+    parser.add_argument("--trust-pickle", action="store_true", help="let a PyTorch file "
+                        "unpickle Python objects (a whole saved module); this can run "
+                        "arbitrary code, so only for files from a trusted source")
+    parser.add_argument("--resize", choices=("pad", "bilinear"), help="28 -> 32 pixels "
+                        "(default: the checkpoint's recipe; for a PyTorch file the report's, "
+                        f"{TORCH_PREPROCESSING['resize']})")
+    parser.add_argument("--normalize", choices=("standard", "unit", "none"), help="pixel "
+                        "scaling (default: the checkpoint's recipe; for a PyTorch file the "
+                        f"report's, {TORCH_PREPROCESSING['normalize']})")
     parser.add_argument("--data-dir", help="directory holding the MNIST files "
                         "(default: TINYCONV_DATA, the bundled data/mnist, then the cache)")
     parser.add_argument("--limit", type=int, metavar="N",
@@ -83,18 +95,24 @@ def main(argv=None):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be at least 1, found {value}")
         set_threads(args.threads)
-        model, _, _, header = load_run(args.checkpoint)
-        config = header["config"]
+        model, header = load_model(args.checkpoint, args.trust_pickle)
         images, labels = load_mnist("test", args.data_dir)
-    except (CheckpointError, DataError, ValueError) as exc:
+    except (CheckpointError, DataError, MissingDependencyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    saved = header["config"] if header else TORCH_PREPROCESSING
+    resize, normalize = args.resize or saved["resize"], args.normalize or saved["normalize"]
+    if header is None and not (args.resize and args.normalize):
+        print(f"note: a PyTorch file records no preprocessing; evaluating with --resize "
+              f"{resize} --normalize {normalize} (the report's where not given)",
+              file=sys.stderr)
     images, labels = images[:args.limit], labels[:args.limit]
-    result = evaluate(model, images, labels, config["resize"], config["normalize"],
-                      args.batch_size)
+    result = evaluate(model, images, labels, resize, normalize, args.batch_size)
     if args.json:
         confusion = result["confusion"]
-        print(json.dumps({"checkpoint": str(args.checkpoint), "epoch": header["epoch"],
+        print(json.dumps({"checkpoint": str(args.checkpoint),
+                          "epoch": header["epoch"] if header else None,
+                          "resize": resize, "normalize": normalize,
                           "count": len(labels), "loss": result["loss"],
                           "accuracy": result["accuracy"],
                           "per_class_accuracy": per_class_accuracy(confusion).tolist(),

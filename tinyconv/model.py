@@ -126,6 +126,13 @@ class LeNet5:
 
     # ---- parameters
 
+    @classmethod
+    def from_torch(cls, path, trust_pickle=False):
+        """A model with a PyTorch file's weights (state_dict or the report's checkpoint)."""
+        from tinyconv.interop import load_torch_into  # interop imports this module
+
+        return load_torch_into(cls(), path, trust_pickle)
+
     def state_dict(self):
         """A copy of the parameters: {name: float32 array}, named and shaped as torch's."""
         return {name: view.copy() for name, view in self.params.items()}

@@ -20,6 +20,7 @@ from tinyconv import checkpoint
 from tinyconv.checkpoint import CheckpointError, load_run, save_run
 from tinyconv.data import DataError, iterate_batches, load_mnist, num_batches
 from tinyconv.evaluate import evaluate
+from tinyconv.interop import MissingDependencyError, load_model
 from tinyconv.kernels import set_threads
 from tinyconv.model import LeNet5
 from tinyconv.optim import Adam, StepLR
@@ -72,8 +73,12 @@ def train_epoch(model, opt, images, labels, config, epoch, quiet):
     return loss_sum / seen
 
 
-def train(config, run_dir, resume=False, quiet=False):
-    """Run (or, with resume, continue) a training run in run_dir; returns the last metrics."""
+def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
+    """Run (or, with resume, continue) a training run in run_dir; returns the last metrics.
+
+    A new run starts from the weights of config["init_from"] (a tinyconv checkpoint or a
+    PyTorch file; trust_pickle lets the latter unpickle objects) when it names one.
+    """
     run_dir = Path(run_dir)
     last_path, best_path = run_dir / "last.npz", run_dir / "best.npz"
     if resume:
@@ -84,6 +89,8 @@ def train(config, run_dir, resume=False, quiet=False):
             raise TrainingError(f"{run_dir} already holds a run (last.npz): continue it with "
                                 f"--resume {run_dir}, or choose another --run-dir")
         model = LeNet5(seed=config["seed"])
+        if config.get("init_from"):
+            model.load_state_dict(load_model(config["init_from"], trust_pickle)[0].state_dict())
         opt = Adam(model, lr=config["lr"], weight_decay=config["weight_decay"])
         sched = StepLR(opt, config["lr_step"], config["lr_gamma"])
         start_epoch, best = 0, {"accuracy": -1.0, "epoch": 0}
@@ -169,6 +176,12 @@ def parse_args(argv):
                         "TINYCONV_DATA, the bundled data/mnist, the cache, then a download)")
     parser.add_argument("--run-dir", help="where checkpoints and metrics.jsonl go "
                         "(default: runs/<time>-<recipe>)")
+    parser.add_argument("--init-from", metavar="PATH", help="start from these weights instead "
+                        "of the seed's: a tinyconv checkpoint or run directory, or a PyTorch "
+                        "file (a state_dict or the report's checkpoint); Adam starts afresh")
+    parser.add_argument("--trust-pickle", action="store_true", help="let a PyTorch --init-from "
+                        "file unpickle Python objects (a whole saved module); this can run "
+                        "arbitrary code, so only for files from a trusted source")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from "
                         "its last.npz; only --epochs, --threads and --data-dir may change")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
@@ -178,9 +191,10 @@ def parse_args(argv):
 def build_config(args):
     """The run's settings: the recipe's, overridden by the flags given, checked."""
     given = {k: v for k, v in vars(args).items() if v is not None and k not in
-             ("recipe", "run_dir", "resume", "quiet")}
+             ("recipe", "run_dir", "resume", "quiet", "trust_pickle")}
     config = {**RECIPES[args.recipe], "recipe": args.recipe, "limit_train": None,
-              "limit_test": None, "threads": None, "data_dir": None, **given}
+              "limit_test": None, "threads": None, "data_dir": None, "init_from": None,
+              **given}
     for key, least in (("epochs", 1), ("batch_size", 1), ("lr_step", 1), ("translate", 0),
                        ("limit_train", 1), ("limit_test", 1)):
         if config[key] is not None and config[key] < least:
@@ -216,8 +230,10 @@ def main(argv=None):
         if not args.quiet:
             print(f"run {run_dir}: " + ", ".join(f"{k}={v}" for k, v in config.items()
                                                  if v is not None), flush=True)
-        metrics = train(config, run_dir, resume=bool(args.resume), quiet=args.quiet)
-    except (TrainingError, CheckpointError, DataError, ValueError) as exc:
+        metrics = train(config, run_dir, resume=bool(args.resume), quiet=args.quiet,
+                        trust_pickle=args.trust_pickle)
+    except (TrainingError, CheckpointError, DataError, MissingDependencyError,
+            ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if metrics and not args.quiet:

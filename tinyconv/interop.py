@@ -1,0 +1,237 @@
+"""PyTorch and ONNX interop: read torch files into LeNet-5, write state_dicts and ONNX graphs.
+
+torch and onnx are optional: each is imported inside the function that needs it, so `import
+tinyconv` and training never load them, and a missing one gets a message saying what to
+install. Parameter names are the report module's (`backbone.0.weight` ... `backbone.13.bias`),
+so a state_dict moves between the two libraries unchanged.
+"""
+
+import importlib
+import pickle
+import re
+import types
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from tinyconv.checkpoint import CheckpointError, atomic_write, load_run
+from tinyconv.model import CLASSES, INPUT_SHAPE, LAYERS, PARAM_SHAPES, POOL, LeNet5
+
+# pinned: an unpinned "torch" pulls a multi-GB CUDA build
+TORCH_INSTALL = ("pip install torch==2.13.0 (for the CPU-only build add "
+                 "--index-url https://download.pytorch.org/whl/cpu)")
+ONNX_INSTALL = "pip install onnx (or, in a checkout, pip install -e '.[onnx]')"
+# names that a torch.save file gets; any other file is read as a tinyconv .npz checkpoint
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+# where checkpoint dicts keep the state_dict: the report ({'epoch', 'model', 'optimizer'}),
+# Lightning, and the PyTorch tutorial's {'model_state_dict', 'optimizer_state_dict', ...}
+STATE_KEYS = ("model", "state_dict", "model_state_dict")
+# the report's transforms (Resize(32), ToTensor), assumed for a torch file that says nothing
+TORCH_PREPROCESSING = {"resize": "bilinear", "normalize": "unit"}
+ONNX_OPSET = 17
+ONNX_IR_VERSION = 8  # the IR of opset 17; onnxruntime 1.12 and later run it
+
+
+class MissingDependencyError(RuntimeError):
+    """An optional package (torch, onnx) that the requested conversion needs is not installed."""
+
+
+def _require(name, purpose, install):
+    """Import an optional package, or raise MissingDependencyError saying how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise MissingDependencyError(f"{purpose} needs the '{name}' package, which cannot be "
+                                     f"imported ({exc}); install it with: {install}") from None
+
+
+# ---- reading PyTorch files
+
+
+def is_torch_file(path):
+    """Whether path is (or, by its suffix, should be) a torch.save file rather than an .npz."""
+    path = Path(path)
+    if path.suffix in TORCH_SUFFIXES:
+        return True
+    try:
+        with zipfile.ZipFile(path) as archive:  # torch.save's zip holds <name>/data.pkl
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        pass
+    try:
+        with open(path, "rb") as file:  # torch's legacy format: a bare pickle stream
+            return file.read(1) == b"\x80"
+    except OSError:
+        return False
+
+
+def _lenient_pickle(torch):
+    """A pickle module for torch.load that stands in a bare nn.Module for missing classes.
+
+    A pickled module names its class (the report's is `__main__.LeNet5`, defined in a
+    notebook), which cannot be imported here. The stand-in receives the module's attributes
+    (its parameters and submodules) and never runs: only its state_dict() is read.
+    """
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            try:
+                return super().find_class(module, name)
+            except (ImportError, AttributeError):
+                return type(name, (torch.nn.Module,), {"__module__": module})
+
+    return types.SimpleNamespace(__name__="pickle", Unpickler=Unpickler, load=pickle.load)
+
+
+def _describe(content):
+    """A short account of what a torch file held, for error messages."""
+    if isinstance(content, Mapping):
+        return f"a {type(content).__name__} with keys {list(content)[:8]}"
+    return f"a {type(content).__module__}.{type(content).__name__}"
+
+
+def _find_state_dict(torch, content, path):
+    """The {name: tensor} mapping inside what torch.load returned, or CheckpointError."""
+    if isinstance(content, torch.nn.Module):
+        return content.state_dict()
+    if isinstance(content, Mapping):
+        if content and all(isinstance(value, torch.Tensor) for value in content.values()):
+            return content
+        for key in STATE_KEYS:
+            if key in content:
+                return _find_state_dict(torch, content[key], path)
+    raise CheckpointError(f"{path}: expected a state_dict of LeNet-5's tensors, a checkpoint "
+                          f"dict holding one under {' or '.join(map(repr, STATE_KEYS))}, or "
+                          f"(with --trust-pickle) a pickled module; found {_describe(content)}")
+
+
+def _strip_prefix(state):
+    """The state without a prefix that every key shares (DataParallel's 'module.', ...)."""
+    anchor = next(iter(PARAM_SHAPES))  # backbone.0.weight
+    prefixes = {name[:-len(anchor)] for name in state if name.endswith(anchor)}
+    if len(prefixes) != 1:
+        return state
+    prefix = prefixes.pop()
+    if not all(name.startswith(prefix) for name in state):
+        return state
+    return {name[len(prefix):]: value for name, value in state.items()}
+
+
+def read_torch_state(path, trust_pickle=False):
+    """LeNet-5's parameters ({name: float32 array}) from a file written by torch.save.
+
+    Reads a state_dict, a checkpoint dict holding one (the report's {'epoch', 'model',
+    'optimizer'}), and, only with trust_pickle, pickled modules; half precision becomes
+    float32. The file is read with weights_only=True unless trust_pickle is set.
+    """
+    torch = _require("torch", "reading a PyTorch file", TORCH_INSTALL)
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such PyTorch file")
+    try:
+        if trust_pickle:
+            content = torch.load(path, map_location="cpu", weights_only=False,
+                                 pickle_module=_lenient_pickle(torch))
+        else:
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
+        if trust_pickle or not found:
+            raise CheckpointError(f"{path}: unreadable PyTorch file ({exc})") from None
+        raise CheckpointError(
+            f"{path}: refused: the file pickles Python objects, not only tensors (the first is "
+            f"{found.group(1)}; the report saved its whole module this way), and unpickling "
+            f"them can run arbitrary code. If you trust where the file came from, pass "
+            f"--trust-pickle (trust_pickle=True in Python); better, re-save it as a plain "
+            f"state_dict: torch.save(model.state_dict(), PATH)") from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, ... for damaged files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: unreadable PyTorch file, expected a file written by "
+                              f"torch.save ({reason})") from None
+    state = {}
+    for name, value in _strip_prefix(_find_state_dict(torch, content, path)).items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: {name} must be a tensor, found "
+                                  f"{type(value).__name__}")
+        value = value.detach().cpu()
+        state[name] = (value.float() if value.is_floating_point() else value).numpy()
+    return state
+
+
+def load_torch_into(model, path, trust_pickle=False):
+    """Copy a PyTorch file's weights into a LeNet5 and return it; errors name the file."""
+    state = read_torch_state(path, trust_pickle)
+    try:
+        model.load_state_dict(state)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return model
+
+
+def load_model(path, trust_pickle=False):
+    """(LeNet5, run header) from a tinyconv checkpoint or run directory; header None for torch.
+
+    A directory means its best.npz; a torch.save file is read by LeNet5.from_torch.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.npz"
+    if is_torch_file(path):
+        return LeNet5.from_torch(path, trust_pickle), None
+    model, _, _, header = load_run(path)
+    return model, header
+
+
+# ---- writing
+
+
+def save_torch(path, state):
+    """Write a {name: array} state as a torch state_dict file (float32 tensors), atomically."""
+    torch = _require("torch", "exporting to PyTorch", TORCH_INSTALL)
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(state[name], np.float32))
+               for name in PARAM_SHAPES}
+    atomic_write(path, lambda file: torch.save(tensors, file))
+
+
+def onnx_model(state, metadata=None):
+    """LeNet-5 as an ONNX ModelProto: input (N,1,32,32) float32 -> logits (N,10), N dynamic."""
+    onnx = _require("onnx", "exporting to ONNX", ONNX_INSTALL)
+    from onnx import TensorProto, helper, numpy_helper
+    nodes, current = [], "input"
+    for index, (kind, _) in enumerate(LAYERS):
+        output = "logits" if index == len(LAYERS) - 1 else f"backbone.{index}"
+        weights = [f"backbone.{index}.weight", f"backbone.{index}.bias"]
+        if kind == "conv":  # stride 1, no padding, as torch's Conv2d(kernel_size=5)
+            kernel = list(state[weights[0]].shape[2:])
+            node = helper.make_node("Conv", [current, *weights], [output], kernel_shape=kernel)
+        elif kind == "linear":  # torch's Linear: x @ weight.T + bias
+            node = helper.make_node("Gemm", [current, *weights], [output], transB=1)
+        elif kind == "pool":
+            node = helper.make_node("AveragePool", [current], [output],
+                                    kernel_shape=[POOL, POOL], strides=[POOL, POOL])
+        elif kind == "flatten":
+            node = helper.make_node("Flatten", [current], [output], axis=1)
+        else:
+            node = helper.make_node("Tanh", [current], [output])
+        node.name = f"backbone.{index}"
+        nodes.append(node)
+        current = output
+    initializers = [numpy_helper.from_array(np.asarray(state[name], np.float32), name)
+                    for name in PARAM_SHAPES]
+    graph = helper.make_graph(
+        nodes, "LeNet5",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *INPUT_SHAPE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
+        initializers)
+    model = helper.make_model(graph, producer_name="tinyconv", ir_version=ONNX_IR_VERSION,
+                              opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    helper.set_model_props(model, metadata or {})
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def save_onnx(path, state, metadata=None):
+    """Write LeNet-5 with a {name: array} state as an ONNX file, atomically."""
+    model = onnx_model(state, metadata)
+    atomic_write(path, lambda file: file.write(model.SerializeToString()))
