@@ -1,0 +1,261 @@
+"""PyTorch and ONNX interop: export, import (state_dicts, the report's checkpoints), errors."""
+
+import json
+import subprocess
+import sys
+from copy import deepcopy
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+from tinyconv import LeNet5, evaluate, export, train
+from tinyconv.checkpoint import CheckpointError, load_run
+from tinyconv.data import iterate_batches, load_mnist
+from tinyconv.model import PARAM_SHAPES
+
+from .torch_lenet import LeNet5 as TorchLeNet5
+from .torch_lenet import torch_copy
+
+ROOT = Path(__file__).resolve().parent.parent
+# float32 with different summation orders (tinyconv's kernels, torch's, onnxruntime's)
+LOGITS_RTOL = 1e-5
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    """A briefly trained run (200 Adam steps, about 97% test accuracy) and the test images."""
+    run_dir = tmp_path_factory.mktemp("interop") / "run"
+    assert train.main(["--limit-train", "12800", "--limit-test", "500", "--batch-size", "64",
+                       "--epochs", "1", "--quiet", "--run-dir", str(run_dir)]) == 0
+    model, _, _, header = load_run(run_dir / "best.npz")
+    images, labels = load_mnist("test")
+    config = header["config"]
+    x, y = next(iterate_batches(images, labels, len(labels), shuffle=False,
+                                resize=config["resize"], normalize=config["normalize"]))
+    logits = model.forward(x)
+    assert np.mean(logits.argmax(1) == y) > 0.9  # trained: predictions are not near-ties
+    return {"dir": run_dir, "model": model, "x": x, "logits": logits}
+
+
+@pytest.fixture(scope="session")
+def torch_file(run):
+    """The run's weights as a plain torch state_dict file."""
+    path = run["dir"].parent / "plain.pt"
+    torch.save(torch_copy(run["model"]).state_dict(), path)
+    return path
+
+
+def assert_logits_match(found, expected):
+    relative = np.abs(found - expected).max() / np.abs(expected).max()
+    assert relative < LOGITS_RTOL, f"max |diff| / max |logit| = {relative:.2e}"
+    assert np.array_equal(found.argmax(1), expected.argmax(1))
+
+
+def assert_params(model, expected):
+    for name, value in expected.items():
+        assert model.params[name].dtype == np.float32
+        assert np.array_equal(model.params[name], value), name
+
+
+def halved(model):
+    """The parameters rounded to float16 and back, as the report's model.half() saw them."""
+    return {name: value.astype(np.float16).astype(np.float32)
+            for name, value in model.state_dict().items()}
+
+
+# ---- export
+
+
+def test_torch_export_matches_on_all_test_images(run, tmp_path, capsys):
+    out = tmp_path / "lenet5.pt"
+    assert export.main([str(run["dir"]), "--torch", str(out)]) == 0
+    assert "61,706 float32 parameters" in capsys.readouterr().out
+    state = torch.load(out, weights_only=True)
+    assert list(state) == list(PARAM_SHAPES)
+    assert all(state[k].dtype == torch.float32 and state[k].shape == s
+               for k, s in PARAM_SHAPES.items())
+    module = TorchLeNet5()
+    module.load_state_dict(state)  # strict: exactly the report module's keys and shapes
+    with torch.no_grad():
+        logits = module(torch.from_numpy(run["x"])).numpy()
+    assert_logits_match(logits, run["logits"])
+    assert_params(LeNet5.from_torch(out), run["model"].state_dict())  # and back, bit for bit
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_onnx_export_runs_in_onnxruntime(run, tmp_path):
+    out = tmp_path / "lenet5.onnx"
+    assert export.main([str(run["dir"] / "best.npz"), "--onnx", str(out)]) == 0
+    graph = onnx.load(out)
+    onnx.checker.check_model(graph, full_check=True)
+    assert {node.op_type for node in graph.graph.node} == {
+        "Conv", "Tanh", "AveragePool", "Flatten", "Gemm"}
+    props = {p.key: p.value for p in graph.metadata_props}
+    assert props["input"] == "28x28 zero-padded by 2 to 32x32; pixels (x/255 - 0.1307)/0.3081"
+    session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"input": run["x"][:1000]})
+    assert_logits_match(logits, run["logits"][:1000])
+    (one,) = session.run(["logits"], {"input": run["x"][5:6]})  # the batch size is dynamic
+    assert one.shape == (1, 10) and one.argmax() == run["logits"][5].argmax()
+
+
+def test_onnx_export_never_imports_torch(run, tmp_path):
+    code = ("import sys; from tinyconv import export; "
+            f"assert export.main([{str(run['dir'])!r}, '--onnx', {str(tmp_path / 'm.onnx')!r}])"
+            " == 0; assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("package, flag, install", [
+    ("torch", "--torch", "pip install torch==2.13.0"),
+    ("onnx", "--onnx", "pip install onnx"),
+])
+def test_missing_package_gets_install_message(run, tmp_path, capsys, monkeypatch, package,
+                                              flag, install):
+    monkeypatch.setitem(sys.modules, package, None)  # import fails as if it were absent
+    assert export.main([str(run["dir"]), flag, str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"needs the '{package}' package" in err and install in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_export_needs_a_target(run, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        export.main([str(run["dir"])])
+    assert exit_.value.code == 2 and "nothing to do" in capsys.readouterr().err
+
+
+# ---- import
+
+
+def test_report_checkpoint_layout_in_half_precision(run, tmp_path):
+    # {'epoch', 'model', 'optimizer'} with a half-precision state_dict under 'model'
+    module = torch_copy(run["model"])
+    path = tmp_path / "report.pt"
+    torch.save({"epoch": 299, "model": deepcopy(module).half().state_dict(),
+                "optimizer": torch.optim.Adam(module.parameters()).state_dict()}, path)
+    assert_params(LeNet5.from_torch(path), halved(run["model"]))
+
+
+def test_data_parallel_prefix_is_stripped(run, tmp_path):
+    path = tmp_path / "dp.pt"
+    state = torch_copy(run["model"]).state_dict()
+    torch.save({"module." + name: value for name, value in state.items()}, path)
+    assert_params(LeNet5.from_torch(path), run["model"].state_dict())
+
+
+@pytest.fixture(scope="session")
+def pickled_report(run, torch_file):
+    """The report's own checkpoint: the whole module, half, its class in a notebook's __main__."""
+    path = run["dir"].parent / "LeNet5.pt"
+    script = f"""
+import sys
+from copy import deepcopy
+import torch
+sys.path.insert(0, {str(ROOT)!r})
+from tests.torch_lenet import LeNet5 as Module
+class LeNet5(Module):  # the class lives in __main__, as in the report's notebook
+    pass
+train_model = LeNet5()
+train_model.load_state_dict(torch.load({str(torch_file)!r}, weights_only=True))
+optimizer = torch.optim.Adam(train_model.parameters(), lr=1e-5)
+ckpt = {{'epoch': 299, 'model': deepcopy(train_model).half(), 'optimizer': optimizer.state_dict()}}
+torch.save(ckpt, {str(path)!r})
+"""
+    subprocess.run([sys.executable, "-c", script], check=True)
+    return path
+
+
+def test_pickled_module_is_refused_unless_trusted(run, pickled_report):
+    with pytest.raises(CheckpointError) as refusal:
+        LeNet5.from_torch(pickled_report)
+    message = str(refusal.value)
+    assert message.startswith(f"{pickled_report}: refused")
+    for words in ("__main__.LeNet5", "arbitrary code", "--trust-pickle"):
+        assert words in message
+    assert_params(LeNet5.from_torch(pickled_report, trust_pickle=True), halved(run["model"]))
+
+
+def test_evaluate_reads_torch_files(run, torch_file, pickled_report, capsys):
+    def report(*argv):
+        assert evaluate.main([*argv, "--limit", "500", "--json"]) == 0
+        out, err = capsys.readouterr()
+        return json.loads(out), err
+
+    expected = report(str(run["dir"] / "best.npz"))[0]["accuracy"]
+    found, err = report(str(torch_file), "--resize", "pad", "--normalize", "standard")
+    assert found["accuracy"] == expected and found["epoch"] is None and not err
+    found, err = report(str(torch_file))
+    assert found["resize"] == "bilinear" and found["normalize"] == "unit"  # the report's
+    assert "evaluating with --resize bilinear --normalize unit" in err
+    assert evaluate.main([str(pickled_report)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {pickled_report}: refused") and "Traceback" not in err
+    found, _ = report(str(pickled_report), "--trust-pickle", "--resize", "pad",
+                      "--normalize", "standard")
+    assert found["accuracy"] > 0.9
+
+
+def test_train_init_from_a_torch_file(run, torch_file, pickled_report, tmp_path, capsys):
+    # lr 1e-30: the one Adam step leaves every weight as loaded
+    flags = ["--limit-train", "64", "--limit-test", "64", "--batch-size", "64", "--epochs", "1",
+             "--lr", "1e-30", "--quiet"]
+    assert train.main([*flags, "--init-from", str(torch_file), "--run-dir",
+                       str(tmp_path / "a")]) == 0
+    model, _, _, header = load_run(tmp_path / "a" / "last.npz")
+    assert header["config"]["init_from"] == str(torch_file)
+    assert_params(model, run["model"].state_dict())
+    assert train.main([*flags, "--init-from", str(pickled_report), "--run-dir",
+                       str(tmp_path / "b")]) == 1
+    assert "--trust-pickle" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def mutate(state, change):
+    state = dict(state)
+    if change == "missing":
+        del state["backbone.4.bias"]
+    elif change == "unexpected":
+        state["backbone.14.weight"] = torch.zeros(3)
+    elif change == "shape":
+        state["backbone.0.weight"] = torch.zeros(6, 1, 3, 3)
+    elif change == "integer":
+        state["backbone.13.bias"] = torch.zeros(10, dtype=torch.int64)
+    elif change == "nested":
+        state = {"epoch": 1, "weights": state}
+    return state
+
+
+@pytest.mark.parametrize("change, message", [
+    ("missing", "missing ['backbone.4.bias'], unexpected []"),
+    ("unexpected", "missing [], unexpected ['backbone.14.weight']"),
+    ("shape", "backbone.0.weight must have shape (6, 1, 5, 5), found (6, 1, 3, 3)"),
+    ("integer", "backbone.13.bias must hold floats, found int64"),
+    ("nested", "expected a state_dict of LeNet-5's tensors, a checkpoint dict holding one "
+               "under 'model' or 'state_dict' or 'model_state_dict', or (with --trust-pickle) "
+               "a pickled module; found a dict with keys ['epoch', 'weights']"),
+])
+def test_wrong_keys_and_shapes_are_named(run, tmp_path, change, message):
+    path = tmp_path / "bad.pt"
+    torch.save(mutate(torch_copy(run["model"]).state_dict(), change), path)
+    with pytest.raises(CheckpointError) as error:
+        LeNet5.from_torch(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "no such PyTorch file"),
+    ("truncated", "unreadable PyTorch file, expected a file written by torch.save"),
+    ("text", "unreadable PyTorch file"),
+])
+def test_damaged_torch_files_get_a_clear_error(torch_file, tmp_path, capsys, damage, message):
+    path = tmp_path / "model.pt"
+    content = {"truncated": torch_file.read_bytes()[:3000], "text": b"not a model\n"}
+    if damage in content:
+        path.write_bytes(content[damage])
+    assert export.main([str(path), "--onnx", str(tmp_path / "out.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: ") and message in err and "Traceback" not in err
