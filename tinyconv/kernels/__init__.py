@@ -1,6 +1,9 @@
-"""The backend table: each backend module offers the same kernel names and signatures."""
+"""The backend table: each backend offers the same kernels and array helpers by name."""
 
+import functools
 import importlib
+import importlib.util
+from types import SimpleNamespace
 
 import numba
 import numpy as np
@@ -13,14 +16,49 @@ KERNELS = (
     "softmax_xent_forward", "softmax_xent_backward",
     "adam_update",
 )
-BACKENDS = ("cpu",)
+# make, fill and read a backend's arrays (see host.py and the end of cuda.py)
+HELPERS = ("empty", "zeros", "to_device", "to_host", "copy_in", "synchronize")
+# backend name -> (module of its KERNELS, module of its HELPERS)
+BACKENDS = {"cpu": ("cpu", "host"), "cuda": ("cuda", "cuda")}
 
 
+class DeviceUnavailable(RuntimeError):
+    """A backend cannot run here; the message says what is missing and how to get it."""
+
+
+def require_cuda():
+    """Raise DeviceUnavailable unless numba-cuda is installed and finds a GPU (or runs its
+    simulator: NUMBA_ENABLE_CUDASIM=1)."""
+    if importlib.util.find_spec("numba_cuda") is None:
+        raise DeviceUnavailable(
+            "device 'cuda' needs the numba-cuda package, which is not installed: "
+            "pip install 'tinyconv[cuda]' (or pip install numba-cuda), or use --device cpu")
+    from numba import cuda
+
+    if not cuda.is_available():
+        from numba.cuda.cudadrv.driver import driver
+
+        reason = " ".join(str(driver.initialization_error or "no CUDA device").split())
+        raise DeviceUnavailable(
+            f"device 'cuda': numba-cuda is installed but finds no usable NVIDIA GPU ({reason}); "
+            "check the GPU and its driver with nvidia-smi, or use --device cpu "
+            "(NUMBA_ENABLE_CUDASIM=1 runs the CUDA kernels in Numba's simulator, for tests)")
+
+
+@functools.cache
 def get_backend(name):
-    """The kernel module for a backend name ("cpu"); compiled lazily on first use."""
+    """A backend by name, "cpu" or "cuda": its KERNELS and HELPERS as attributes.
+
+    The kernels compile on first use. "cuda" first checks that it can run (require_cuda).
+    """
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
-    return importlib.import_module(f"{__name__}.{name}")
+        raise ValueError(f"unknown device {name!r}: expected one of {', '.join(BACKENDS)}")
+    if name == "cuda":
+        require_cuda()
+    kernels, helpers = (importlib.import_module(f"{__name__}.{module}")
+                        for module in BACKENDS[name])
+    return SimpleNamespace(**{kernel: getattr(kernels, kernel) for kernel in KERNELS},
+                           **{helper: getattr(helpers, helper) for helper in HELPERS})
 
 
 def adam_scalars(lr, beta1, beta2, eps, weight_decay, step):

@@ -1,0 +1,384 @@
+"""numba.cuda kernels: cpu.py's ops, names and Python signatures, on an NVIDIA GPU.
+
+Letters: N batch, C input channels, OC output channels, H/W input height and width,
+OH/OW output height and width, KH/KW kernel height and width, k pooling window,
+IN/OUT linear features, V classes, P parameter count.
+
+Layout and contract as in cpu.py: the batch is the LAST axis of every activation (images
+(C,H,W,N), features (IN,N), logits (V,N)); weights keep torch's layout; arguments are outputs,
+saved tensors, inputs, parameters, sizes; every backward OVERWRITES its outputs. Arrays are
+device arrays (the helpers at the end make and move them); each launcher queues its kernel on
+the default stream and returns at once, so the work of a step runs in order on the GPU and the
+host waits only where it copies a result back (to_host).
+
+Threads: one per output element, the index running fastest over n, so the threads of a warp
+read and write neighbouring samples (coalesced). Weight and bias gradients are sums over
+positions and samples: one block per gradient element, each thread summing a fixed strided
+share of the terms, then a fixed-order tree in shared memory; no atomics, so results are
+the same on every run. float32 throughout: constants are np.float32 and math.exp/log/sqrt/tanh
+of a float32 compile to libdevice's float32 functions (tests scan the PTX for float64).
+"""
+
+import math
+import warnings
+
+import numpy as np
+from numba import cuda, float32
+from numba.core.errors import NumbaPerformanceWarning
+
+THREADS = 256  # threads per block of the elementwise kernels
+REDUCE_THREADS = 128  # most threads per block of a reduction: a power of two, for the tree
+
+_ZERO = np.float32(0.0)
+_ONE = np.float32(1.0)
+
+# LeNet-5's small layers launch small grids by nature (the loss: one block at batch 128);
+# numba-cuda's warning about them says nothing that could be acted on
+warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-",
+                        category=NumbaPerformanceWarning)
+
+
+def _blocks(total):
+    """Blocks of THREADS threads that cover `total` elements, one thread each."""
+    return (total + THREADS - 1) // THREADS
+
+
+def _reduce_threads(terms):
+    """Threads per block of a reduction over `terms` terms: the power of two that covers
+    them, at most REDUCE_THREADS (small sums do not launch idle threads)."""
+    return min(REDUCE_THREADS, 1 << max(terms - 1, 0).bit_length())
+
+
+# ---- conv2d
+
+
+@cuda.jit
+def _conv2d_forward(out, inp, weight, bias):
+    # inp (C,H,W,N), weight (OC,C,KH,KW), bias (OC,) -> out (OC,OH,OW,N), OH=H-KH+1, OW=W-KW+1
+    # out[oc,i,j,n] = bias[oc] + sum over c, kh, kw of weight[oc,c,kh,kw] * inp[c,i+kh,j+kw,n]
+    idx = cuda.grid(1)
+    if idx >= out.size:
+        return
+    OC, OH, OW, N = out.shape
+    C, KH, KW = weight.shape[1], weight.shape[2], weight.shape[3]
+    n, pos = idx % N, idx // N
+    oc, i, j = pos // (OH * OW), pos // OW % OH, pos % OW
+    acc = bias[oc]
+    for c in range(C):
+        for kh in range(KH):
+            for kw in range(KW):
+                acc += weight[oc, c, kh, kw] * inp[c, i + kh, j + kw, n]
+    out[oc, i, j, n] = acc
+
+
+@cuda.jit
+def _conv2d_backward_input(dinp, dout, weight):
+    # overwrites dinp (C,H,W,N); dout (OC,OH,OW,N), weight (OC,C,KH,KW)
+    # dinp[c,h,x,n] = sum over oc, kh, kw of weight[oc,c,kh,kw] * dout[oc,h-kh,x-kw,n], the taps
+    # limited to those whose output position (h-kh, x-kw) exists; gathered: a thread a pixel
+    idx = cuda.grid(1)
+    if idx >= dinp.size:
+        return
+    C, H, W, N = dinp.shape
+    OC, OH, OW = dout.shape[0], dout.shape[1], dout.shape[2]
+    KH, KW = weight.shape[2], weight.shape[3]
+    n, pos = idx % N, idx // N
+    c, h, x = pos // (H * W), pos // W % H, pos % W
+    acc = _ZERO
+    for oc in range(OC):
+        for kh in range(max(0, h - OH + 1), min(KH, h + 1)):
+            for kw in range(max(0, x - OW + 1), min(KW, x + 1)):
+                acc += weight[oc, c, kh, kw] * dout[oc, h - kh, x - kw, n]
+    dinp[c, h, x, n] = acc
+
+
+@cuda.jit
+def _conv2d_backward_params(dweight, dbias, dout, inp):
+    # overwrites dweight (OC,C,KH,KW) and dbias (OC,); dout (OC,OH,OW,N), inp (C,H,W,N)
+    # block b < OC*C*KH*KW: dweight[oc,c,kh,kw] = sum over i, j, n of
+    #   dout[oc,i,j,n] * inp[c,i+kh,j+kw,n];
+    # the OC blocks after them: dbias[oc] = sum over i, j, n of dout[oc,i,j,n].
+    # Each thread sums a strided share of the terms, then the block adds the partials up in a
+    # fixed tree in shared memory (blockDim.x is a power of two): the same order every run.
+    OC, C, KH, KW = dweight.shape
+    OH, OW, N = dout.shape[1], dout.shape[2], dout.shape[3]
+    b = cuda.blockIdx.x
+    is_weight = b < dweight.size
+    if is_weight:
+        oc, c, kh, kw = b // (C * KH * KW), b // (KH * KW) % C, b // KW % KH, b % KW
+    else:
+        oc, c, kh, kw = b - dweight.size, 0, 0, 0
+    tid = cuda.threadIdx.x
+    partial = _ZERO
+    for t in range(tid, OH * OW * N, cuda.blockDim.x):  # t = (i*OW + j)*N + n
+        n, pos = t % N, t // N
+        i, j = pos // OW, pos % OW
+        term = dout[oc, i, j, n]
+        if is_weight:
+            term *= inp[c, i + kh, j + kw, n]
+        partial += term
+    shared = cuda.shared.array(REDUCE_THREADS, float32)
+    shared[tid] = partial
+    cuda.syncthreads()
+    stride = cuda.blockDim.x // 2
+    while stride > 0:
+        if tid < stride:
+            shared[tid] += shared[tid + stride]
+        cuda.syncthreads()
+        stride //= 2
+    if tid == 0:
+        if is_weight:
+            dweight[oc, c, kh, kw] = shared[0]
+        else:
+            dbias[oc] = shared[0]
+
+
+def conv2d_forward(out, inp, weight, bias):
+    """Cross-correlation, stride 1, no padding, with bias (torch.nn.functional.conv2d)."""
+    _conv2d_forward[_blocks(out.size), THREADS](out, inp, weight, bias)
+
+
+def _conv2d_params_grads(dweight, dbias, dout, inp):
+    # one block per element of dweight (OC,C,KH,KW) and of dbias (OC,); dout (OC,OH,OW,N)
+    terms = dout.size // dout.shape[0]  # OH*OW*N per output channel
+    _conv2d_backward_params[dweight.size + dbias.size, _reduce_threads(terms)](
+        dweight, dbias, dout, inp)
+
+
+def conv2d_backward(dinp, dweight, dbias, dout, inp, weight):
+    """Overwrite dinp, dweight, dbias with the gradients of conv2d_forward."""
+    _conv2d_backward_input[_blocks(dinp.size), THREADS](dinp, dout, weight)
+    _conv2d_params_grads(dweight, dbias, dout, inp)
+
+
+# ---- avgpool2d
+
+
+@cuda.jit
+def _avgpool2d_forward(out, inp, k):
+    # inp (C,H,W,N), H and W divisible by k -> out (C,H/k,W/k,N): mean of each k x k window
+    idx = cuda.grid(1)
+    if idx >= out.size:
+        return
+    C, OH, OW, N = out.shape
+    n, pos = idx % N, idx // N
+    c, i, j = pos // (OH * OW), pos // OW % OH, pos % OW
+    acc = _ZERO
+    for a in range(k):
+        for b in range(k):
+            acc += inp[c, i * k + a, j * k + b, n]
+    out[c, i, j, n] = acc * (_ONE / np.float32(k * k))
+
+
+@cuda.jit
+def _avgpool2d_backward(dinp, dout, k):
+    # overwrites dinp (C,H,W,N); dout (C,H/k,W/k,N)
+    # every pixel of a window contributed 1/(k*k) of its mean, so it gets 1/(k*k) of the gradient
+    idx = cuda.grid(1)
+    if idx >= dinp.size:
+        return
+    C, H, W, N = dinp.shape
+    n, pos = idx % N, idx // N
+    c, h, x = pos // (H * W), pos // W % H, pos % W
+    dinp[c, h, x, n] = dout[c, h // k, x // k, n] * (_ONE / np.float32(k * k))
+
+
+def avgpool2d_forward(out, inp, k):
+    """Mean over non-overlapping k x k windows (torch.nn.functional.avg_pool2d(x, k))."""
+    _avgpool2d_forward[_blocks(out.size), THREADS](out, inp, k)
+
+
+def avgpool2d_backward(dinp, dout, k):
+    """Overwrite dinp with the gradient of avgpool2d_forward."""
+    _avgpool2d_backward[_blocks(dinp.size), THREADS](dinp, dout, k)
+
+
+# ---- tanh (elementwise, on flat views)
+
+
+@cuda.jit
+def _tanh_forward(out, inp):
+    # inp (P,) -> out (P,); out may be inp (in place); libdevice's tanhf, within 2 ulp
+    idx = cuda.grid(1)
+    if idx < out.size:
+        out[idx] = math.tanh(inp[idx])
+
+
+@cuda.jit
+def _tanh_backward(dinp, out, dout):
+    # overwrites dinp (P,) (which may be dout: in place); out (P,) the forward's saved output
+    # d tanh(x)/dx = 1 - tanh(x)^2, read from the saved output instead of recomputing tanh
+    idx = cuda.grid(1)
+    if idx < dinp.size:
+        y = out[idx]
+        dinp[idx] = dout[idx] * (_ONE - y * y)
+
+
+def tanh_forward(out, inp):
+    """Elementwise tanh, any shape (C-contiguous)."""
+    _tanh_forward[_blocks(out.size), THREADS](out.ravel(), inp.ravel())
+
+
+def tanh_backward(dinp, out, dout):
+    """Overwrite dinp with dout * (1 - out^2), out being tanh_forward's saved output."""
+    _tanh_backward[_blocks(dinp.size), THREADS](dinp.ravel(), out.ravel(), dout.ravel())
+
+
+# ---- linear
+
+
+@cuda.jit
+def _linear_forward(out, inp, weight, bias):
+    # inp (IN,N), weight (OUT,IN), bias (OUT,) -> out (OUT,N) = weight @ inp + bias
+    idx = cuda.grid(1)
+    if idx >= out.size:
+        return
+    N = out.shape[1]
+    o, n = idx // N, idx % N
+    acc = bias[o]
+    for i in range(inp.shape[0]):
+        acc += weight[o, i] * inp[i, n]
+    out[o, n] = acc
+
+
+@cuda.jit
+def _linear_backward_input(dinp, dout, weight):
+    # overwrites dinp (IN,N) = weight.T @ dout; dout (OUT,N), weight (OUT,IN)
+    idx = cuda.grid(1)
+    if idx >= dinp.size:
+        return
+    N = dinp.shape[1]
+    i, n = idx // N, idx % N
+    acc = _ZERO
+    for o in range(dout.shape[0]):
+        acc += weight[o, i] * dout[o, n]
+    dinp[i, n] = acc
+
+
+def linear_forward(out, inp, weight, bias):
+    """out = weight @ inp + bias: torch.nn.functional.linear with the batch last."""
+    _linear_forward[_blocks(out.size), THREADS](out, inp, weight, bias)
+
+
+def linear_backward(dinp, dweight, dbias, dout, inp, weight):
+    """Overwrite dinp, dweight, dbias with the gradients of linear_forward."""
+    _linear_backward_input[_blocks(dinp.size), THREADS](dinp, dout, weight)
+    # dweight = dout @ inp.T and dbias = dout summed over n are conv2d's parameter gradients
+    # on 1x1 images with a 1x1 kernel (which is what a linear layer is): views, no copies
+    (OUT, IN), N = dweight.shape, inp.shape[1]
+    _conv2d_params_grads(dweight.reshape(OUT, IN, 1, 1), dbias, dout.reshape(OUT, 1, 1, N),
+                         inp.reshape(IN, 1, 1, N))
+
+
+# ---- softmax cross-entropy
+
+
+@cuda.jit
+def _softmax_xent_forward(losses, probs, logits, labels):
+    # logits (V,N), labels (N,) ints in [0,V) -> losses (N,) per sample, probs (V,N) saved
+    # losses[n] = logsumexp(logits[:,n]) - logits[labels[n],n], with the column max taken out
+    # first so that exp never overflows; a thread per sample
+    n = cuda.grid(1)
+    V, N = logits.shape
+    if n >= N:
+        return
+    col_max = logits[0, n]
+    for v in range(1, V):
+        col_max = max(col_max, logits[v, n])
+    total = _ZERO
+    for v in range(V):
+        e = math.exp(logits[v, n] - col_max)
+        probs[v, n] = e
+        total += e
+    for v in range(V):
+        probs[v, n] /= total
+    losses[n] = math.log(total) + col_max - logits[labels[n], n]
+
+
+@cuda.jit
+def _softmax_xent_backward(dlogits, probs, labels, dloss):
+    # overwrites dlogits (V,N); probs (V,N) saved by the forward, dloss the mean loss's gradient
+    # d mean_n(loss_n) / d logits[v,n] = (probs[v,n] - [v == labels[n]]) / N
+    idx = cuda.grid(1)
+    if idx >= dlogits.size:
+        return
+    N = dlogits.shape[1]
+    v, n = idx // N, idx % N
+    scale = dloss / np.float32(N)
+    grad = probs[v, n] * scale
+    if v == labels[n]:
+        grad -= scale
+    dlogits[v, n] = grad
+
+
+def softmax_xent_forward(losses, probs, logits, labels):
+    """Per-sample cross-entropy into losses and the softmax into probs (logits (V,N))."""
+    _softmax_xent_forward[_blocks(losses.size), THREADS](losses, probs, logits, labels)
+
+
+def softmax_xent_backward(dlogits, probs, labels, dloss):
+    """Overwrite dlogits with the gradient of the mean loss, scaled by the float32 dloss."""
+    _softmax_xent_backward[_blocks(dlogits.size), THREADS](dlogits, probs, labels, dloss)
+
+
+# ---- Adam
+
+
+@cuda.jit
+def _adam_update(params, m, v, grads, step_size, bias_correction2_sqrt, one_minus_beta1, beta2,
+                 one_minus_beta2, eps, weight_decay):
+    # updates params, m, v (P,) in place from grads (P,), as torch.optim.Adam's step does;
+    # the scalars are float32, worked out in float64 by tinyconv.kernels.adam_scalars
+    idx = cuda.grid(1)
+    if idx >= params.size:
+        return
+    g = grads[idx] + weight_decay * params[idx]  # L2 weight decay, folded into the gradient
+    m[idx] += one_minus_beta1 * (g - m[idx])  # first moment, torch's lerp
+    v[idx] = beta2 * v[idx] + one_minus_beta2 * g * g  # second moment
+    denom = math.sqrt(v[idx]) / bias_correction2_sqrt + eps  # eps after the square root
+    params[idx] -= step_size * (m[idx] / denom)
+
+
+def adam_update(params, m, v, grads, step_size, bias_correction2_sqrt, one_minus_beta1, beta2,
+                one_minus_beta2, eps, weight_decay):
+    """One torch.optim.Adam step (amsgrad off) over flat float32 device buffers, in place."""
+    _adam_update[_blocks(params.size), THREADS](
+        params, m, v, grads, step_size, bias_correction2_sqrt, one_minus_beta1, beta2,
+        one_minus_beta2, eps, weight_decay)
+
+
+# ---- device arrays: made once, moved only where a step begins and ends
+
+
+def empty(shape, dtype=np.float32):
+    """An uninitialised device array."""
+    return cuda.device_array(shape, dtype)
+
+
+def zeros(shape, dtype=np.float32):
+    """A device array of zeros."""
+    return cuda.to_device(np.zeros(shape, dtype))
+
+
+def copy_in(dst, src):
+    """Copy a host array (any strides, any real dtype) into the device array dst."""
+    dst.copy_to_device(np.ascontiguousarray(src, dst.dtype))
+
+
+def to_device(host, out=None):
+    """host copied to the device: into `out` (a device array of its shape) when given, so
+    that nothing is allocated, else into a new device array."""
+    if out is None:
+        out = empty(host.shape, host.dtype)
+    copy_in(out, host)
+    return out
+
+
+def to_host(array):
+    """A host copy of a device array (waits for the work queued before it)."""
+    return array.copy_to_host()
+
+
+def synchronize():
+    """Wait until the GPU has finished all the work queued so far."""
+    cuda.synchronize()
