@@ -1,15 +1,18 @@
 """Evaluate a checkpoint on the 10,000 MNIST test images: python -m tinyconv.evaluate CKPT.
 
 Prints the accuracy, the per-class accuracy and the confusion matrix (rows: true digit,
-columns: predicted digit); --json prints the same as one JSON object for machines.
+columns: predicted digit); --json prints the same as one JSON object for machines; --plots DIR
+also draws DIR/confusion.png and DIR/mistakes.png (needs matplotlib).
 """
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
+from tinyconv import plots
 from tinyconv.checkpoint import CheckpointError
 from tinyconv.data import DataError, iterate_batches, load_mnist
 from tinyconv.interop import TORCH_PREPROCESSING, MissingDependencyError, load_model
@@ -34,6 +37,17 @@ def evaluate(model, images, labels, resize, normalize, batch_size=DEFAULTS["batc
     np.add.at(confusion, (labels, predictions), 1)
     return {"loss": loss_sum / len(labels), "accuracy": float(np.mean(predictions == labels)),
             "predictions": predictions, "confusion": confusion}
+
+
+def draw_plots(model, images, labels, result, resize, normalize, out_dir, batch_size):
+    """Write confusion.png and mistakes.png (with each mistake's probability) to out_dir."""
+    wrong = np.flatnonzero(result["predictions"] != labels)
+    batches = iterate_batches(images[wrong], labels[wrong], batch_size, shuffle=False,
+                              resize=resize, normalize=normalize)
+    confidence = np.concatenate([[]] + [model.probabilities(x).max(axis=1) for x, _ in batches])
+    return [plots.confusion(result["confusion"], out_dir / "confusion.png"),
+            plots.mistakes(images[wrong], labels[wrong], result["predictions"][wrong],
+                           confidence, out_dir / "mistakes.png", len(labels))]
 
 
 def per_class_accuracy(confusion):
@@ -85,6 +99,9 @@ def parse_args(argv):
                         help="images per forward pass (default %(default)s)")
     parser.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument("--plots", metavar="DIR", type=Path, help="also write DIR/confusion.png "
+                        "(row-normalised, counts shown) and DIR/mistakes.png (the misclassified "
+                        "digits, most confident first); needs matplotlib")
     return parser.parse_args(argv)
 
 
@@ -119,6 +136,10 @@ def main(argv=None):
                           "confusion": confusion.tolist()}))
     else:
         print(format_report(result, args.checkpoint, len(labels)))
+    if args.plots and plots.available("confusion.png or mistakes.png"):
+        for path in draw_plots(model, images, labels, result, resize, normalize, args.plots,
+                               args.batch_size):
+            print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

@@ -2,8 +2,9 @@
 
 Two recipes: "default" (measured to beat LeNet-5's published 99.05% test accuracy within 20
 epochs) and "report" (the original PyTorch report exactly). Any flag overrides the recipe.
-Each epoch writes RUN_DIR/last.npz, RUN_DIR/best.npz when the test accuracy improves, and a
-line of RUN_DIR/metrics.jsonl; --resume RUN_DIR continues where the last epoch ended.
+Each epoch writes RUN_DIR/last.npz, RUN_DIR/best.npz when the test accuracy improves, a
+line of RUN_DIR/metrics.jsonl and, with matplotlib, RUN_DIR/curves.png; --resume RUN_DIR
+continues where the last epoch ended.
 """
 
 import argparse
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tinyconv import checkpoint
+from tinyconv import checkpoint, plots
 from tinyconv.checkpoint import CheckpointError, load_run, save_run
 from tinyconv.data import DataError, iterate_batches, load_mnist, num_batches
 from tinyconv.evaluate import evaluate
@@ -99,7 +100,7 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
     train_images, train_labels = (a[:config["limit_train"]] for a in (train_images, train_labels))
     test_images, test_labels = (a[:config["limit_test"]] for a in (test_images, test_labels))
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics = None
+    metrics, draw_curves = None, plots.available("curves.png")
     for epoch in range(start_epoch, config["epochs"]):
         began, lr = time.perf_counter(), opt.lr
         try:
@@ -125,6 +126,9 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
             save_run(best_path, model, opt, sched, header)
         with open(run_dir / "metrics.jsonl", "a") as log:
             log.write(json.dumps(metrics) + "\n")
+        if draw_curves:  # the whole run so far, resumed epochs included
+            plots.curves(plots.read_metrics(run_dir / "metrics.jsonl"), run_dir / "curves.png",
+                         run_dir.name)
         if not quiet:
             print(f"epoch {epoch + 1:>3}/{config['epochs']}  train loss {train_loss:.4f}  "
                   f"test loss {result['loss']:.4f}  test acc {100 * result['accuracy']:.2f}%  "
