@@ -118,6 +118,15 @@ def _strip_prefix(state):
     return {name[len(prefix):]: value for name, value in state.items()}
 
 
+def _load_error(exc):
+    """The telling part of a torch.load error: the weights-only reader's cause, or line one."""
+    text = str(exc)
+    cause = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(Check the documentation|\Z)", text,
+                      re.DOTALL)
+    lines = (cause.group(1) if cause else text).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def read_torch_state(path, trust_pickle=False):
     """LeNet-5's parameters ({name: float32 array}) from a file written by torch.save.
 
@@ -135,20 +144,17 @@ def read_torch_state(path, trust_pickle=False):
                                  pickle_module=_lenient_pickle(torch))
         else:
             content = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ... from torch.load
         found = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
-        if trust_pickle or not found:
-            raise CheckpointError(f"{path}: unreadable PyTorch file ({exc})") from None
-        raise CheckpointError(
-            f"{path}: refused: the file pickles Python objects, not only tensors (the first is "
-            f"{found.group(1)}; the report saved its whole module this way), and unpickling "
-            f"them can run arbitrary code. If you trust where the file came from, pass "
-            f"--trust-pickle (trust_pickle=True in Python); better, re-save it as a plain "
-            f"state_dict: torch.save(model.state_dict(), PATH)") from None
-    except Exception as exc:  # torch raises RuntimeError, EOFError, ... for damaged files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if found and not trust_pickle:
+            raise CheckpointError(
+                f"{path}: refused: the file pickles Python objects, not only tensors (the first "
+                f"is {found.group(1)}; the report saved its whole module this way), and "
+                f"unpickling them can run arbitrary code. If you trust where the file came "
+                f"from, pass --trust-pickle (trust_pickle=True in Python); better, re-save it "
+                f"as a plain state_dict: torch.save(model.state_dict(), PATH)") from None
         raise CheckpointError(f"{path}: unreadable PyTorch file, expected a file written by "
-                              f"torch.save ({reason})") from None
+                              f"torch.save ({_load_error(exc)})") from None
     state = {}
     for name, value in _strip_prefix(_find_state_dict(torch, content, path)).items():
         if not isinstance(value, torch.Tensor):
