@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyconv.checkpoint import CheckpointError, load_run
+from tinyconv.checkpoint import CheckpointError
 from tinyconv.data import IMAGE_SIZE, prepare_batch
+from tinyconv.interop import TORCH_PREPROCESSING, MissingDependencyError, load_model
 from tinyconv.kernels import set_threads
 
 DEFAULTS = {"top": 3}
@@ -130,6 +131,13 @@ def mnist_digit(path):
     return centred_digit(ink_of(read_gray(path), path))
 
 
+def load_classifier(path):
+    """(model, preprocessing config) of a checkpoint, a run directory (its best.npz) or a
+    PyTorch state_dict file (which records no preprocessing: the report's is assumed)."""
+    model, header = load_model(path)
+    return model, header["config"] if header else TORCH_PREPROCESSING
+
+
 def model_inputs(digits, config):
     """Float32 (N, 1, 32, 32) network inputs of uint8 (N, 28, 28) digits, as training made them."""
     return prepare_batch(np.asarray(digits, np.uint8), None, config["resize"], False, 0,
@@ -163,9 +171,14 @@ def save_digit(digit, path):
     atomic_write(path, lambda file: image.save(file, format="PNG"))
 
 
+def percent(probability):
+    """A probability as a percentage with one decimal, '<0.1%' below that."""
+    return f"{100 * probability:.1f}%" if probability >= 0.0005 else "<0.1%"
+
+
 def format_record(record):
-    """One line for a classified image: 'FILE: 7  98.1%  1   1.2%  2   0.3%'."""
-    guesses = "  ".join(f"{g['class']} {100 * g['probability']:5.1f}%" for g in record["top"])
+    """One line for a classified image: 'FILE: 7 (98.1%), 1 (1.2%), 2 (0.3%)'."""
+    guesses = ", ".join(f"{g['class']} ({percent(g['probability'])})" for g in record["top"])
     return f"{record['file']}: {guesses}"
 
 
@@ -182,10 +195,12 @@ def parse_args(argv):
         epilog="Exit status: 0 when every image was classified, 1 when some were not (each "
                "gets an error line; the others are still classified), 2 when nothing could "
                "run (bad checkpoint, no Pillow).")
-    parser.add_argument("checkpoint", help="a .npz checkpoint written by python -m tinyconv.train")
+    parser.add_argument("checkpoint", help="a .npz checkpoint written by python -m "
+                        "tinyconv.train, a run directory (its best.npz), or a PyTorch "
+                        "state_dict file (read with the report's preprocessing)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, one digit each")
     parser.add_argument("--top", type=int, default=DEFAULTS["top"],
-                        help="how many classes to list per image (default %(default)s)")
+                        help="how many classes to list per image, 1-10 (default %(default)s)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object: the checkpoint and a record per image")
     parser.add_argument("--save-inputs", metavar="DIR", help="also write the 28x28 digit the "
@@ -201,11 +216,11 @@ def main(argv=None):
             raise ValueError(f"--top must lie in 1..10, found {args.top}")
         pillow()
         set_threads(args.threads)
-        model, _, _, header = load_run(args.checkpoint)
-    except (CheckpointError, ImageError, ValueError) as exc:
+        model, config = load_classifier(args.checkpoint)
+    except (CheckpointError, ImageError, MissingDependencyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    records = classify(model, header["config"], args.images, args.top)
+    records = classify(model, config, args.images, args.top)
     for record in records:
         digit = record.pop("digit", None)
         if args.save_inputs and digit is not None:

@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 from tinyconv import plots
-from tinyconv.checkpoint import CheckpointError, load_run
+from tinyconv.checkpoint import CheckpointError
 from tinyconv.data import DataError, load_mnist
+from tinyconv.interop import MissingDependencyError
 from tinyconv.kernels import set_threads
-from tinyconv.predict import ImageError, mnist_digit, model_inputs
+from tinyconv.predict import ImageError, load_classifier, mnist_digit, model_inputs
 
 DEFAULTS = {"index": 0}
 # backbone output index -> what it is; each is a tanh output, so it lies in [-1, 1]
@@ -42,7 +43,9 @@ def parse_args(argv):
         prog="python -m tinyconv.visualize",
         description="Draw a checkpoint's conv1 filters (filters.png) and the feature maps of "
                     "every layer for one input (feature_maps.png). Needs matplotlib.")
-    parser.add_argument("checkpoint", help="a .npz checkpoint written by python -m tinyconv.train")
+    parser.add_argument("checkpoint", help="a .npz checkpoint written by python -m "
+                        "tinyconv.train, a run directory (its best.npz), or a PyTorch "
+                        "state_dict file (read with the report's preprocessing)")
     parser.add_argument("--out", required=True, metavar="DIR", help="where the PNGs go")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--image", help="your own digit image (needs Pillow), prepared as "
@@ -61,7 +64,7 @@ def main(argv=None):
         return 2
     try:
         set_threads(args.threads)
-        model, _, _, header = load_run(args.checkpoint)
+        model, config = load_classifier(args.checkpoint)
         if args.image:
             digit, name = mnist_digit(args.image), Path(args.image).name
         else:
@@ -70,10 +73,10 @@ def main(argv=None):
                 raise ValueError(f"--index must lie in 0..{len(images) - 1}, found {args.index}")
             digit = images[args.index]
             name = f"test image {args.index} (a {labels[args.index]})"
-    except (CheckpointError, DataError, ImageError, ValueError) as exc:
+    except (CheckpointError, DataError, ImageError, MissingDependencyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for path in visualize(model, header["config"], digit, name, args.out):
+    for path in visualize(model, config, digit, name, args.out):
         print(f"wrote {path}")
     return 0
 

@@ -1,0 +1,187 @@
+"""predict on image files, curves.png from training, evaluate --plots, visualize."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinyconv import evaluate, plots, predict, train, visualize
+from tinyconv.data import load_mnist
+
+REDRAWN = 200
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    """A briefly trained run: 2 epochs of 16,000 images (250 Adam steps, about 97%)."""
+    run = tmp_path_factory.mktemp("pictures") / "run"
+    assert train.main(["--epochs", "2", "--limit-train", "16000", "--limit-test", "1000",
+                       "--quiet", "--run-dir", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def test_digits():
+    return load_mnist("test")
+
+
+def assert_picture(path, inches):
+    """A valid PNG of inches * DPI pixels with some drawing in it."""
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size == tuple(round(side * plots.DPI) for side in inches)
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    colours, counts = np.unique(pixels, axis=0, return_counts=True)
+    assert len(colours) > 10, f"{path}: {len(colours)} colours"
+    assert counts.max() < 0.99 * len(pixels), f"{path}: almost all one colour"
+    assert not list(path.parent.glob(".*.tmp"))  # written atomically: no temporary left
+
+
+def redraw(digit, rng, style):
+    """An MNIST digit as a user's image: enlarged 2-4x, off-centre on a larger canvas."""
+    scale = int(rng.integers(2, 5))
+    side = 28 * scale
+    enlarged = np.asarray(Image.fromarray(digit).resize((side, side), Image.Resampling.BILINEAR))
+    height, width = rng.integers(side + 10, side + 150, size=2)
+    top, left = rng.integers(0, height - side), rng.integers(0, width - side)
+    canvas = np.zeros((height, width), np.uint8)
+    canvas[top:top + side, left:left + side] = enlarged
+    if style == "dark-on-light":
+        return Image.fromarray(255 - canvas)
+    if style == "light-on-dark":
+        return Image.fromarray(canvas)
+    ink = np.zeros((height, width, 4), np.uint8)  # black ink, transparent background
+    ink[..., 3] = canvas
+    return Image.fromarray(ink, "RGBA")
+
+
+@pytest.mark.parametrize("style", ["light-on-dark", "dark-on-light", "ink-on-transparent"])
+def test_redrawn_test_digits_are_classified_like_the_originals(
+        run_dir, test_digits, tmp_path, capsys, style):
+    images, _ = test_digits
+    rng = np.random.default_rng(7)
+    chosen = rng.choice(len(images), REDRAWN, replace=False)
+    model, config = predict.load_classifier(run_dir)
+    originals = model.forward(predict.model_inputs(images[chosen], config)).argmax(axis=1)
+    paths = []
+    for number, index in enumerate(chosen):
+        paths.append(tmp_path / f"{number}.png")
+        redraw(images[index], rng, style).save(paths[-1])
+    assert predict.main([str(run_dir / "best.npz"), *map(str, paths), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [record["file"] for record in report["images"]] == list(map(str, paths))
+    top = [record["top"] for record in report["images"]]
+    assert all(len(guesses) == 3 and guesses[0]["probability"] >= guesses[1]["probability"]
+               for guesses in top)
+    agreement = np.mean([guesses[0]["class"] for guesses in top] == originals)
+    assert agreement >= 0.95, f"{style}: {agreement:.1%} agree with the original digits"
+
+
+def test_ink_polarity_comes_from_the_border_even_for_a_bold_digit():
+    gray = np.full((40, 40), 250.0)
+    gray[3:37, 3:37] = 10.0  # a dark block covering most of the image, light border
+    ink = predict.ink_of(gray, "bold.png")
+    assert ink[20, 20] == 1.0 and ink[0, 0] == 0.0
+    assert ink.max() == 1.0 and ink[ink > 0].min() >= predict.NOISE_FLOOR
+
+
+def test_centred_digit_fits_20x20_and_centres_the_mass():
+    ink = np.zeros((300, 500))
+    ink[40:240, 300:340] = 1.0  # a tall bar far off-centre
+    digit = predict.centred_digit(ink)
+    rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
+    assert rows[-1] - rows[0] + 1 == predict.FIT_SIZE and cols[-1] - cols[0] + 1 <= 6
+    centre = [(axis * digit).sum() / digit.sum() for axis in np.indices(digit.shape)]
+    assert np.allclose(centre, predict.CENTRE, atol=0.5), centre
+
+
+def test_bad_files_get_their_messages_while_the_others_are_classified(
+        run_dir, test_digits, tmp_path, capsys):
+    images, labels = test_digits
+    good = tmp_path / "good.png"
+    Image.fromarray(255 - images[0]).save(good)
+    blank = tmp_path / "blank.png"
+    Image.new("L", (64, 48), 200).save(blank)
+    clear = tmp_path / "clear.png"
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(clear)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(good.read_bytes()[:60] + b"\x00garbage" * 20)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    missing = tmp_path / "missing.bmp"
+    files = [blank, good, corrupt, clear, empty, missing]
+    assert predict.main([str(run_dir), *map(str, files), "--save-inputs",
+                         str(tmp_path / "inputs")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{good}: {labels[0]} (") and captured.out.count("\n") == 1
+    errors = captured.err.splitlines()
+    assert errors == [
+        f"error: {blank}: no digit found, the image is blank (every pixel lies within 0 of "
+        f"255 grey levels of the background 200; expected ink at least "
+        f"{predict.BLANK_LEVELS} levels off it)",
+        errors[1],
+        f"error: {clear}: no digit found, every pixel is fully transparent",
+        f"error: {empty}: file is empty (0 bytes), expected an image (PNG, JPEG, BMP)",
+        f"error: {missing}: no such file",
+    ]
+    assert errors[1].startswith(f"error: {corrupt}: unreadable image, expected PNG, JPEG, BMP")
+    with Image.open(tmp_path / "inputs" / "good.png.mnist.png") as seen:
+        assert seen.size == (28, 28)
+        assert np.abs(np.asarray(seen, int) - images[0]).mean() < 10  # close to the original
+
+
+def test_predict_without_pillow_says_how_to_install_it(run_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL now raises ImportError
+    assert predict.main([str(run_dir), str(tmp_path / "any.png")]) == 2
+    err = capsys.readouterr().err
+    assert "reading images needs Pillow" in err and "tinyconv[pictures]" in err
+
+
+def test_training_draws_curves_png(run_dir):
+    assert_picture(run_dir / "curves.png", plots.INCHES["curves"])
+
+
+def test_evaluate_plots_confusion_and_mistakes(run_dir, tmp_path, capsys):
+    out = tmp_path / "plots"
+    assert evaluate.main([str(run_dir / "best.npz"), "--limit", "1000", "--json",
+                          "--plots", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)  # stdout stays pure JSON
+    wrong = report["count"] - np.trace(report["confusion"])
+    assert wrong > 0
+    assert_picture(out / "confusion.png", plots.INCHES["confusion"])
+    assert_picture(out / "mistakes.png", plots.mistakes_inches(wrong))
+
+
+@pytest.mark.parametrize("source", ["test image", "own image"])
+def test_visualize_draws_filters_and_feature_maps(run_dir, test_digits, tmp_path, capsys,
+                                                  source):
+    flags = ["--index", "3"]
+    if source == "own image":
+        Image.fromarray(255 - test_digits[0][3]).save(tmp_path / "mine.png")
+        flags = ["--image", str(tmp_path / "mine.png")]
+    assert visualize.main([str(run_dir), *flags, "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.count("wrote") == 2
+    assert_picture(tmp_path / "out" / "filters.png", plots.INCHES["filters"])
+    assert_picture(tmp_path / "out" / "feature_maps.png", plots.INCHES["feature_maps"])
+
+
+def test_without_matplotlib_runs_go_on_with_a_one_line_message(run_dir, tmp_path, capsys,
+                                                                monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    message = "matplotlib is not installed, so no {} is drawn (pip install 'tinyconv[pictures]')"
+    assert train.main(["--epochs", "1", "--limit-train", "640", "--limit-test", "100",
+                       "--quiet", "--run-dir", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().err == f"tinyconv: {message.format('curves.png')}\n"
+    assert (tmp_path / "run" / "best.npz").exists()
+    assert not (tmp_path / "run" / "curves.png").exists()
+    assert evaluate.main([str(run_dir), "--limit", "100", "--plots", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "accuracy" in captured.out
+    assert captured.err == f"tinyconv: {message.format('confusion.png or mistakes.png')}\n"
+    assert visualize.main([str(run_dir), "--out", str(tmp_path)]) == 2
+    assert message.format("picture") in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))
