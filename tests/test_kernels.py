@@ -85,6 +85,18 @@ def test_no_float64_arithmetic(name):
     assert not hits, f"{name} computes in float64: {hits[:3]}"
 
 
+def test_conv2d_backward_without_dinp():
+    # conv1's call: dinp None skips the input gradient; the rest must be bit for bit the same
+    full = [a.copy() for a in kernel_args("conv2d_backward")]
+    cpu.conv2d_backward(*full)
+    partial = [None] + [a.copy() for a in kernel_args("conv2d_backward")[1:]]
+    cpu.conv2d_backward(*partial)
+    for name, a, b in zip(("dweight", "dbias"), full[1:3], partial[1:3], strict=True):
+        assert np.array_equal(a, b), f"conv2d_backward without dinp: {name} differs"
+    hits = double_math_lines(cpu.conv2d_backward, partial)
+    assert not hits, f"conv2d_backward without dinp computes in float64: {hits[:3]}"
+
+
 def test_float64_scan_catches_an_upcast():
     # the classic slip: a Python float constant turns float32 maths into float64
     @njit(parallel=True, cache=False)

@@ -67,11 +67,12 @@ def conv2d_forward(out, inp, weight, bias):
 
 
 def conv2d_backward(dinp, dweight, dbias, dout, inp, weight):
-    """Overwrite dinp, dweight, dbias with the gradients of conv2d_forward."""
+    """Overwrite dinp (skipped when None), dweight, dbias with conv2d_forward's gradients."""
     op = "conv2d_backward"
     N, C, H, W, OC, KH, KW = _conv_shapes(op, inp, weight)
     _shape(op, "dout", dout, (OC, H - KH + 1, W - KW + 1, N), ("OC", "OH", "OW", "N"))
-    _shape(op, "dinp", dinp, inp.shape, ("C", "H", "W", "N"))
+    if dinp is not None:
+        _shape(op, "dinp", dinp, inp.shape, ("C", "H", "W", "N"))
     _shape(op, "dweight", dweight, weight.shape, ("OC", "C", "KH", "KW"))
     _shape(op, "dbias", dbias, (OC,), ("OC",))
     cpu.conv2d_backward(dinp, dweight, dbias, dout, inp, weight)
