@@ -5,6 +5,10 @@ module, index for index, so parameter names (`backbone.0.weight`, ...) and shape
 torch state_dict exactly. The public methods take NCHW batches and return (N, 10) logits, as
 torch does; inside, activations are batch-last float32 ((C,H,W,N), then (features, N)), the
 layout the kernels are fast in, allocated once per batch size.
+
+The device ("cpu" or "cuda") picks the backend once: its kernels, and helpers that make and move
+its arrays. Parameters, gradients, activations (and Adam's moments, in optim.py) live where the
+kernels run, so a CUDA training step copies only the batch in and the per-sample losses out.
 """
 
 import numpy as np
@@ -40,13 +44,21 @@ PARAM_SHAPES = {
 
 
 def _flat_views(flat):
-    """Named views into a flat buffer laid out in PARAM_SHAPES order."""
+    """Named views into a flat buffer (host or device) laid out in PARAM_SHAPES order."""
     views, offset = {}, 0
     for name, shape in PARAM_SHAPES.items():
         size = int(np.prod(shape))
         views[name] = flat[offset:offset + size].reshape(shape)
         offset += size
     return views
+
+
+def _flatten(arrays):
+    """A flat float32 host buffer holding a {name: array} mapping with PARAM_SHAPES' names."""
+    flat = np.empty(PARAM_COUNT, np.float32)
+    for name, view in _flat_views(flat).items():
+        view[...] = arrays[name]
+    return flat
 
 
 PARAM_COUNT = sum(int(np.prod(shape)) for shape in PARAM_SHAPES.values())
@@ -80,21 +92,23 @@ class _Buffers:
     pays for them.
     """
 
-    def __init__(self, batch):
+    def __init__(self, batch, backend):
+        self.empty = backend.empty  # the backend's allocator: host or device memory
         self.shapes = _activation_shapes(batch)
         self.acts = self._chain()
         self.dacts = None
-        self.losses = np.empty(batch, np.float32)
-        self.probs = np.empty((CLASSES, batch), np.float32)
+        self.losses = self.empty(batch)
+        self.probs = self.empty((CLASSES, batch))
+        self.labels = self.empty(batch, np.int64)  # where a GPU backend copies the labels
 
     def _chain(self):
         """A float32 buffer per layer boundary; flatten's is a view of the one before."""
-        arrays = [np.empty(self.shapes[0], np.float32)]
+        arrays = [self.empty(self.shapes[0])]
         for index, (kind, _) in enumerate(LAYERS):
             if kind == "flatten":
                 arrays.append(arrays[index].reshape(self.shapes[index + 1]))
             else:
-                arrays.append(np.empty(self.shapes[index + 1], np.float32))
+                arrays.append(self.empty(self.shapes[index + 1]))
         return arrays
 
     def gradients(self):
@@ -104,25 +118,32 @@ class _Buffers:
         return self.dacts
 
 
+def _mean(losses):
+    """The batch's mean loss from the per-sample losses, summed in float64."""
+    return float(losses.mean(dtype=np.float64))
+
+
 class LeNet5:
     """LeNet-5 as in the original report, trained with tinyconv's kernels."""
 
     def __init__(self, seed=0, device="cpu"):
         self.device = device
-        self.kernels = get_backend(device)
-        self.flat_params = np.empty(PARAM_COUNT, np.float32)
-        self.flat_grads = np.zeros(PARAM_COUNT, np.float32)
-        self.params = _flat_views(self.flat_params)
-        self.grads = _flat_views(self.flat_grads)
-        self._buffers = {}
+        self.kernels = get_backend(device)  # kernels and array helpers; raises if unusable
+        init = np.empty(PARAM_COUNT, np.float32)
+        init_views = _flat_views(init)
         rng = np.random.default_rng(seed)
         # torch's default for Conv2d and Linear: weight and bias uniform in +-1/sqrt(fan_in)
         for index, (_, shapes) in enumerate(LAYERS):
             if shapes:
                 bound = 1.0 / np.sqrt(np.prod(shapes[0][1:]))
                 for kind in ("weight", "bias"):
-                    view = self.params[f"backbone.{index}.{kind}"]
+                    view = init_views[f"backbone.{index}.{kind}"]
                     view[...] = rng.uniform(-bound, bound, view.shape)
+        self.flat_params = self.kernels.to_device(init)  # on the CPU: init itself
+        self.flat_grads = self.kernels.zeros(PARAM_COUNT)
+        self.params = _flat_views(self.flat_params)
+        self.grads = _flat_views(self.flat_grads)
+        self._buffers = {}
 
     # ---- parameters
 
@@ -134,8 +155,9 @@ class LeNet5:
         return load_torch_into(cls(), path, trust_pickle)
 
     def state_dict(self):
-        """A copy of the parameters: {name: float32 array}, named and shaped as torch's."""
-        return {name: view.copy() for name, view in self.params.items()}
+        """A host copy of the parameters: {name: float32 array}, named and shaped as torch's."""
+        host = self.kernels.to_host(self.flat_params)
+        return {name: view.copy() for name, view in _flat_views(host).items()}
 
     def load_state_dict(self, state):
         """Copy parameters in from a {name: array} mapping with exactly LeNet-5's names."""
@@ -152,21 +174,17 @@ class LeNet5:
             if value.dtype.kind != "f":
                 raise ValueError(f"load_state_dict: {name} must hold floats, "
                                  f"found {value.dtype.name}")
-        for name in PARAM_SHAPES:
-            self.params[name][...] = state[name]
+        self.kernels.copy_in(self.flat_params, _flatten(state))
 
     def flatten_grads(self, grads):
         """The flat gradient buffer for a {name: array} mapping, copying only if it is foreign."""
         if all(grads.get(name) is view for name, view in self.grads.items()):
             return self.flat_grads
-        flat = np.empty(PARAM_COUNT, np.float32)
-        views = _flat_views(flat)
         for name, shape in PARAM_SHAPES.items():
             if name not in grads or np.shape(grads[name]) != shape:
                 raise ValueError(f"gradient {name}: expected shape {shape}, found "
                                  f"{np.shape(grads[name]) if name in grads else 'nothing'}")
-            views[name][...] = grads[name]
-        return flat
+        return self.kernels.to_device(_flatten(grads))
 
     # ---- forward and backward
 
@@ -182,10 +200,10 @@ class LeNet5:
         """Fill the batch size's activation buffers from NCHW x; returns them (logits last)."""
         batch = x.shape[0]
         if batch not in self._buffers:
-            self._buffers[batch] = _Buffers(batch)
+            self._buffers[batch] = _Buffers(batch, self.kernels)
         buf = self._buffers[batch]
-        buf.acts[0][...] = np.moveaxis(x, 0, -1)  # (N,1,32,32) -> (1,32,32,N), cast to float32
         k = self.kernels
+        k.copy_in(buf.acts[0], np.moveaxis(x, 0, -1))  # (N,1,32,32) -> (1,32,32,N), float32
         for index, (kind, _) in enumerate(LAYERS):
             inp, out = buf.acts[index], buf.acts[index + 1]
             if kind == "conv":
@@ -207,7 +225,7 @@ class LeNet5:
 
     def forward(self, x):
         """Logits (N, 10) for a float32 batch (N, 1, 32, 32)."""
-        return self._run_forward(self._check_input(x)).acts[-1].T.copy()
+        return self.kernels.to_host(self._run_forward(self._check_input(x)).acts[-1]).T.copy()
 
     def probabilities(self, x):
         """Softmax class probabilities (N, 10), float64, for a float32 batch (N, 1, 32, 32)."""
@@ -218,14 +236,15 @@ class LeNet5:
     def activations(self, x):
         """Each backbone layer's output for a batch x, batch first: a list, index = layer."""
         buf = self._run_forward(self._check_input(x))
-        return [np.moveaxis(act, -1, 0).copy() for act in buf.acts[1:]]
+        return [np.moveaxis(self.kernels.to_host(act), -1, 0).copy() for act in buf.acts[1:]]
 
     def loss(self, x, y):
         """Mean cross-entropy and the logits (N, 10), without gradients."""
         x, y = self._check_input(x), self._check_labels(y, len(x))
         buf = self._run_forward(x)
-        self.kernels.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], y)
-        return float(buf.losses.mean(dtype=np.float64)), buf.acts[-1].T.copy()
+        k = self.kernels
+        k.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], k.to_device(y, buf.labels))
+        return _mean(k.to_host(buf.losses)), k.to_host(buf.acts[-1]).T.copy()
 
     def _check_labels(self, y, batch):
         y = np.asarray(y)
@@ -247,8 +266,9 @@ class LeNet5:
         buf = self._run_forward(x)
         dacts = buf.gradients()
         k = self.kernels
-        k.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], y)
-        k.softmax_xent_backward(dacts[-1], buf.probs, y, np.float32(1.0))
+        labels = k.to_device(y, buf.labels)  # on the CPU: y itself
+        k.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], labels)
+        k.softmax_xent_backward(dacts[-1], buf.probs, labels, np.float32(1.0))
         for index in reversed(range(len(LAYERS))):
             kind = LAYERS[index][0]
             dinp, dout = dacts[index], dacts[index + 1]
@@ -263,4 +283,4 @@ class LeNet5:
             elif kind == "pool":
                 k.avgpool2d_backward(dinp, dout, POOL)
             # flatten: dinp is already a view of dout
-        return float(buf.losses.mean(dtype=np.float64)), self.grads
+        return _mean(k.to_host(buf.losses)), self.grads

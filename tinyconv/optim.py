@@ -6,7 +6,7 @@ from tinyconv.kernels import adam_scalars
 
 
 class Adam:
-    """torch.optim.Adam (amsgrad off) over a model's flat parameter buffer."""
+    """torch.optim.Adam (amsgrad off) over a model's flat parameter buffer, on its device."""
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         if lr <= 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
@@ -16,8 +16,9 @@ class Adam:
         self.model = model
         self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
         self.step_count = 0
-        self.m = np.zeros_like(model.flat_params)  # first moment, the gradients' running mean
-        self.v = np.zeros_like(model.flat_params)  # second moment, of the squared gradients
+        # on the model's device, beside its parameters and gradients
+        self.m = model.kernels.zeros(model.flat_params.shape)  # first moment: gradients' mean
+        self.v = model.kernels.zeros(model.flat_params.shape)  # second moment: squared ones
 
     def step(self, grads):
         """Apply one update from gradients keyed like the model's state_dict()."""
@@ -28,10 +29,11 @@ class Adam:
             *adam_scalars(self.lr, *self.betas, self.eps, self.weight_decay, self.step_count))
 
     def state_dict(self):
-        """Hyper-parameters, step count and copies of both moments."""
+        """Hyper-parameters, step count and host copies of both moments."""
+        to_host = self.model.kernels.to_host
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
                 "weight_decay": self.weight_decay, "step": self.step_count,
-                "m": self.m.copy(), "v": self.v.copy()}
+                "m": to_host(self.m).copy(), "v": to_host(self.v).copy()}
 
     def load_state_dict(self, state):
         """Restore what state_dict() returned."""
@@ -42,7 +44,8 @@ class Adam:
         self.lr, self.betas = float(state["lr"]), tuple(state["betas"])
         self.eps, self.weight_decay = float(state["eps"]), float(state["weight_decay"])
         self.step_count = int(state["step"])
-        self.m[...], self.v[...] = state["m"], state["v"]
+        self.model.kernels.copy_in(self.m, state["m"])
+        self.model.kernels.copy_in(self.v, state["v"])
 
 
 class StepLR:
