@@ -146,8 +146,9 @@ def _conv2d_params_grads(dweight, dbias, dout, inp):
 
 
 def conv2d_backward(dinp, dweight, dbias, dout, inp, weight):
-    """Overwrite dinp, dweight, dbias with the gradients of conv2d_forward."""
-    _conv2d_backward_input[_blocks(dinp.size), THREADS](dinp, dout, weight)
+    """Overwrite dinp (skipped when None), dweight, dbias with conv2d_forward's gradients."""
+    if dinp is not None:  # conv1's dinp, the image's gradient, is needed by nobody
+        _conv2d_backward_input[_blocks(dinp.size), THREADS](dinp, dout, weight)
     _conv2d_params_grads(dweight, dbias, dout, inp)
 
 
