@@ -50,11 +50,12 @@ def redraw(digit, rng, style):
     top, left = rng.integers(0, height - side), rng.integers(0, width - side)
     canvas = np.zeros((height, width), np.uint8)
     canvas[top:top + side, left:left + side] = enlarged
-    if style == "dark-on-light":
-        return Image.fromarray(255 - canvas)
+    if style == "dark-on-light":  # grey pencil on off-white paper
+        return Image.fromarray(np.round(235 - canvas * (200 / 255)).astype(np.uint8))
     if style == "light-on-dark":
         return Image.fromarray(canvas)
-    ink = np.zeros((height, width, 4), np.uint8)  # black ink, transparent background
+    ink = np.zeros((height, width, 4), np.uint8)  # dark blue ink, transparent background
+    ink[..., :3] = (20, 30, 120)
     ink[..., 3] = canvas
     return Image.fromarray(ink, "RGBA")
 
@@ -79,6 +80,17 @@ def test_redrawn_test_digits_are_classified_like_the_originals(
                for guesses in top)
     agreement = np.mean([guesses[0]["class"] for guesses in top] == originals)
     assert agreement >= 0.95, f"{style}: {agreement:.1%} agree with the original digits"
+
+
+def test_activations_are_the_layers_outputs_batch_first(run_dir, test_digits):
+    model, config = predict.load_classifier(run_dir)
+    x = predict.model_inputs(test_digits[0][:3], config)
+    outputs = model.activations(x)
+    assert [a.shape for a in outputs[:3]] == [(3, 6, 28, 28)] * 2 + [(3, 6, 14, 14)]
+    assert outputs[9].shape == (3, 120, 1, 1) and outputs[10].shape == (3, 120)
+    assert np.array_equal(outputs[-1], model.forward(x))
+    assert np.allclose(model.probabilities(x).sum(axis=1), 1.0)
+    assert np.array_equal(model.probabilities(x).argmax(axis=1), outputs[-1].argmax(axis=1))
 
 
 def test_ink_polarity_comes_from_the_border_even_for_a_bold_digit():

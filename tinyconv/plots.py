@@ -125,7 +125,8 @@ def confusion(counts, path):
     axes.set(xticks=classes, yticks=classes, xlabel="predicted digit", ylabel="true digit",
              title=f"confusion on {counts.sum():,} test images, accuracy "
                    f"{100 * np.trace(counts) / counts.sum():.2f}%")
-    figure.colorbar(image, ax=axes, label="fraction of the true digit's images (log scale)")
+    bar = figure.colorbar(image, ax=axes, label="share of the true digit's images (log scale)")
+    bar.ax.yaxis.set_major_formatter(lambda share, _: f"{100 * share:g}%")
     return save(figure, path)
 
 

@@ -32,7 +32,7 @@ def visualize(model, config, digit, name, out_dir):
     stages = [(f"backbone.{index}\n{label}", outputs[index][0]) for index, label in STAGES]
     title = (f"{name}: predicted {guess} ({probabilities[guess]:.3f}); "
              "red positive, blue negative")
-    return [plots.filters(model.params["backbone.0.weight"], out_dir / "filters.png",
+    return [plots.filters(model.state_dict()["backbone.0.weight"], out_dir / "filters.png",
                           "conv1 (backbone.0): the six learned 5x5 filters"),
             plots.feature_maps(x[0, 0], stages, probabilities, out_dir / "feature_maps.png",
                                title)]
