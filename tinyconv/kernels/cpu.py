@@ -67,22 +67,29 @@ def _tanh32(x):
 # LeNet kernel width and its channel counts (6, 16, 120 are even, 120 is 24 fives); a shorter
 # last group is padded with zero weights, an odd last channel runs alone.
 _TAPS = 5
+_SPAN = 512  # samples x positions per pass: the 7 rows it touches stay in the L1 cache
 
 
 @njit(**_HELPER)
-def _five(values):
-    # values (T,), 1 <= T <= 5, padded with zeros to a 5-tuple
-    T = values.size
-    return (values[0],
-            values[min(1, T - 1)] * np.float32(T > 1), values[min(2, T - 1)] * np.float32(T > 2),
-            values[min(3, T - 1)] * np.float32(T > 3), values[min(4, T - 1)] * np.float32(T > 4))
+def _five_weights(flat, start, stride, count):
+    # flat[start + t*stride] for t < count (1 to 5), zeros after: one tap group's weights
+    last = start + (count - 1) * stride
+    return (flat[start],
+            flat[min(start + stride, last)] * np.float32(count > 1),
+            flat[min(start + 2 * stride, last)] * np.float32(count > 2),
+            flat[min(start + 3 * stride, last)] * np.float32(count > 3),
+            flat[min(start + 4 * stride, last)] * np.float32(count > 4))
 
 
 @njit(**_HELPER)
-def _five_indices(first, last):
-    # first, first+1, ..., first+4, none past last: the rows of a tap group (padding repeats last)
-    return (first, min(first + 1, last), min(first + 2, last), min(first + 3, last),
-            min(first + 4, last))
+def _five_rows(flat, start, stride, count, length):
+    # the stretches flat[start + t*stride:][:length] for t < count (1 to 5), the last repeated
+    # after (its weight is zero): one tap group's inputs
+    last = start + (count - 1) * stride
+    s1, s2 = min(start + stride, last), min(start + 2 * stride, last)
+    s3, s4 = min(start + 3 * stride, last), min(start + 4 * stride, last)
+    return (flat[start:start + length], flat[s1:s1 + length], flat[s2:s2 + length],
+            flat[s3:s3 + length], flat[s4:s4 + length])
 
 
 @njit(**_HELPER)
@@ -104,27 +111,33 @@ def _madd_rows(dst0, dst1, w0, w1, rows, pair):
 @njit(**_JIT)
 def conv2d_forward(out, inp, weight, bias):
     # inp (C,H,W,N), weight (OC,C,KH,KW), bias (OC,) -> out (OC,OH,OW,N), OH=H-KH+1, OW=W-KW+1
-    # out[oc,i,j,n] = bias[oc] + sum over c, kh, kw of weight[oc,c,kh,kw] * inp[c,i+kh,j+kw,n];
-    # each task owns a pair of output channels in one output row, the taps go five along kw
+    # out[oc,i,j,n] = bias[oc] + sum over c, kh, kw of weight[oc,c,kh,kw] * inp[c,i+kh,j+kw,n].
+    # For fixed (c, kh, kw), a stretch of output positions (j, n) reads one contiguous stretch
+    # of inp's row (c, i+kh), kw positions on; each pass covers up to _SPAN values of it. A task
+    # owns a pair of output channels in one output row; the taps go five along kw.
     C, H, W, N = inp.shape
     OC, _, KH, KW = weight.shape
     OH, OW = H - KH + 1, W - KW + 1
+    x, w, y = inp.ravel(), weight.ravel(), out.ravel()
+    span = max(1, _SPAN // N)  # output positions per pass
     for task in prange((OC + 1) // 2 * OH):
         oc0, i = task // OH * 2, task % OH
         oc1 = min(oc0 + 1, OC - 1)
-        for j in range(OW):
-            dst0, dst1 = out[oc0, i, j], out[oc1, i, j]
+        for j in range(0, OW, span):
+            length = (min(j + span, OW) - j) * N
+            start0, start1 = ((oc0 * OH + i) * OW + j) * N, ((oc1 * OH + i) * OW + j) * N
+            dst0, dst1 = y[start0:start0 + length], y[start1:start1 + length]
             dst0[:] = bias[oc0]
             dst1[:] = bias[oc1]
             for c in range(C):
                 for kh in range(KH):
-                    row = inp[c, i + kh]  # (W,N)
                     for kw in range(0, KW, _TAPS):
-                        kw_end = min(kw + _TAPS, KW)
-                        r0, r1, r2, r3, r4 = _five_indices(j + kw, j + kw_end - 1)
-                        _madd_rows(dst0, dst1, _five(weight[oc0, c, kh, kw:kw_end]),
-                                   _five(weight[oc1, c, kh, kw:kw_end]),
-                                   (row[r0], row[r1], row[r2], row[r3], row[r4]), oc1 != oc0)
+                        taps = min(_TAPS, KW - kw)
+                        tap = ((c * KH) + kh) * KW + kw  # in weight[oc], stepping along kw
+                        rows = _five_rows(x, ((c * H + i + kh) * W + j + kw) * N, N, taps, length)
+                        _madd_rows(dst0, dst1, _five_weights(w, oc0 * C * KH * KW + tap, 1, taps),
+                                   _five_weights(w, oc1 * C * KH * KW + tap, 1, taps), rows,
+                                   oc1 != oc0)
 
 
 @njit(**_JIT)
@@ -134,27 +147,36 @@ def conv2d_backward(dinp, dweight, dbias, dout, inp, weight):
     C, H, W, N = inp.shape
     OC, _, KH, KW = weight.shape
     OH, OW = H - KH + 1, W - KW + 1
-    # dinp[c,h,x,n] = sum over oc, kh, kw of weight[oc,c,kh,kw] * dout[oc,h-kh,x-kw,n], the
-    # taps limited to those whose output position (h-kh, x-kw) exists; gathered, so each task
-    # owns a pair of input channels in one row. The taps go five along oc.
+    x, w, g = inp.ravel(), weight.ravel(), dout.ravel()
+    # dinp[c,h,x,n] = sum over oc, kh, kw of weight[oc,c,kh,kw] * dout[oc,h-kh,x-kw,n]: for
+    # fixed (oc, kh, kw) a stretch of dout's row (oc, h-kh) adds onto one contiguous stretch of
+    # dinp's row (c, h), kw positions on, for every kh whose output row h-kh exists. A task owns
+    # a pair of input channels in one row, so no two tasks write the same value; the taps go
+    # five along oc.
     if dinp is not None:
+        dx = dinp.ravel()
+        span = max(1, _SPAN // N)  # dout positions per pass
         for task in prange((C + 1) // 2 * H):
             c0, h = task // H * 2, task % H
             c1 = min(c0 + 1, C - 1)
-            for x in range(W):
-                dst0, dst1 = dinp[c0, h, x], dinp[c1, h, x]
-                dst0[:] = _ZERO
-                dst1[:] = _ZERO
+            dinp[c0, h] = _ZERO
+            dinp[c1, h] = _ZERO
+            for j in range(0, OW, span):
+                length = (min(j + span, OW) - j) * N
                 for kh in range(max(0, h - OH + 1), min(KH, h + 1)):
-                    for kw in range(max(0, x - OW + 1), min(KW, x + 1)):
-                        i, j = h - kh, x - kw
+                    for kw in range(KW):
+                        start0 = ((c0 * H + h) * W + j + kw) * N
+                        start1 = ((c1 * H + h) * W + j + kw) * N
+                        dst0, dst1 = dx[start0:start0 + length], dx[start1:start1 + length]
                         for oc in range(0, OC, _TAPS):
-                            oc_end = min(oc + _TAPS, OC)
-                            r0, r1, r2, r3, r4 = _five_indices(oc, oc_end - 1)
-                            _madd_rows(dst0, dst1, _five(weight[oc:oc_end, c0, kh, kw]),
-                                       _five(weight[oc:oc_end, c1, kh, kw]),
-                                       (dout[r0, i, j], dout[r1, i, j], dout[r2, i, j],
-                                        dout[r3, i, j], dout[r4, i, j]), c1 != c0)
+                            taps = min(_TAPS, OC - oc)
+                            # weight[oc, c, kh, kw], stepping along oc
+                            tap, step = (oc * C * KH + kh) * KW + kw, C * KH * KW
+                            rows = _five_rows(g, ((oc * OH + h - kh) * OW + j) * N, OH * OW * N,
+                                              taps, length)
+                            _madd_rows(dst0, dst1, _five_weights(w, tap + c0 * KH * KW, step, taps),
+                                       _five_weights(w, tap + c1 * KH * KW, step, taps), rows,
+                                       c1 != c0)
     # dweight[oc,c,kh,kw] = sum over i, j, n of dout[oc,i,j,n] * inp[c,i+kh,j+kw,n]: for fixed
     # (i, kw) the (j, n) pairs are one contiguous stretch of both rows, so ten dot products of
     # length OW*N (two output channels, five kw) share their loads; a task owns (oc pair, c, kh)
@@ -164,14 +186,14 @@ def conv2d_backward(dinp, dweight, dbias, dout, inp, weight):
         oc1 = min(oc0 + 1, OC - 1)
         length = OW * N
         for kw in range(0, KW, _TAPS):
-            k0, k1, k2, k3, k4 = _five_indices(kw, min(kw + _TAPS, KW) - 1)
+            taps = min(_TAPS, KW - kw)
             a0 = a1 = a2 = a3 = a4 = b0 = b1 = b2 = b3 = b4 = _ZERO
             for i in range(OH):
-                grad0, grad1 = dout[oc0, i].ravel(), dout[oc1, i].ravel()  # (OW*N,)
-                row = inp[c, i + kh].ravel()  # (W*N,): tap kw starts at kw*N
-                x0, x1 = row[k0 * N:k0 * N + length], row[k1 * N:k1 * N + length]
-                x2, x3 = row[k2 * N:k2 * N + length], row[k3 * N:k3 * N + length]
-                x4 = row[k4 * N:k4 * N + length]
+                start0, start1 = oc0 * OH * OW * N + i * length, oc1 * OH * OW * N + i * length
+                grad0, grad1 = g[start0:start0 + length], g[start1:start1 + length]  # (OW*N,)
+                # inp's row (c, i+kh) from position kw on, then kw+1, ...: (OW*N,) each
+                x0, x1, x2, x3, x4 = _five_rows(x, ((c * H + i + kh) * W + kw) * N, N, taps,
+                                                length)
                 for m in range(length):
                     g0, g1 = grad0[m], grad1[m]
                     a0 += g0 * x0[m]
@@ -185,7 +207,7 @@ def conv2d_backward(dinp, dweight, dbias, dout, inp, weight):
                     b3 += g1 * x3[m]
                     b4 += g1 * x4[m]
             sums0, sums1 = (a0, a1, a2, a3, a4), (b0, b1, b2, b3, b4)
-            for t in range(min(_TAPS, KW - kw)):
+            for t in range(taps):
                 dweight[oc0, c, kh, kw + t] = sums0[t]
                 dweight[oc1, c, kh, kw + t] = sums1[t]  # the same sums again when oc1 == oc0
     # dbias[oc] = sum over i, j, n of dout[oc,i,j,n]
