@@ -104,12 +104,13 @@ def save_run(path, model, opt, sched, header):
     save(path, arrays, {**header, "adam": adam, "schedule": sched.state_dict()})
 
 
-def load_run(path):
-    """Read a run checkpoint: returns (model, optimizer, schedule, header)."""
+def load_run(path, device="cpu"):
+    """Read a run checkpoint: returns (model, optimizer, schedule, header), the model and
+    Adam's moments on `device` ("cpu" or "cuda"), whichever device wrote it."""
     arrays, header = load(path)
     try:
         config = header["config"]
-        model = LeNet5(seed=config["seed"])
+        model = LeNet5(seed=config["seed"], device=device)
         model.load_state_dict({name: arrays[f"model/{name}"] for name in PARAM_SHAPES})
         opt = Adam(model)
         opt.load_state_dict({**header["adam"], "m": arrays["adam/m"], "v": arrays["adam/v"]})

@@ -147,6 +147,15 @@ class LeNet5:
 
     # ---- parameters
 
+    def to(self, device):
+        """This model on another device ("cpu" or "cuda"): a new LeNet5 with the same
+        parameters, or self when it is there already."""
+        if device == self.device:
+            return self
+        moved = LeNet5(device=device)
+        moved.load_state_dict(self.state_dict())
+        return moved
+
     @classmethod
     def from_torch(cls, path, trust_pickle=False):
         """A model with a PyTorch file's weights (state_dict or the report's checkpoint)."""

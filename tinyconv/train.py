@@ -22,7 +22,7 @@ from tinyconv.checkpoint import CheckpointError, load_run, save_run
 from tinyconv.data import DataError, iterate_batches, load_mnist, num_batches
 from tinyconv.evaluate import evaluate
 from tinyconv.interop import MissingDependencyError, load_model
-from tinyconv.kernels import set_threads
+from tinyconv.kernels import BACKENDS, DeviceUnavailable, set_threads
 from tinyconv.model import LeNet5
 from tinyconv.optim import Adam, StepLR
 
@@ -40,7 +40,7 @@ RECIPES = {
                "normalize": "unit", "seed": 0},
 }
 # what a resumed run may change; the rest must stay as the run started for a faithful replay
-RESUME_OVERRIDABLE = ("epochs", "threads", "data_dir", "quiet")
+RESUME_OVERRIDABLE = ("epochs", "threads", "device", "data_dir", "quiet")
 
 
 class TrainingError(RuntimeError):
@@ -83,13 +83,13 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
     run_dir = Path(run_dir)
     last_path, best_path = run_dir / "last.npz", run_dir / "best.npz"
     if resume:
-        model, opt, sched, header = load_run(last_path)
+        model, opt, sched, header = load_run(last_path, config["device"])
         start_epoch, best = header["epoch"], header["best"]
     else:
         if last_path.exists():
             raise TrainingError(f"{run_dir} already holds a run (last.npz): continue it with "
                                 f"--resume {run_dir}, or choose another --run-dir")
-        model = LeNet5(seed=config["seed"])
+        model = LeNet5(seed=config["seed"], device=config["device"])
         if config.get("init_from"):
             model.load_state_dict(load_model(config["init_from"], trust_pickle)[0].state_dict())
         opt = Adam(model, lr=config["lr"], weight_decay=config["weight_decay"])
@@ -176,6 +176,8 @@ def parse_args(argv):
     parser.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N "
                         "test images only")
     parser.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
+    parser.add_argument("--device", choices=BACKENDS, help="where the kernels run: cpu "
+                        "(default) or cuda, an NVIDIA GPU (pip install 'tinyconv[cuda]')")
     parser.add_argument("--data-dir", help="directory holding the four MNIST files (default: "
                         "TINYCONV_DATA, the bundled data/mnist, the cache, then a download)")
     parser.add_argument("--run-dir", help="where checkpoints and metrics.jsonl go "
@@ -187,7 +189,8 @@ def parse_args(argv):
                         "file unpickle Python objects (a whole saved module); this can run "
                         "arbitrary code, so only for files from a trusted source")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from "
-                        "its last.npz; only --epochs, --threads and --data-dir may change")
+                        "its last.npz; only --epochs, --threads, --device and --data-dir may "
+                        "change")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     return parser.parse_args(argv)
 
@@ -197,8 +200,8 @@ def build_config(args):
     given = {k: v for k, v in vars(args).items() if v is not None and k not in
              ("recipe", "run_dir", "resume", "quiet", "trust_pickle")}
     config = {**RECIPES[args.recipe], "recipe": args.recipe, "limit_train": None,
-              "limit_test": None, "threads": None, "data_dir": None, "init_from": None,
-              **given}
+              "limit_test": None, "threads": None, "device": "cpu", "data_dir": None,
+              "init_from": None, **given}
     for key, least in (("epochs", 1), ("batch_size", 1), ("lr_step", 1), ("translate", 0),
                        ("limit_train", 1), ("limit_test", 1)):
         if config[key] is not None and config[key] < least:
@@ -216,10 +219,11 @@ def resumed_config(args):
              if v not in (None, False) and k not in (*RESUME_OVERRIDABLE, "recipe", "resume")]
     if fixed or args.recipe != "default":
         raise ValueError(f"--resume continues a run with its own settings; only --epochs, "
-                         f"--threads and --data-dir may change, found {fixed or ['--recipe']}")
-    changes = {k: getattr(args, k) for k in ("epochs", "threads", "data_dir")
+                         f"--threads, --device and --data-dir may change, found "
+                         f"{fixed or ['--recipe']}")
+    changes = {k: getattr(args, k) for k in ("epochs", "threads", "device", "data_dir")
                if getattr(args, k) is not None}
-    return {**header["config"], **changes}
+    return {"device": "cpu", **header["config"], **changes}  # runs before --device: cpu
 
 
 def main(argv=None):
@@ -237,7 +241,7 @@ def main(argv=None):
         metrics = train(config, run_dir, resume=bool(args.resume), quiet=args.quiet,
                         trust_pickle=args.trust_pickle)
     except (TrainingError, CheckpointError, DataError, MissingDependencyError,
-            ValueError) as exc:
+            DeviceUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if metrics and not args.quiet:
