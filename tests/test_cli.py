@@ -54,7 +54,7 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
 def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert run_train(tmp_path / "run", "--epochs", "1") == 0
     assert train.main(["--resume", str(tmp_path / "run"), "--lr", "0.1"]) == 1
-    assert "only --epochs, --threads and --data-dir may change, found ['--lr']" in \
+    assert "only --epochs, --threads, --device and --data-dir may change, found ['--lr']" in \
         capsys.readouterr().err
 
 
@@ -176,5 +176,5 @@ def test_help_explains_the_flags():
                          capture_output=True, text=True).stdout
     for flag in ("--recipe", "--epochs", "--batch-size", "--lr", "--lr-step", "--lr-gamma",
                  "--seed", "--threads", "--data-dir", "--run-dir", "--flip", "--translate",
-                 "--resize", "--limit-train", "--limit-test", "--resume"):
+                 "--resize", "--limit-train", "--limit-test", "--resume", "--device"):
         assert flag in out

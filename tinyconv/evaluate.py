@@ -16,7 +16,7 @@ from tinyconv import plots
 from tinyconv.checkpoint import CheckpointError
 from tinyconv.data import DataError, iterate_batches, load_mnist
 from tinyconv.interop import TORCH_PREPROCESSING, MissingDependencyError, load_model
-from tinyconv.kernels import set_threads
+from tinyconv.kernels import BACKENDS, DeviceUnavailable, set_threads
 from tinyconv.model import CLASSES
 
 DEFAULTS = {"batch_size": 1000}
@@ -98,6 +98,8 @@ def parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],
                         help="images per forward pass (default %(default)s)")
     parser.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
+    parser.add_argument("--device", choices=BACKENDS, default="cpu", help="where the kernels "
+                        "run: cpu (default) or cuda, an NVIDIA GPU (pip install 'tinyconv[cuda]')")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     parser.add_argument("--plots", metavar="DIR", type=Path, help="also write DIR/confusion.png "
                         "(row-normalised, counts shown) and DIR/mistakes.png (the misclassified "
@@ -113,8 +115,10 @@ def main(argv=None):
                 raise ValueError(f"{flag} must be at least 1, found {value}")
         set_threads(args.threads)
         model, header = load_model(args.checkpoint, args.trust_pickle)
+        model = model.to(args.device)
         images, labels = load_mnist("test", args.data_dir)
-    except (CheckpointError, DataError, MissingDependencyError, ValueError) as exc:
+    except (CheckpointError, DataError, MissingDependencyError, DeviceUnavailable,
+            ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     saved = header["config"] if header else TORCH_PREPROCESSING
