@@ -116,6 +116,9 @@ def test_bad_files_get_their_messages_while_the_others_are_classified(
     images, labels = test_digits
     good = tmp_path / "good.png"
     Image.fromarray(255 - images[0]).save(good)
+    good_jpeg, good_16_bit = tmp_path / "good.jpg", tmp_path / "good16.png"
+    Image.fromarray(255 - images[0]).save(good_jpeg, quality=85)
+    Image.fromarray(images[0].astype(np.uint16) * 257).save(good_16_bit)
     blank = tmp_path / "blank.png"
     Image.new("L", (64, 48), 200).save(blank)
     clear = tmp_path / "clear.png"
@@ -125,11 +128,13 @@ def test_bad_files_get_their_messages_while_the_others_are_classified(
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     missing = tmp_path / "missing.bmp"
-    files = [blank, good, corrupt, clear, empty, missing]
+    files = [blank, good, corrupt, good_jpeg, clear, empty, good_16_bit, missing]
     assert predict.main([str(run_dir), *map(str, files), "--save-inputs",
                          str(tmp_path / "inputs")]) == 1
     captured = capsys.readouterr()
-    assert captured.out.startswith(f"{good}: {labels[0]} (") and captured.out.count("\n") == 1
+    lines = captured.out.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [
+        f"{path}: {labels[0]}" for path in (good, good_jpeg, good_16_bit)]
     errors = captured.err.splitlines()
     assert errors == [
         f"error: {blank}: no digit found, the image is blank (every pixel lies within 0 of "

@@ -64,8 +64,9 @@ def read_gray(path):
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"{path}: unreadable image, expected PNG, JPEG, BMP or another "
                          f"format Pillow reads, found damaged or foreign data ({exc})") from None
-    if image.mode.startswith("I"):  # 16-bit grey PNG or TIFF: "L" would clip, so scale
-        return np.asarray(image, np.float64) / 257.0
+    if image.mode.startswith(("I", "F")):  # 16-bit, 32-bit or float grey: "L" would clip
+        gray = np.asarray(image, np.float64)
+        return gray / 257.0 if image.mode.startswith("I;16") or gray.max() > 255 else gray
     if not image.has_transparency_data:
         return np.asarray(image.convert("L"), np.float64)
     rgba = np.asarray(image.convert("RGBA"), np.float64)
@@ -109,17 +110,18 @@ def centred_digit(ink):
     crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     scale = FIT_SIZE / max(crop.shape)
     height, width = (max(1, round(side * scale)) for side in crop.shape)
-    # Pillow's Lanczos filter widens with the reduction factor: antialiased downscaling
-    fitted = Image.fromarray(np.round(crop * 255).astype(np.uint8)).resize(
+    # Pillow's Lanczos filter widens with the reduction factor: antialiased downscaling; in
+    # float ("F") so faint strokes survive, clipped where its negative lobes ring
+    fitted = Image.fromarray(crop.astype(np.float32), "F").resize(
         (width, height), Image.Resampling.LANCZOS)
-    fitted = np.asarray(fitted, np.float64)
+    fitted = np.clip(np.asarray(fitted, np.float64), 0.0, None)
     fitted *= 255.0 / fitted.max()  # thin strokes of a large drawing fade when shrunk
     ys, xs = np.indices(fitted.shape)
     mass = fitted.sum()
     top = round(CENTRE - (ys * fitted).sum() / mass)
     left = round(CENTRE - (xs * fitted).sum() / mass)
     digit = np.zeros((IMAGE_SIZE, IMAGE_SIZE))
-    # paste at (top, left), clipped where the 28x28 field ends, as MNIST's own centring did
+    # paste at (top, left), clipped where the 28x28 field ends
     y0, x0 = max(top, 0), max(left, 0)
     y1, x1 = min(top + height, IMAGE_SIZE), min(left + width, IMAGE_SIZE)
     digit[y0:y1, x0:x1] = fitted[y0 - top:y1 - top, x0 - left:x1 - left]
