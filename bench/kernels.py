@@ -51,9 +51,15 @@ def batch_last(a):
     return np.ascontiguousarray(np.moveaxis(a, 0, -1))
 
 
+# conv1's input is the image, whose gradient nobody needs: in training neither library computes
+# it (tinyconv passes dinp=None, torch's input does not require grad), and so neither does this
+NO_INPUT_GRAD = {"conv1"}
+
+
 def flops(op, inp_shape, params, batch):
     """Floating-point operations of one forward call (a multiply-add counts 2); 0 if not a
-    layer with weights. The backward does twice as many (dinp and dweight)."""
+    layer with weights. The backward does twice as many (dinp and dweight), once as many
+    without dinp."""
     if op == "conv2d":
         (oc, c, kh, kw), _ = params
         return 2 * batch * oc * c * kh * kw * (inp_shape[1] - kh + 1) * (inp_shape[2] - kw + 1)
@@ -66,14 +72,14 @@ def flops(op, inp_shape, params, batch):
 class Case:
     """One op's forward and backward, set up for tinyconv and for torch on the same data."""
 
-    def __init__(self, op, inp_shape, param_shapes, batch, kernels, torch):
+    def __init__(self, op, inp_shape, param_shapes, batch, kernels, torch, input_grad=True):
         rng = np.random.default_rng(SEED)
         self.op, self.kernels, self.torch = op, kernels, torch
         x = rng.standard_normal((batch, *inp_shape)).astype(np.float32)
         self.params = [(rng.standard_normal(s) * 0.1).astype(np.float32) for s in param_shapes]
         self.labels = rng.integers(0, inp_shape[0], size=batch).astype(np.int64)
         # torch's side: a graph built once, differentiated many times
-        self.t_inp = torch.from_numpy(x).requires_grad_()
+        self.t_inp = torch.from_numpy(x).requires_grad_(input_grad)
         self.t_params = [torch.from_numpy(p).requires_grad_() for p in self.params]
         self.t_out = self.torch_forward()
         dout = rng.standard_normal(tuple(self.t_out.shape)).astype(np.float32)
@@ -82,7 +88,7 @@ class Case:
         self.inp, self.dout = batch_last(x), batch_last(dout) if dout.ndim else dout
         out_shape = self.dout.shape if op != "softmax_xent" else (batch,)
         self.out = np.empty(out_shape, np.float32)
-        self.dinp = np.empty_like(self.inp)
+        self.dinp = np.empty_like(self.inp) if input_grad else None
         self.dparams = [np.empty_like(p) for p in self.params]
         self.probs = np.empty_like(self.inp)
 
@@ -95,8 +101,10 @@ class Case:
                 }[self.op]()
 
     def torch_backward(self):
-        return self.torch.autograd.grad(self.t_out, [self.t_inp, *self.t_params], self.t_dout,
-                                        retain_graph=True)
+        """torch's gradients: the input's (None when it needs none), then the parameters'."""
+        wrt = [self.t_inp, *self.t_params] if self.dinp is not None else self.t_params
+        grads = self.torch.autograd.grad(self.t_out, wrt, self.t_dout, retain_graph=True)
+        return grads if self.dinp is not None else (None, *grads)
 
     def forward(self):
         k, op = self.kernels, self.op
@@ -127,10 +135,12 @@ class Case:
         self.backward()
         theirs_out = self.t_out.detach().numpy()
         ours_out = self.out.mean() if self.op == "softmax_xent" else np.moveaxis(self.out, -1, 0)
-        pairs = [("out", ours_out, theirs_out),
-                 ("dinp", np.moveaxis(self.dinp, -1, 0), self.torch_backward()[0].numpy())]
+        theirs_grads = self.torch_backward()
+        pairs = [("out", ours_out, theirs_out)]
+        if self.dinp is not None:
+            pairs.append(("dinp", np.moveaxis(self.dinp, -1, 0), theirs_grads[0].numpy()))
         pairs += [(f"d{i}", ours, theirs.numpy()) for i, (ours, theirs)
-                  in enumerate(zip(self.dparams, self.torch_backward()[1:], strict=True))]
+                  in enumerate(zip(self.dparams, theirs_grads[1:], strict=True))]
         for tensor, ours, theirs in pairs:
             err = np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30)
             if err > CHECK_RTOL:
@@ -197,13 +207,15 @@ def main(argv=None):
     print(format_table_head())
     rows = []
     for name, (op, inp_shape, param_shapes) in CASES.items():
-        case = Case(op, inp_shape, param_shapes, args.batch_size, kernels, torch)
+        input_grad = name not in NO_INPUT_GRAD
+        case = Case(op, inp_shape, param_shapes, args.batch_size, kernels, torch, input_grad)
         case.check(name)
         shape = "x".join(map(str, (args.batch_size, *inp_shape)))
         work = flops(op, inp_shape, param_shapes, args.batch_size) / 1e9
         for direction, ours, theirs, factor in (
                 ("forward", case.forward, case.torch_forward, 1),
-                ("backward", case.backward, case.torch_backward, 2)):
+                ("backward" if input_grad else "backward, no dinp", case.backward,
+                 case.torch_backward, 2 if input_grad else 1)):
             timings = alternate([ours, theirs], args.rounds, args.steps)
             unit = "GFLOP/s" if work else "calls/s"
             for row in timing_rows(f"{name} {direction}", shape, timings,

@@ -28,6 +28,9 @@ from numba import njit, prange
 # meaningful. error_model="numpy" drops the division-by-zero check that blocks vectorisation.
 _JIT = dict(parallel=True, fastmath={"reassoc", "contract"}, error_model="numpy", cache=True)
 _HELPER = dict(fastmath={"reassoc", "contract"}, error_model="numpy", cache=True, inline="always")
+# a helper that numba's parfor analysis cannot take inlined (it trips over its tuples): called,
+# and left for LLVM to inline
+_CALLED = dict(fastmath={"reassoc", "contract"}, error_model="numpy", cache=True)
 
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
@@ -106,6 +109,28 @@ def _madd_rows(dst0, dst1, w0, w1, rows, pair):
     else:
         for n in range(dst0.size):
             dst0[n] += a0 * x0[n] + a1 * x1[n] + a2 * x2[n] + a3 * x3[n] + a4 * x4[n]
+
+
+@njit(**_CALLED)
+def _madd_dots(sums0, sums1, grad0, grad1, rows):
+    # sums0[t] + grad0 . rows[t] and sums1[t] + grad1 . rows[t] for t < 5, over (L,) vectors:
+    # ten dot products sharing each pass's 7 loads
+    a0, a1, a2, a3, a4 = sums0
+    b0, b1, b2, b3, b4 = sums1
+    x0, x1, x2, x3, x4 = rows
+    for m in range(grad0.size):
+        g0, g1 = grad0[m], grad1[m]
+        a0 += g0 * x0[m]
+        a1 += g0 * x1[m]
+        a2 += g0 * x2[m]
+        a3 += g0 * x3[m]
+        a4 += g0 * x4[m]
+        b0 += g1 * x0[m]
+        b1 += g1 * x1[m]
+        b2 += g1 * x2[m]
+        b3 += g1 * x3[m]
+        b4 += g1 * x4[m]
+    return (a0, a1, a2, a3, a4), (b0, b1, b2, b3, b4)
 
 
 @njit(**_JIT)
@@ -187,26 +212,14 @@ def conv2d_backward(dinp, dweight, dbias, dout, inp, weight):
         length = OW * N
         for kw in range(0, KW, _TAPS):
             taps = min(_TAPS, KW - kw)
-            a0 = a1 = a2 = a3 = a4 = b0 = b1 = b2 = b3 = b4 = _ZERO
+            sums0 = sums1 = (_ZERO, _ZERO, _ZERO, _ZERO, _ZERO)
             for i in range(OH):
                 start0, start1 = oc0 * OH * OW * N + i * length, oc1 * OH * OW * N + i * length
-                grad0, grad1 = g[start0:start0 + length], g[start1:start1 + length]  # (OW*N,)
-                # inp's row (c, i+kh) from position kw on, then kw+1, ...: (OW*N,) each
-                x0, x1, x2, x3, x4 = _five_rows(x, ((c * H + i + kh) * W + kw) * N, N, taps,
-                                                length)
-                for m in range(length):
-                    g0, g1 = grad0[m], grad1[m]
-                    a0 += g0 * x0[m]
-                    a1 += g0 * x1[m]
-                    a2 += g0 * x2[m]
-                    a3 += g0 * x3[m]
-                    a4 += g0 * x4[m]
-                    b0 += g1 * x0[m]
-                    b1 += g1 * x1[m]
-                    b2 += g1 * x2[m]
-                    b3 += g1 * x3[m]
-                    b4 += g1 * x4[m]
-            sums0, sums1 = (a0, a1, a2, a3, a4), (b0, b1, b2, b3, b4)
+                # dout's rows (oc0, i) and (oc1, i), and inp's row (c, i+kh) from position kw
+                # on, then kw+1, ...: (OW*N,) each
+                sums0, sums1 = _madd_dots(
+                    sums0, sums1, g[start0:start0 + length], g[start1:start1 + length],
+                    _five_rows(x, ((c * H + i + kh) * W + kw) * N, N, taps, length))
             for t in range(taps):
                 dweight[oc0, c, kh, kw + t] = sums0[t]
                 dweight[oc1, c, kh, kw + t] = sums1[t]  # the same sums again when oc1 == oc0
@@ -277,17 +290,22 @@ def tanh_backward(dinp, out, dout):
 @njit(**_JIT)
 def linear_forward(out, inp, weight, bias):
     # inp (IN,N), weight (OUT,IN), bias (OUT,) -> out (OUT,N) = weight @ inp + bias
-    # (torch's x @ W.T + b with the batch last)
+    # (torch's x @ W.T + b with the batch last); a task owns a pair of output rows, the taps
+    # go five along IN
     IN, N = inp.shape
     OUT = weight.shape[0]
-    for o in prange(OUT):
-        acc = out[o]
-        acc[:] = bias[o]
-        for i in range(IN):
-            w = weight[o, i]
-            src = inp[i]
-            for n in range(N):
-                acc[n] += w * src[n]
+    x, w = inp.ravel(), weight.ravel()
+    for task in prange((OUT + 1) // 2):
+        o0 = task * 2
+        o1 = min(o0 + 1, OUT - 1)
+        dst0, dst1 = out[o0], out[o1]
+        dst0[:] = bias[o0]
+        dst1[:] = bias[o1]
+        for i in range(0, IN, _TAPS):
+            taps = min(_TAPS, IN - i)
+            _madd_rows(dst0, dst1, _five_weights(w, o0 * IN + i, 1, taps),
+                       _five_weights(w, o1 * IN + i, 1, taps), _five_rows(x, i * N, N, taps, N),
+                       o1 != o0)
 
 
 @njit(**_JIT)
@@ -295,27 +313,38 @@ def linear_backward(dinp, dweight, dbias, dout, inp, weight):
     # overwrites dinp (IN,N), dweight (OUT,IN), dbias (OUT,); dout (OUT,N)
     IN, N = inp.shape
     OUT = weight.shape[0]
-    # dinp = weight.T @ dout: each input feature collects every output's gradient by its weight
-    for i in prange(IN):
-        acc = dinp[i]
-        acc[:] = _ZERO
-        for o in range(OUT):
-            w = weight[o, i]
-            grad = dout[o]
-            for n in range(N):
-                acc[n] += w * grad[n]
-    # dweight = dout @ inp.T and dbias = dout summed over the batch, one output row each
+    x, w, g = inp.ravel(), weight.ravel(), dout.ravel()
+    # dinp = weight.T @ dout: each input feature collects every output's gradient by its
+    # weight; a task owns a pair of input rows, the taps go five along OUT
+    for task in prange((IN + 1) // 2):
+        i0 = task * 2
+        i1 = min(i0 + 1, IN - 1)
+        dst0, dst1 = dinp[i0], dinp[i1]
+        dst0[:] = _ZERO
+        dst1[:] = _ZERO
+        for o in range(0, OUT, _TAPS):
+            taps = min(_TAPS, OUT - o)
+            _madd_rows(dst0, dst1, _five_weights(w, o * IN + i0, IN, taps),
+                       _five_weights(w, o * IN + i1, IN, taps), _five_rows(g, o * N, N, taps, N),
+                       i1 != i0)
+    # dweight = dout @ inp.T: a task owns a pair of output rows and five inputs, ten dot
+    # products over the batch
+    groups = (IN + _TAPS - 1) // _TAPS
+    for task in prange((OUT + 1) // 2 * groups):
+        o0, i = task // groups * 2, task % groups * _TAPS
+        o1 = min(o0 + 1, OUT - 1)
+        taps = min(_TAPS, IN - i)
+        zeros = (_ZERO, _ZERO, _ZERO, _ZERO, _ZERO)
+        sums0, sums1 = _madd_dots(zeros, zeros, dout[o0], dout[o1],
+                                  _five_rows(x, i * N, N, taps, N))
+        for t in range(taps):
+            dweight[o0, i + t] = sums0[t]
+            dweight[o1, i + t] = sums1[t]  # the same sums again when o1 == o0
+    # dbias = dout summed over the batch
     for o in prange(OUT):
-        grad = dout[o]
-        for i in range(IN):
-            src = inp[i]
-            acc = _ZERO
-            for n in range(N):
-                acc += grad[n] * src[n]
-            dweight[o, i] = acc
         acc = _ZERO
         for n in range(N):
-            acc += grad[n]
+            acc += dout[o, n]
         dbias[o] = acc
 
 
