@@ -44,7 +44,7 @@ def new_figure(inches):
 def save(figure, path):
     """Render figure to a 256-colour PNG at path, atomically; returns path.
 
-    The palette (Pillow, which matplotlib itself depends on) makes files about 3x smaller
+    The palette (Pillow, which matplotlib itself depends on) makes files 2-3x smaller
     than matplotlib's own RGBA PNGs, with no visible change to these flat-coloured plots.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
