@@ -3,11 +3,14 @@
 Each case is checked before it is timed (forward output and every gradient within 1e-4 of
 torch's, relative to the largest magnitude). tinyconv's arguments are prepared in its
 batch-last layout outside the clock; torch's backward is timed alone, through
-torch.autograd.grad on a graph built once.
+torch.autograd.grad on a graph built once. With --device cuda both run on the GPU, each timed
+block of calls between two synchronizations of both libraries (their launches return before
+the work is done).
 """
 
 import argparse
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -72,32 +75,39 @@ def flops(op, inp_shape, params, batch):
 class Case:
     """One op's forward and backward, set up for tinyconv and for torch on the same data."""
 
-    def __init__(self, op, inp_shape, param_shapes, batch, kernels, torch, input_grad=True):
+    def __init__(self, op, inp_shape, param_shapes, batch, kernels, torch, device,
+                 input_grad=True):
         rng = np.random.default_rng(SEED)
         self.op, self.kernels, self.torch = op, kernels, torch
         x = rng.standard_normal((batch, *inp_shape)).astype(np.float32)
-        self.params = [(rng.standard_normal(s) * 0.1).astype(np.float32) for s in param_shapes]
-        self.labels = rng.integers(0, inp_shape[0], size=batch).astype(np.int64)
-        # torch's side: a graph built once, differentiated many times
-        self.t_inp = torch.from_numpy(x).requires_grad_(input_grad)
-        self.t_params = [torch.from_numpy(p).requires_grad_() for p in self.params]
+        params = [(rng.standard_normal(s) * 0.1).astype(np.float32) for s in param_shapes]
+        labels = rng.integers(0, inp_shape[0], size=batch).astype(np.int64)
+        # torch's side, on the device (on the CPU .to shares the arrays): a graph built once,
+        # differentiated many times
+        self.t_inp = torch.from_numpy(x).to(device).requires_grad_(input_grad)
+        self.t_params = [torch.from_numpy(p).to(device).requires_grad_() for p in params]
+        self.t_labels = torch.from_numpy(labels).to(device)
         self.t_out = self.torch_forward()
         dout = rng.standard_normal(tuple(self.t_out.shape)).astype(np.float32)
-        self.t_dout = torch.from_numpy(dout)
-        # tinyconv's side: batch-last copies and every buffer, made once
-        self.inp, self.dout = batch_last(x), batch_last(dout) if dout.ndim else dout
-        out_shape = self.dout.shape if op != "softmax_xent" else (batch,)
-        self.out = np.empty(out_shape, np.float32)
-        self.dinp = np.empty_like(self.inp) if input_grad else None
-        self.dparams = [np.empty_like(p) for p in self.params]
-        self.probs = np.empty_like(self.inp)
+        self.t_dout = torch.from_numpy(dout).to(device)
+        # tinyconv's side: batch-last copies on the device (the CPU's to_device copies
+        # nothing) and every buffer, made once
+        k = kernels
+        inp = batch_last(x)
+        self.inp, self.labels = k.to_device(inp), k.to_device(labels)
+        self.params = [k.to_device(p) for p in params]
+        self.dout = k.to_device(batch_last(dout)) if dout.ndim else dout
+        self.out = k.empty(self.dout.shape if op != "softmax_xent" else (batch,))
+        self.dinp = k.empty(inp.shape) if input_grad else None
+        self.dparams = [k.empty(p.shape) for p in params]
+        self.probs = k.empty(inp.shape)
 
     def torch_forward(self):
         F = self.torch.nn.functional
         x, p = self.t_inp, self.t_params
         return {"conv2d": lambda: F.conv2d(x, *p), "avgpool2d": lambda: F.avg_pool2d(x, 2),
                 "tanh": lambda: self.torch.tanh(x), "linear": lambda: F.linear(x, *p),
-                "softmax_xent": lambda: F.cross_entropy(x, self.torch.from_numpy(self.labels)),
+                "softmax_xent": lambda: F.cross_entropy(x, self.t_labels),
                 }[self.op]()
 
     def torch_backward(self):
@@ -133,13 +143,16 @@ class Case:
         """Stop the bench unless tinyconv's forward and gradients match torch's."""
         self.forward()
         self.backward()
-        theirs_out = self.t_out.detach().numpy()
-        ours_out = self.out.mean() if self.op == "softmax_xent" else np.moveaxis(self.out, -1, 0)
+        host = self.kernels.to_host
+        theirs_out = self.t_out.detach().cpu().numpy()
+        out = host(self.out)
+        ours_out = out.mean() if self.op == "softmax_xent" else np.moveaxis(out, -1, 0)
         theirs_grads = self.torch_backward()
         pairs = [("out", ours_out, theirs_out)]
         if self.dinp is not None:
-            pairs.append(("dinp", np.moveaxis(self.dinp, -1, 0), theirs_grads[0].numpy()))
-        pairs += [(f"d{i}", ours, theirs.numpy()) for i, (ours, theirs)
+            pairs.append(("dinp", np.moveaxis(host(self.dinp), -1, 0),
+                          theirs_grads[0].cpu().numpy()))
+        pairs += [(f"d{i}", host(ours), theirs.cpu().numpy()) for i, (ours, theirs)
                   in enumerate(zip(self.dparams, theirs_grads[1:], strict=True))]
         for tensor, ours, theirs in pairs:
             err = np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30)
@@ -147,7 +160,7 @@ class Case:
                 sys.exit(f"{name}: {tensor} differs from torch by {err:.3g} > {CHECK_RTOL}")
 
 
-def adam_calls(kernels, torch):
+def adam_calls(kernels, torch, device):
     """tinyconv's Adam kernel over LeNet-5's 61,706 parameters against torch.optim.Adam."""
     from tinyconv.kernels import adam_scalars
     from tinyconv.model import PARAM_COUNT, PARAM_SHAPES
@@ -158,11 +171,12 @@ def adam_calls(kernels, torch):
     m, v = np.zeros_like(params), np.zeros_like(params)
     scalars = adam_scalars(1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
     offsets = np.cumsum([0] + [int(np.prod(s)) for s in PARAM_SHAPES.values()])
-    tensors = [torch.from_numpy(params[a:b].copy()).requires_grad_()
+    tensors = [torch.from_numpy(params[a:b].copy()).to(device).requires_grad_()
                for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     for tensor, (a, b) in zip(tensors, zip(offsets[:-1], offsets[1:], strict=True), strict=True):
-        tensor.grad = torch.from_numpy(grads[a:b].copy())
+        tensor.grad = torch.from_numpy(grads[a:b].copy()).to(device)
     opt = torch.optim.Adam(tensors, lr=1e-3)
+    params, m, v, grads = (kernels.to_device(a) for a in (params, m, v, grads))
     return (lambda: kernels.adam_update(params, m, v, grads, *scalars)), opt.step, PARAM_COUNT
 
 
@@ -179,8 +193,10 @@ def parse_args(argv):
                         help="timed rounds per case (default %(default)s)")
     parser.add_argument("--steps", type=int, default=STEPS,
                         help="calls per library per round (default %(default)s)")
-    parser.add_argument("--device", choices=("cpu",), default="cpu",
-                        help="the backend to time (the CUDA backend is not there yet)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where both libraries run: cpu (default), or cuda, an NVIDIA GPU "
+                             "(tinyconv's numba.cuda kernels against torch's CUDA ops; needs "
+                             "numba-cuda and a CUDA build of torch)")
     parser.add_argument("--json", metavar="PATH", help="also write the header and rows as JSON")
     return parser.parse_args(argv)
 
@@ -191,15 +207,31 @@ def main(argv=None):
     import numba
     import torch
 
-    from tinyconv.kernels import get_backend
+    from tinyconv.kernels import DeviceUnavailable, get_backend
 
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    kernels = get_backend(args.device)
+    try:
+        kernels = get_backend(args.device)
+    except DeviceUnavailable as exc:
+        sys.exit(f"error: {exc}")
+    synchronize = None  # the CPU kernels return when done
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit(f"error: --device cuda: torch {torch.__version__} finds no GPU; the "
+                     "comparison needs a CUDA build of torch")
+
+        def synchronize():  # a timed block ends only when both libraries' queued work is done
+            kernels.synchronize()
+            torch.cuda.synchronize()
     header = make_header("bench/kernels.py: every LeNet-5 op, tinyconv kernel vs torch",
                          {"tinyconv (numba)": args.threads, "torch": torch.get_num_threads()},
                          f"per call, min and median over {args.rounds} rounds of {args.steps} "
-                         "calls per library, alternating, after 3 warm-up calls", busy)
+                         "calls per library, alternating, after 3 warm-up calls"
+                         + (", each block of calls between two device synchronizations"
+                            if synchronize else ""), busy)
+    header["device"] = (f"cuda: {torch.cuda.get_device_name()}, numba-cuda "
+                        f"{version('numba-cuda')}" if synchronize else "cpu")
     print(format_header(header))
     warning = busy_warning(busy)
     if warning:
@@ -208,7 +240,8 @@ def main(argv=None):
     rows = []
     for name, (op, inp_shape, param_shapes) in CASES.items():
         input_grad = name not in NO_INPUT_GRAD
-        case = Case(op, inp_shape, param_shapes, args.batch_size, kernels, torch, input_grad)
+        case = Case(op, inp_shape, param_shapes, args.batch_size, kernels, torch, args.device,
+                    input_grad)
         case.check(name)
         shape = "x".join(map(str, (args.batch_size, *inp_shape)))
         work = flops(op, inp_shape, param_shapes, args.batch_size) / 1e9
@@ -216,15 +249,16 @@ def main(argv=None):
                 ("forward", case.forward, case.torch_forward, 1),
                 ("backward" if input_grad else "backward, no dinp", case.backward,
                  case.torch_backward, 2 if input_grad else 1)):
-            timings = alternate([ours, theirs], args.rounds, args.steps)
+            timings = alternate([ours, theirs], args.rounds, args.steps,
+                                synchronize=synchronize)
             unit = "GFLOP/s" if work else "calls/s"
             for row in timing_rows(f"{name} {direction}", shape, timings,
                                    work * factor or 1, unit):
                 rows.append(row)
                 print(format_row(row), flush=True)
-    ours, theirs, count = adam_calls(kernels, torch)
-    for row in timing_rows("adam update", str(count), alternate([ours, theirs], args.rounds,
-                                                                args.steps), 1, "calls/s"):
+    ours, theirs, count = adam_calls(kernels, torch, args.device)
+    timings = alternate([ours, theirs], args.rounds, args.steps, synchronize=synchronize)
+    for row in timing_rows("adam update", str(count), timings, 1, "calls/s"):
         rows.append(row)
         print(format_row(row))
     if args.json:

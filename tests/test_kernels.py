@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numba import njit, prange
 
-from tinyconv.kernels import KERNELS, cpu
+from tinyconv.kernels import COMPILE_NOTICE, KERNELS, compile_notice, cpu
 
 
 def kernel_args(name, seed=0):
@@ -106,3 +106,15 @@ def test_float64_scan_catches_an_upcast():
 
     x = np.ones(8, np.float32)
     assert double_math_lines(scale, (np.empty_like(x), x))
+
+
+def test_compile_notice_prints_only_when_the_step_is_slow(capsys):
+    slow = compile_notice(after=0.01)
+    slow.join(timeout=5)  # a step still running after `after` seconds: the notice appears
+    assert capsys.readouterr().err.strip() == COMPILE_NOTICE
+    fast = compile_notice(after=0.5)
+    fast.cancel()  # the step finished in time: nothing is printed
+    fast.join(timeout=5)
+    quiet = compile_notice(enabled=False, after=0.01)
+    assert not quiet.is_alive()
+    assert capsys.readouterr().err == ""

@@ -16,7 +16,7 @@ from tinyconv import plots
 from tinyconv.checkpoint import CheckpointError
 from tinyconv.data import DataError, iterate_batches, load_mnist
 from tinyconv.interop import TORCH_PREPROCESSING, MissingDependencyError, load_model
-from tinyconv.kernels import BACKENDS, DeviceUnavailable, set_threads
+from tinyconv.kernels import BACKENDS, DeviceUnavailable, compile_notice, set_threads
 from tinyconv.model import CLASSES
 
 DEFAULTS = {"batch_size": 1000}
@@ -28,8 +28,10 @@ def evaluate(model, images, labels, resize, normalize, batch_size=DEFAULTS["batc
     loss_sum, start = 0.0, 0
     batches = iterate_batches(images, labels, batch_size, shuffle=False, resize=resize,
                               normalize=normalize)
+    notice = compile_notice()
     for x, y in batches:
         loss, logits = model.loss(x, y)
+        notice.cancel()  # the first batch has compiled the forward kernels
         loss_sum += loss * len(y)
         predictions[start:start + len(y)] = logits.argmax(axis=1)
         start += len(y)

@@ -22,7 +22,7 @@ from tinyconv.checkpoint import CheckpointError, load_run, save_run
 from tinyconv.data import DataError, iterate_batches, load_mnist, num_batches
 from tinyconv.evaluate import evaluate
 from tinyconv.interop import MissingDependencyError, load_model
-from tinyconv.kernels import BACKENDS, DeviceUnavailable, set_threads
+from tinyconv.kernels import BACKENDS, DeviceUnavailable, compile_notice, set_threads
 from tinyconv.model import LeNet5
 from tinyconv.optim import Adam, StepLR
 
@@ -60,6 +60,7 @@ def train_epoch(model, opt, images, labels, config, epoch, quiet):
     bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{config['epochs']}",
                unit="batch", leave=False, disable=quiet, file=sys.stderr)
     loss_sum, seen, start = 0.0, 0, time.perf_counter()
+    notice = compile_notice(enabled=not quiet)
     for step, (x, y) in enumerate(bar, 1):
         loss, grads = model.loss_and_grads(x, y)
         if not math.isfinite(loss):
@@ -67,6 +68,7 @@ def train_epoch(model, opt, images, labels, config, epoch, quiet):
             raise TrainingError(f"loss is {loss} at epoch {epoch + 1}, step {step} of {total} "
                                 f"(update {opt.step_count + 1} overall)")
         opt.step(grads)
+        notice.cancel()  # the first step has compiled every kernel training needs
         loss_sum += loss * len(y)
         seen += len(y)
         rate = seen / (time.perf_counter() - start)

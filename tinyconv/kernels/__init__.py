@@ -3,6 +3,8 @@
 import functools
 import importlib
 import importlib.util
+import sys
+import threading
 from types import SimpleNamespace
 
 import numba
@@ -71,6 +73,26 @@ def adam_scalars(lr, beta1, beta2, eps, weight_decay, step):
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5
     return tuple(np.float32(s) for s in (step_size, bias_correction2_sqrt, 1 - beta1, beta2,
                                          1 - beta2, eps, weight_decay))
+
+
+COMPILE_NOTICE = ("tinyconv: compiling the kernels for this machine (the first run takes about "
+                  "15 s; Numba caches them for later runs)")
+
+
+def compile_notice(enabled=True, after=1.0):
+    """A started timer that prints COMPILE_NOTICE unless cancelled within `after` seconds.
+
+    Start it before a model's first step and cancel it after: a step takes milliseconds, so
+    one that is still running a second later is compiling kernels (on a first run, or after
+    the kernel files changed).
+    """
+    from tqdm import tqdm  # writes above any progress bar on the screen
+
+    timer = threading.Timer(after, tqdm.write, [COMPILE_NOTICE], {"file": sys.stderr})
+    timer.daemon = True
+    if enabled:
+        timer.start()
+    return timer
 
 
 def set_threads(threads):
