@@ -1,6 +1,7 @@
 """python -m tinyconv.train and python -m tinyconv.evaluate, on small slices of MNIST."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -178,3 +179,20 @@ def test_help_explains_the_flags():
                  "--seed", "--threads", "--data-dir", "--run-dir", "--flip", "--translate",
                  "--resize", "--limit-train", "--limit-test", "--resume", "--device"):
         assert flag in out
+
+
+def test_atomic_write_replaces_whole_and_keeps_the_usual_mode(tmp_path):
+    target = tmp_path / "out.bin"
+    checkpoint.atomic_write(target, lambda f: f.write(b"old"))
+
+    def fail_midway(file):
+        file.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.atomic_write(target, fail_midway)
+    assert target.read_bytes() == b"old"  # the failed write left the old file whole
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # and no temporary behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would, not mkstemp's 0600

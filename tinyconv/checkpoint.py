@@ -39,6 +39,10 @@ def atomic_write(path, write):
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                              suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         with os.fdopen(descriptor, "wb") as file:
             write(file)
             file.flush()

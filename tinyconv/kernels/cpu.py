@@ -199,9 +199,9 @@ def conv2d_backward(dinp, dweight, dbias, dout, inp, weight):
                             tap, step = (oc * C * KH + kh) * KW + kw, C * KH * KW
                             rows = _five_rows(g, ((oc * OH + h - kh) * OW + j) * N, OH * OW * N,
                                               taps, length)
-                            _madd_rows(dst0, dst1, _five_weights(w, tap + c0 * KH * KW, step, taps),
-                                       _five_weights(w, tap + c1 * KH * KW, step, taps), rows,
-                                       c1 != c0)
+                            w0 = _five_weights(w, tap + c0 * KH * KW, step, taps)
+                            w1 = _five_weights(w, tap + c1 * KH * KW, step, taps)
+                            _madd_rows(dst0, dst1, w0, w1, rows, c1 != c0)
     # dweight[oc,c,kh,kw] = sum over i, j, n of dout[oc,i,j,n] * inp[c,i+kh,j+kw,n]: for fixed
     # (i, kw) the (j, n) pairs are one contiguous stretch of both rows, so ten dot products of
     # length OW*N (two output channels, five kw) share their loads; a task owns (oc pair, c, kh)
