@@ -282,8 +282,9 @@ class LeNet5:
             kind = LAYERS[index][0]
             dinp, dout = dacts[index], dacts[index + 1]
             if kind == "conv":
-                k.conv2d_backward(dinp, *self._layer_grads(index), dout, buf.acts[index],
-                                  self.params[f"backbone.{index}.weight"])
+                # nothing needs the image's gradient: conv1 (index 0) skips its dinp
+                k.conv2d_backward(dinp if index else None, *self._layer_grads(index), dout,
+                                  buf.acts[index], self.params[f"backbone.{index}.weight"])
             elif kind == "linear":
                 k.linear_backward(dinp, *self._layer_grads(index), dout, buf.acts[index],
                                   self.params[f"backbone.{index}.weight"])
