@@ -17,6 +17,7 @@ positions and samples: one block per gradient element, each thread summing a fix
 share of the terms, then a fixed-order tree in shared memory; no atomics, so results are
 the same on every run. float32 throughout: constants are np.float32 and math.exp/log/sqrt/tanh
 of a float32 compile to libdevice's float32 functions (tests scan the PTX for float64).
+Kernels compile on first launch and are cached on disk (cache=True, like cpu.py's).
 """
 
 import math
@@ -52,7 +53,7 @@ def _reduce_threads(terms):
 # ---- conv2d
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _conv2d_forward(out, inp, weight, bias):
     # inp (C,H,W,N), weight (OC,C,KH,KW), bias (OC,) -> out (OC,OH,OW,N), OH=H-KH+1, OW=W-KW+1
     # out[oc,i,j,n] = bias[oc] + sum over c, kh, kw of weight[oc,c,kh,kw] * inp[c,i+kh,j+kw,n]
@@ -71,7 +72,7 @@ def _conv2d_forward(out, inp, weight, bias):
     out[oc, i, j, n] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _conv2d_backward_input(dinp, dout, weight):
     # overwrites dinp (C,H,W,N); dout (OC,OH,OW,N), weight (OC,C,KH,KW)
     # dinp[c,h,x,n] = sum over oc, kh, kw of weight[oc,c,kh,kw] * dout[oc,h-kh,x-kw,n], the taps
@@ -92,7 +93,7 @@ def _conv2d_backward_input(dinp, dout, weight):
     dinp[c, h, x, n] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _conv2d_backward_params(dweight, dbias, dout, inp):
     # overwrites dweight (OC,C,KH,KW) and dbias (OC,); dout (OC,OH,OW,N), inp (C,H,W,N)
     # block b < OC*C*KH*KW: dweight[oc,c,kh,kw] = sum over i, j, n of
@@ -155,7 +156,7 @@ def conv2d_backward(dinp, dweight, dbias, dout, inp, weight):
 # ---- avgpool2d
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _avgpool2d_forward(out, inp, k):
     # inp (C,H,W,N), H and W divisible by k -> out (C,H/k,W/k,N): mean of each k x k window
     idx = cuda.grid(1)
@@ -171,7 +172,7 @@ def _avgpool2d_forward(out, inp, k):
     out[c, i, j, n] = acc * (_ONE / np.float32(k * k))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _avgpool2d_backward(dinp, dout, k):
     # overwrites dinp (C,H,W,N); dout (C,H/k,W/k,N)
     # every pixel of a window contributed 1/(k*k) of its mean, so it gets 1/(k*k) of the gradient
@@ -197,7 +198,7 @@ def avgpool2d_backward(dinp, dout, k):
 # ---- tanh (elementwise, on flat views)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _tanh_forward(out, inp):
     # inp (P,) -> out (P,); out may be inp (in place); libdevice's tanhf, within 2 ulp
     idx = cuda.grid(1)
@@ -205,7 +206,7 @@ def _tanh_forward(out, inp):
         out[idx] = math.tanh(inp[idx])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _tanh_backward(dinp, out, dout):
     # overwrites dinp (P,) (which may be dout: in place); out (P,) the forward's saved output
     # d tanh(x)/dx = 1 - tanh(x)^2, read from the saved output instead of recomputing tanh
@@ -228,7 +229,7 @@ def tanh_backward(dinp, out, dout):
 # ---- linear
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _linear_forward(out, inp, weight, bias):
     # inp (IN,N), weight (OUT,IN), bias (OUT,) -> out (OUT,N) = weight @ inp + bias
     idx = cuda.grid(1)
@@ -242,7 +243,7 @@ def _linear_forward(out, inp, weight, bias):
     out[o, n] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _linear_backward_input(dinp, dout, weight):
     # overwrites dinp (IN,N) = weight.T @ dout; dout (OUT,N), weight (OUT,IN)
     idx = cuda.grid(1)
@@ -274,7 +275,7 @@ def linear_backward(dinp, dweight, dbias, dout, inp, weight):
 # ---- softmax cross-entropy
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _softmax_xent_forward(losses, probs, logits, labels):
     # logits (V,N), labels (N,) ints in [0,V) -> losses (N,) per sample, probs (V,N) saved
     # losses[n] = logsumexp(logits[:,n]) - logits[labels[n],n], with the column max taken out
@@ -296,7 +297,7 @@ def _softmax_xent_forward(losses, probs, logits, labels):
     losses[n] = math.log(total) + col_max - logits[labels[n], n]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _softmax_xent_backward(dlogits, probs, labels, dloss):
     # overwrites dlogits (V,N); probs (V,N) saved by the forward, dloss the mean loss's gradient
     # d mean_n(loss_n) / d logits[v,n] = (probs[v,n] - [v == labels[n]]) / N
@@ -325,7 +326,7 @@ def softmax_xent_backward(dlogits, probs, labels, dloss):
 # ---- Adam
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _adam_update(params, m, v, grads, step_size, bias_correction2_sqrt, one_minus_beta1, beta2,
                  one_minus_beta2, eps, weight_decay):
     # updates params, m, v (P,) in place from grads (P,), as torch.optim.Adam's step does;
