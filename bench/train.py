@@ -11,6 +11,10 @@ measurably changes their speed (torch's training step 3x slower when Numba loads
 libgomp first; tinyconv's 10% faster on torch's). So tinyconv and torch are imported inside the
 functions that use them, never at the top: the processes import this file and must load only
 the library they measure.
+
+--device cuda runs both on one NVIDIA GPU: tinyconv's numba.cuda kernels against torch eager on
+CUDA, the batch copied to the device inside each timed step on both sides, and each step
+ending only when the device has finished it.
 """
 
 import argparse
@@ -23,6 +27,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import NamedTuple
 
@@ -62,7 +67,7 @@ LR = 1e-3
 TRAIN_LIMIT, TEST_LIMIT = 12800, 1000
 TRAIN_COMMAND = ("-m", "tinyconv.train", "--epochs", "1", "--limit-train", str(TRAIN_LIMIT),
                  "--limit-test", str(TEST_LIMIT), "--quiet")
-# what a child process runs: python -c CHILD_CODE LIBRARY BATCHES_NPZ THREADS STEPS
+# what a child process runs: python -c CHILD_CODE LIBRARY BATCHES_NPZ THREADS STEPS DEVICE
 CHILD_CODE = "import sys; from bench.train import child; child(*sys.argv[1:])"
 # python -c PEAK_RSS_LAUNCHER COMMAND...: runs COMMAND, then prints its peak resident memory
 # (KiB). Linux carries a process's peak across fork and exec, so a child started straight from
@@ -81,47 +86,49 @@ class Side(NamedTuple):
     get_threads: Callable  # () -> the thread count the library will use
 
 
-def tinyconv_side(threads):
-    """tinyconv's LeNet-5 (seeded init) with Adam, on `threads` Numba threads."""
+def tinyconv_side(threads, device=DEVICE):
+    """tinyconv's LeNet-5 (seeded init) with Adam on a device, on `threads` Numba threads."""
     import numba
 
     import tinyconv
 
     numba.set_num_threads(threads)  # starts Numba's thread pool, on an OpenMP runtime
-    model = tinyconv.LeNet5(seed=SEED)
+    model = tinyconv.LeNet5(seed=SEED, device=device)
     opt = tinyconv.Adam(model, lr=LR)
 
     def train_step(x, y):
         loss, grads = model.loss_and_grads(x, y)
         opt.step(grads)
+        model.kernels.synchronize()  # a GPU's update is only queued until this returns
         return loss
 
     return Side(train_step, model.forward, numba.get_num_threads)
 
 
-def torch_side(threads, like=None):
-    """torch's LeNet-5 with Adam on `threads` threads: a copy of tinyconv model `like`'s
-    weights, or torch's own seeded init."""
+def torch_side(threads, like=None, device=DEVICE):
+    """torch's LeNet-5 with Adam on a device and `threads` threads: a copy of tinyconv model
+    `like`'s weights, or torch's own seeded init."""
     import torch
 
     from tests.torch_lenet import LeNet5, torch_copy
 
     torch.set_num_threads(threads)
     torch.manual_seed(SEED)
-    module = LeNet5() if like is None else torch_copy(like)
+    module = (LeNet5() if like is None else torch_copy(like)).to(device)
     opt = torch.optim.Adam(module.parameters(), lr=LR)
 
     def train_step(x, y):
         opt.zero_grad()
-        logits = module(torch.from_numpy(x))  # from_numpy shares the memory: no copy timed
-        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y))
+        # from_numpy shares the memory and .to("cpu") copies nothing: no copy timed on the CPU
+        logits = module(torch.from_numpy(x).to(device))
+        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y).to(device))
         loss.backward()
         opt.step()
-        return loss.item()
+        return loss.item()  # on a GPU, a copy queued after opt.step's kernels: waits for them
 
     def forward(x):
         with torch.no_grad():
-            return module(torch.from_numpy(x)).numpy()
+            return module(torch.from_numpy(x).to(device)).cpu().numpy()
 
     return Side(train_step, forward, torch.get_num_threads)
 
@@ -142,7 +149,7 @@ def mnist_batches(split, batch_size, count):
 # ---- one process per library, called in turns
 
 
-def serve(library, threads, batch_size, infer_batch_size, connection):
+def serve(library, threads, batch_size, infer_batch_size, device, connection):
     """A worker process: build the library's side, then answer calls until sent None.
 
     A call (name, args) answers ("ok", result) or ("error", traceback). Every worker draws
@@ -152,9 +159,9 @@ def serve(library, threads, batch_size, infer_batch_size, connection):
     if library == "torch":
         from tinyconv import LeNet5  # the weights to copy; Numba's thread pool stays unstarted
 
-        side = torch_side(threads, like=LeNet5(seed=SEED))
+        side = torch_side(threads, like=LeNet5(seed=SEED), device=device)
     else:
-        side = tinyconv_side(threads)
+        side = tinyconv_side(threads, device)
     train = mnist_batches("train", batch_size, TRAIN_BATCHES)
     infer = mnist_batches("test", infer_batch_size, INFER_BATCHES)
     calls = {"threads": side.get_threads,
@@ -178,7 +185,8 @@ class Worker:
         self.connection, theirs = context.Pipe()
         self.process = context.Process(
             target=serve, daemon=True,
-            args=(library, args.threads, args.batch_size, args.infer_batch_size, theirs))
+            args=(library, args.threads, args.batch_size, args.infer_batch_size, args.device,
+                  theirs))
         self.process.start()
         theirs.close()
 
@@ -256,11 +264,11 @@ def check_training(ours, theirs):
 # ---- child processes: time to the first step, peak memory
 
 
-def child(library, batches_path, threads, steps):
+def child(library, batches_path, threads, steps, device):
     """A child process's work: train on the saved batches; print when the first step ended."""
     saved = np.load(batches_path)
     xs, ys = saved["x"], saved["y"]
-    side = SIDES[library](int(threads))
+    side = SIDES[library](int(threads), device=device)
     for step in range(int(steps)):
         side.train_step(xs[step % len(xs)], ys[step % len(ys)])
         if step == 0:
@@ -277,11 +285,11 @@ def run_child(argv, env):
     return done.stdout
 
 
-def first_step_seconds(library, threads, batches_path, env):
+def first_step_seconds(library, threads, batches_path, device, env):
     """Seconds from a child's start to the end of its first training step."""
     start = time.time()
     stdout = run_child([sys.executable, "-c", CHILD_CODE, library, str(batches_path),
-                        str(threads), "1"], env)
+                        str(threads), "1", device], env)
     return float(stdout.split()[-1]) - start
 
 
@@ -303,15 +311,15 @@ def subprocess_rows(args):
         # an empty cache: the first tinyconv child compiles every kernel, later ones load them
         env = {"NUMBA_CACHE_DIR": str(tmp / "numba-cache")}
         for cache in ("cold", "warm"):
-            ours = first_step_seconds("tinyconv", args.threads, batches_path, env)
-            theirs = first_step_seconds("torch", args.threads, batches_path, env)
+            ours = first_step_seconds("tinyconv", args.threads, batches_path, args.device, env)
+            theirs = first_step_seconds("torch", args.threads, batches_path, args.device, env)
             yield Row(f"start to 1st step, {cache} cache", shape, ours, theirs, "s")
         ours, theirs = (peak_mib([sys.executable, "-c", CHILD_CODE, library, str(batches_path),
-                                  str(args.threads), str(MEMORY_STEPS)], env)
+                                  str(args.threads), str(MEMORY_STEPS), args.device], env)
                         for library in ("tinyconv", "torch"))
         yield Row(f"peak RSS, {MEMORY_STEPS} train steps", shape, ours, theirs, "MiB")
         command = [sys.executable, *TRAIN_COMMAND, "--threads", str(args.threads),
-                   "--run-dir", str(tmp / "run")]
+                   "--device", args.device, "--run-dir", str(tmp / "run")]
         yield Row("peak RSS, python -m tinyconv.train", f"1 epoch of {TRAIN_LIMIT}",
                   peak_mib(command, env), None, "MiB")
 
@@ -342,8 +350,9 @@ def parse_args(argv):
                "  python bench/train.py --skip-subprocess --rounds 3   # a quick look\n"
                "  python bench/train.py --threads 1 --json one.json    # one thread, saved",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default=DEVICE,
-                        help=f"where tinyconv runs (default {DEVICE}; only cpu exists for now)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=DEVICE,
+                        help=f"where both libraries run (default {DEVICE}); cuda: one NVIDIA "
+                             "GPU, which needs numba-cuda and a CUDA build of torch")
     parser.add_argument("--threads", type=positive, default=THREADS,
                         help=f"threads for both libraries, numba.set_num_threads and "
                              f"torch.set_num_threads (default {THREADS})")
@@ -363,9 +372,6 @@ def parse_args(argv):
     parser.add_argument("--json", metavar="PATH",
                         help="also write the header and the rows as JSON to PATH")
     args = parser.parse_args(argv)
-    if args.device != "cpu":
-        parser.error(f"--device {args.device}: tinyconv's CUDA backend is not there yet; "
-                     "only --device cpu works for now")
     if args.threads > os.cpu_count():
         parser.error(f"--threads must be at most the {os.cpu_count()} cores, "
                      f"found {args.threads}")
@@ -375,8 +381,28 @@ def parse_args(argv):
     return args
 
 
+def device_name(device):
+    """The device both libraries will run on, in words; exits with the reason if either cannot.
+    Checked here, before the workers start, for a clear message instead of a worker's crash."""
+    if device == "cpu":
+        return "cpu"
+    from tinyconv.kernels import DeviceUnavailable, require_cuda
+
+    try:
+        require_cuda()
+    except DeviceUnavailable as exc:
+        sys.exit(f"error: {exc}")
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit(f"error: --device cuda: torch {torch.__version__} finds no GPU; the comparison "
+                 "needs a CUDA build of torch")
+    return f"cuda: {torch.cuda.get_device_name()}, numba-cuda {version('numba-cuda')}"
+
+
 def main(argv=None):
     args = parse_args(argv)
+    device = device_name(args.device)
     busy = busy_cores()  # before this bench adds its own load
     warning = busy_warning(busy)
     if warning:
@@ -393,12 +419,13 @@ def main(argv=None):
         logits_error = check_inference(ours, theirs)
         loss_error = check_training(ours, theirs)
         header = make_header(
-            f"bench/train.py: LeNet-5 end to end, tinyconv ({args.device}) vs torch eager "
-            "(cpu), each in a process of its own", threads,
+            f"bench/train.py: LeNet-5 end to end, tinyconv vs torch eager, both on "
+            f"{args.device}, each in a process of its own", threads,
             f"per call (a pipe round trip to the library's worker), min and median over "
             f"{args.rounds} rounds of {args.steps} calls per library, alternating, after "
             f"{WARMUP} warm-up calls; samples/s at the median",
             busy)
+        header["device"] = device
         header["check"] = (f"from equal weights, logits differ by {logits_error:.1e} of the "
                            f"largest, losses over {CHECK_STEPS} steps by {loss_error:.1e} "
                            f"relative (allowed {CHECK_RTOL:g})")
