@@ -8,6 +8,7 @@ import pytest
 from numba import njit, prange
 
 from tinyconv.kernels import COMPILE_NOTICE, KERNELS, compile_notice, cpu
+from tinyconv.kernels.host import to_batch_last
 
 
 def kernel_args(name, seed=0):
@@ -118,3 +119,11 @@ def test_compile_notice_prints_only_when_the_step_is_slow(capsys):
     quiet = compile_notice(enabled=False, after=0.01)
     assert not quiet.is_alive()
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("shape", [(128, 1024), (37, 50), (1, 3)])
+def test_to_batch_last_is_the_transpose(shape):
+    inp = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    out = np.full(shape[::-1], np.nan, np.float32)  # every value must be written
+    to_batch_last(out, inp)
+    assert np.array_equal(out, inp.T)

@@ -14,6 +14,7 @@ kernels run, so a CUDA training step copies only the batch in and the per-sample
 import numpy as np
 
 from tinyconv.kernels import get_backend
+from tinyconv.kernels.host import to_batch_last
 
 # backbone index -> (layer kind, parameter shapes (weight, bias) or None)
 LAYERS = (
@@ -100,6 +101,10 @@ class _Buffers:
         self.losses = self.empty(batch)
         self.probs = self.empty((CLASSES, batch))
         self.labels = self.empty(batch, np.int64)  # where a GPU backend copies the labels
+        # the batch in the kernels' layout on the host: the input buffer itself when the backend's
+        # arrays are host arrays, else a staging copy for the one transfer a step makes
+        self.host_input = (self.acts[0] if isinstance(self.acts[0], np.ndarray)
+                           else np.empty(self.shapes[0], np.float32))
 
     def _chain(self):
         """A float32 buffer per layer boundary; flatten's is a view of the one before."""
@@ -212,7 +217,10 @@ class LeNet5:
             self._buffers[batch] = _Buffers(batch, self.kernels)
         buf = self._buffers[batch]
         k = self.kernels
-        k.copy_in(buf.acts[0], np.moveaxis(x, 0, -1))  # (N,1,32,32) -> (1,32,32,N), float32
+        # (N,1,32,32) -> (1,32,32,N) float32 on the host, then to the device (CPU: nothing to do)
+        to_batch_last(buf.host_input.reshape(-1, batch),
+                      np.ascontiguousarray(x, np.float32).reshape(batch, -1))
+        k.copy_in(buf.acts[0], buf.host_input)
         for index, (kind, _) in enumerate(LAYERS):
             inp, out = buf.acts[index], buf.acts[index + 1]
             if kind == "conv":
