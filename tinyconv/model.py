@@ -84,42 +84,67 @@ def _activation_shapes(batch):
     return shapes
 
 
-class _Buffers:
-    """Every activation for one batch size, and on first need their gradients, made once.
+class _Arena:
+    """A block of float32 memory that hands out contiguous arrays, from its start each time.
 
-    Flatten is a view. tanh gets buffers of its own: run in place (out is inp) it would be
-    correct, but the compiler then cannot rule out overlap and drops to a scalar loop, 7x
-    slower (measured). Gradient buffers wait for the first backward, so evaluation never
-    pays for them.
+    Only one batch is in flight at a time, so the buffers of every batch size can share it: a
+    training run uses 128 (the batch), 96 (the last of 60,000) and 16 (the last of the 10,000
+    test images), and keeps one set of buffers instead of three (24 MB less).
     """
 
-    def __init__(self, batch, backend):
-        self.empty = backend.empty  # the backend's allocator: host or device memory
+    def __init__(self, empty):
+        self.empty = empty  # the backend's allocator: host or device memory
+        self.memory = empty(0)
+
+    def carve(self, shapes):
+        """Arrays of these shapes, one after another; a larger need gets a new block (the
+        arrays already handed out keep the old one)."""
+        sizes = [int(np.prod(shape)) for shape in shapes]
+        if sum(sizes) > self.memory.size:
+            self.memory = self.empty(sum(sizes))
+        arrays, offset = [], 0
+        for shape, size in zip(shapes, sizes, strict=True):
+            arrays.append(self.memory[offset:offset + size].reshape(shape))
+            offset += size
+        return arrays
+
+
+class _Buffers:
+    """Every activation for one batch size, and on first need their gradients.
+
+    They are views into the model's two arenas (activations, gradients), shared by all batch
+    sizes. Flatten is a view of the layer before. tanh gets buffers of its own: run in place
+    (out is inp) it would be correct, but the compiler then cannot rule out overlap and drops
+    to a scalar loop, 7x slower (measured). Gradient buffers wait for the first backward, so
+    evaluation never pays for them.
+    """
+
+    def __init__(self, batch, backend, acts_arena, grads_arena):
         self.shapes = _activation_shapes(batch)
-        self.acts = self._chain()
+        self.grads_arena = grads_arena
+        self.acts = self._chain(acts_arena)
         self.dacts = None
-        self.losses = self.empty(batch)
-        self.probs = self.empty((CLASSES, batch))
-        self.labels = self.empty(batch, np.int64)  # where a GPU backend copies the labels
+        self.losses = backend.empty(batch)
+        self.probs = backend.empty((CLASSES, batch))
+        self.labels = backend.empty(batch, np.int64)  # where a GPU backend copies the labels
         # the batch in the kernels' layout on the host: the input buffer itself when the backend's
         # arrays are host arrays, else a staging copy for the one transfer a step makes
         self.host_input = (self.acts[0] if isinstance(self.acts[0], np.ndarray)
                            else np.empty(self.shapes[0], np.float32))
 
-    def _chain(self):
+    def _chain(self, arena):
         """A float32 buffer per layer boundary; flatten's is a view of the one before."""
-        arrays = [self.empty(self.shapes[0])]
+        owned = [0] + [index + 1 for index, (kind, _) in enumerate(LAYERS) if kind != "flatten"]
+        arrays = dict(zip(owned, arena.carve([self.shapes[i] for i in owned]), strict=True))
         for index, (kind, _) in enumerate(LAYERS):
             if kind == "flatten":
-                arrays.append(arrays[index].reshape(self.shapes[index + 1]))
-            else:
-                arrays.append(self.empty(self.shapes[index + 1]))
-        return arrays
+                arrays[index + 1] = arrays[index].reshape(self.shapes[index + 1])
+        return [arrays[index] for index in range(len(self.shapes))]
 
     def gradients(self):
-        """The activation gradient buffers, allocated on the first call."""
+        """The activation gradient buffers, carved on the first call."""
         if self.dacts is None:
-            self.dacts = self._chain()
+            self.dacts = self._chain(self.grads_arena)
         return self.dacts
 
 
@@ -148,7 +173,8 @@ class LeNet5:
         self.flat_grads = self.kernels.zeros(PARAM_COUNT)
         self.params = _flat_views(self.flat_params)
         self.grads = _flat_views(self.flat_grads)
-        self._buffers = {}
+        self._arenas = (_Arena(self.kernels.empty), _Arena(self.kernels.empty))  # acts, grads
+        self._buffers = {}  # batch size -> _Buffers
 
     # ---- parameters
 
@@ -214,7 +240,7 @@ class LeNet5:
         """Fill the batch size's activation buffers from NCHW x; returns them (logits last)."""
         batch = x.shape[0]
         if batch not in self._buffers:
-            self._buffers[batch] = _Buffers(batch, self.kernels)
+            self._buffers[batch] = _Buffers(batch, self.kernels, *self._arenas)
         buf = self._buffers[batch]
         k = self.kernels
         # (N,1,32,32) -> (1,32,32,N) float32 on the host, then to the device (CPU: nothing to do)
