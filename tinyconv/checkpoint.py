@@ -29,6 +29,23 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, damaged or not one of tinyconv's."""
 
 
+# the process's umask, read once at import (reading it means setting it, briefly)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _give_usual_mode(file):
+    """Give a mkstemp file (private, 0600) the mode open() would: 0666 less the umask.
+
+    Best effort: a file system without Unix permissions (vfat, some network mounts) may
+    refuse, and the file is then written as it is.
+    """
+    try:
+        os.fchmod(file.fileno(), 0o666 & ~_UMASK)
+    except OSError:
+        pass
+
+
 def atomic_write(path, write):
     """Call write(file) on a temporary file beside path, fsync it, then rename it into place.
 
@@ -39,11 +56,8 @@ def atomic_write(path, write):
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                              suffix=".tmp")
     try:
-        # mkstemp makes the file private (0600); give it the mode a plain open() would have
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
         with os.fdopen(descriptor, "wb") as file:
+            _give_usual_mode(file)
             write(file)
             file.flush()
             os.fsync(file.fileno())

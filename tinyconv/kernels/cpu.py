@@ -2,14 +2,16 @@
 
 Letters: N batch, C input channels, OC output channels, H/W input height and width,
 OH/OW output height and width, KH/KW kernel height and width, k pooling window,
-IN/OUT linear features, V classes, P parameter count.
+IN/OUT linear features, V classes, P parameter count, L the length of one pass.
 
 Layout: the batch is the LAST axis of every activation: images (C,H,W,N), features (IN,N),
-logits (V,N). Every inner loop then runs over N contiguous samples with one weight held in
-a register, which vectorises (8 floats a step with AVX2) and reuses the weight N times.
-Measured at batch 128 against the same loops in NCHW: conv2 forward 11 ms -> 1.6 ms, conv3
-forward (a 1x1 output, so a 1-long inner loop in NCHW) 27 ms -> 0.2 ms. Weights keep torch's
-layout.
+logits (V,N), all C-contiguous (tinyconv.ops checks: ravel() is a view only of a contiguous
+array, and writes into the copy it makes of any other would be lost). The samples of one
+pixel are then contiguous, and so are the (position, sample) pairs of a stretch of an image
+row: every inner loop runs over such a stretch, a vector FMA per 16 floats (AVX-512), with
+its weights held in registers. Measured at batch 128
+against the same loops in NCHW: conv2 forward 11 ms -> 1.6 ms, conv3 forward (a 1x1 output,
+so a 1-long inner loop in NCHW) 27 ms -> 0.2 ms. Weights keep torch's layout.
 tinyconv.model transposes the NCHW input once per batch and the logits once back.
 
 The contract (DESIGN.md section 2): outputs first, then what the forward saved, then inputs,
@@ -64,13 +66,17 @@ def _tanh32(x):
 
 # Register blocking. A loop that adds one weight times one input row to one output row
 # (out[n] += w * inp[n]) spends two loads and a store on each FMA and runs at 20-35 GFLOP/s on
-# one core here, bound by memory traffic. The conv kernels instead update two output rows from
-# five input rows in one pass (_madd_rows): 7 loads and 2 stores feed 10 FMAs, with the ten
-# weights held in registers, which measured 2-3x faster on the LeNet shapes. Five divides the
-# LeNet kernel width and its channel counts (6, 16, 120 are even, 120 is 24 fives); a shorter
-# last group is padded with zero weights, an odd last channel runs alone.
+# one core here, bound by memory traffic. The conv and linear kernels instead update two output
+# rows from five input rows in one pass (_madd_rows): 7 loads and 2 stores feed 10 FMAs, with
+# the ten weights held in registers; weight gradients take ten dot products that share their
+# loads (_madd_dots). Measured 2-3x faster per op on the LeNet shapes. (Four output rows per
+# pass measured 60% faster in a bare loop, but 5-20% slower inside the conv kernels.)
+# Output rows go in pairs, so an odd last row runs alone; taps go in fives (a kernel row of
+# LeNet's 5x5, or five channels), so a shorter last group is padded with zero weights, and
+# an infinite input there turns into NaN (0 * inf) where it would have stayed infinite.
 _TAPS = 5
-_SPAN = 2048  # values per pass at most; longer passes amortise their setup (measured best)
+_SPAN = 2048  # values per pass (or N, if larger): long passes amortise their setup; 2048
+# measured 10% faster than 512 on conv2
 
 
 @njit(**_HELPER)
@@ -97,7 +103,7 @@ def _five_rows(flat, start, stride, count, length):
 
 @njit(**_HELPER)
 def _madd_rows(dst0, dst1, w0, w1, rows, pair):
-    # dst0 (N,) += sum over t of w0[t] * rows[t] (N,), for 5 weights and rows; likewise dst1 with
+    # dst0 (L,) += sum over t of w0[t] * rows[t] (L,), for 5 weights and rows; likewise dst1 with
     # w1 when pair is true (dst1 is then another row than dst0, and is ignored otherwise)
     x0, x1, x2, x3, x4 = rows
     a0, a1, a2, a3, a4 = w0
