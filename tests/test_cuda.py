@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -335,9 +336,23 @@ def _ptx_signatures():
 FLOAT64 = re.compile(r"\.f64\b")  # PTX: add.f64, cvt.f64.f32, ld.global.f64, ...
 
 
+def compile_ptx(function, signature):
+    """The PTX of a CUDA kernel for PTX_CC; (ptx, return type)."""
+    from numba.cuda import dispatcher
+
+    with pytest.MonkeyPatch.context() as patch:
+        if not REAL_GPU:
+            # numba-cuda compiles a device function (kernels._unravel4) for the current
+            # device's compute capability, asking the driver even inside compile_ptx: without
+            # a GPU, name PTX_CC instead
+            patch.setattr(dispatcher, "get_current_device",
+                          lambda: SimpleNamespace(compute_capability=PTX_CC))
+        return cuda.compile_ptx(function, signature, cc=PTX_CC)
+
+
 def float64_lines(function, signature):
     """The PTX lines of a CUDA kernel that touch float64."""
-    ptx, _ = cuda.compile_ptx(function, signature, cc=PTX_CC)
+    ptx, _ = compile_ptx(function, signature)
     return [line.strip() for line in ptx.splitlines() if FLOAT64.search(line)]
 
 
@@ -361,8 +376,15 @@ def test_ptx_signatures_cover_every_kernel():
     from numba.cuda.dispatcher import CUDADispatcher
 
     kernels = {name for name, obj in vars(cuda_kernels).items()
-               if isinstance(obj, CUDADispatcher)}
+               if isinstance(obj, CUDADispatcher) and not obj.targetoptions["device"]}
     assert kernels == set(_ptx_signatures())
+
+
+@outside_simulator
+def test_unravel4_is_numpys_unravel_index():
+    shape = (3, 5, 2, 7)
+    for idx in range(np.prod(shape)):
+        assert cuda_kernels._unravel4.py_func(idx, *shape[1:]) == np.unravel_index(idx, shape)
 
 
 @outside_simulator

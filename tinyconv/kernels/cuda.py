@@ -50,6 +50,15 @@ def _reduce_threads(terms):
     return min(REDUCE_THREADS, 1 << max(terms - 1, 0).bit_length())
 
 
+@cuda.jit(device=True, inline="always")
+def _unravel4(idx, size1, size2, size3):
+    # flat index idx -> its (i0, i1, i2, i3) in a C-contiguous array of shape
+    # (size0, size1, size2, size3), i3 running fastest: an activation (C,H,W,N) gives (c,h,w,n).
+    # Inlined by Numba itself: the PTX is then the same as with the index worked out in place
+    i3, rest = idx % size3, idx // size3
+    return rest // (size1 * size2), rest // size2 % size1, rest % size2, i3
+
+
 # ---- conv2d
 
 
@@ -62,8 +71,7 @@ def _conv2d_forward(out, inp, weight, bias):
         return
     OC, OH, OW, N = out.shape
     C, KH, KW = weight.shape[1], weight.shape[2], weight.shape[3]
-    n, pos = idx % N, idx // N
-    oc, i, j = pos // (OH * OW), pos // OW % OH, pos % OW
+    oc, i, j, n = _unravel4(idx, OH, OW, N)
     acc = bias[oc]
     for c in range(C):
         for kh in range(KH):
@@ -83,8 +91,7 @@ def _conv2d_backward_input(dinp, dout, weight):
     C, H, W, N = dinp.shape
     OC, OH, OW = dout.shape[0], dout.shape[1], dout.shape[2]
     KH, KW = weight.shape[2], weight.shape[3]
-    n, pos = idx % N, idx // N
-    c, h, x = pos // (H * W), pos // W % H, pos % W
+    c, h, x, n = _unravel4(idx, H, W, N)
     acc = _ZERO
     for oc in range(OC):
         for kh in range(max(0, h - OH + 1), min(KH, h + 1)):
@@ -106,12 +113,13 @@ def _conv2d_backward_params(dweight, dbias, dout, inp):
     b = cuda.blockIdx.x
     is_weight = b < dweight.size
     if is_weight:
-        oc, c, kh, kw = b // (C * KH * KW), b // (KH * KW) % C, b // KW % KH, b % KW
+        oc, c, kh, kw = _unravel4(b, C, KH, KW)
     else:
         oc, c, kh, kw = b - dweight.size, 0, 0, 0
     tid = cuda.threadIdx.x
     partial = _ZERO
     for t in range(tid, OH * OW * N, cuda.blockDim.x):  # t = (i*OW + j)*N + n
+        # three indices, not _unravel4's four: its first division would stay in this hot loop
         n, pos = t % N, t // N
         i, j = pos // OW, pos % OW
         term = dout[oc, i, j, n]
@@ -163,8 +171,7 @@ def _avgpool2d_forward(out, inp, k):
     if idx >= out.size:
         return
     C, OH, OW, N = out.shape
-    n, pos = idx % N, idx // N
-    c, i, j = pos // (OH * OW), pos // OW % OH, pos % OW
+    c, i, j, n = _unravel4(idx, OH, OW, N)
     acc = _ZERO
     for a in range(k):
         for b in range(k):
@@ -180,8 +187,7 @@ def _avgpool2d_backward(dinp, dout, k):
     if idx >= dinp.size:
         return
     C, H, W, N = dinp.shape
-    n, pos = idx % N, idx // N
-    c, h, x = pos // (H * W), pos // W % H, pos % W
+    c, h, x, n = _unravel4(idx, H, W, N)
     dinp[c, h, x, n] = dout[c, h // k, x // k, n] * (_ONE / np.float32(k * k))
 
 
