@@ -132,19 +132,23 @@ class _Buffers:
         self.host_input = (self.acts[0] if isinstance(self.acts[0], np.ndarray)
                            else np.empty(self.shapes[0], np.float32))
 
-    def _chain(self, arena):
-        """A float32 buffer per layer boundary; flatten's is a view of the one before."""
-        owned = [0] + [index + 1 for index, (kind, _) in enumerate(LAYERS) if kind != "flatten"]
+    def _chain(self, arena, with_input=True):
+        """A float32 buffer per layer boundary; flatten's is a view of the one before. Without
+        the input, the first entry is None."""
+        owned = [index + 1 for index, (kind, _) in enumerate(LAYERS) if kind != "flatten"]
+        owned = [0] + owned if with_input else owned
         arrays = dict(zip(owned, arena.carve([self.shapes[i] for i in owned]), strict=True))
+        arrays.setdefault(0, None)
         for index, (kind, _) in enumerate(LAYERS):
             if kind == "flatten":
                 arrays[index + 1] = arrays[index].reshape(self.shapes[index + 1])
         return [arrays[index] for index in range(len(self.shapes))]
 
     def gradients(self):
-        """The activation gradient buffers, carved on the first call."""
+        """The activation gradient buffers, carved on the first call; none for the image, whose
+        gradient nothing needs (conv1's backward gets dinp None and skips it)."""
         if self.dacts is None:
-            self.dacts = self._chain(self.grads_arena)
+            self.dacts = self._chain(self.grads_arena, with_input=False)
         return self.dacts
 
 
@@ -316,9 +320,9 @@ class LeNet5:
             kind = LAYERS[index][0]
             dinp, dout = dacts[index], dacts[index + 1]
             if kind == "conv":
-                # nothing needs the image's gradient: conv1 (index 0) skips its dinp
-                k.conv2d_backward(dinp if index else None, *self._layer_grads(index), dout,
-                                  buf.acts[index], self.params[f"backbone.{index}.weight"])
+                # conv1's dinp, the image's gradient, is None: the kernel skips it
+                k.conv2d_backward(dinp, *self._layer_grads(index), dout, buf.acts[index],
+                                  self.params[f"backbone.{index}.weight"])
             elif kind == "linear":
                 k.linear_backward(dinp, *self._layer_grads(index), dout, buf.acts[index],
                                   self.params[f"backbone.{index}.weight"])

@@ -1,7 +1,8 @@
 """The CPU backend's array helpers: its device memory is the host's, so nothing moves.
 
 The same names as at the end of cuda.py, so a model allocates and moves its arrays without
-knowing where they live; here moving in and out copies nothing.
+knowing where they live; here moving in and out copies nothing. Also to_batch_last, the
+host-side transpose of a batch into the kernels' layout, which both backends' models use.
 """
 
 import numpy as np
