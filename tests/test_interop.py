@@ -123,6 +123,25 @@ def test_missing_package_gets_install_message(run, tmp_path, capsys, monkeypatch
     assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flag", ["--torch", "--onnx"])
+@pytest.mark.parametrize("blocker, out, reason", [
+    ("directory", "in-the-way/", "Is a directory"),  # --torch DIR/
+    ("file", "in-the-way/out", "File exists"),  # a file where the directory should be
+    ("file", "in-the-way/sub/out", "Not a directory"),  # a file above it
+])
+def test_unwritable_export_gets_one_line_and_status_2(run, tmp_path, capsys, flag, blocker, out,
+                                                      reason):
+    in_the_way = tmp_path / "in-the-way"
+    if blocker == "directory":
+        in_the_way.mkdir()
+    else:
+        in_the_way.write_text("a regular file\n")
+    out = f"{tmp_path}/{out}"
+    assert export.main([str(run["dir"]), flag, out]) == 2
+    assert capsys.readouterr().err == f"error: cannot write {out}: {reason}\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["in-the-way"]  # no temporary left behind
+
+
 def test_export_needs_a_target(run, capsys):
     with pytest.raises(SystemExit) as exit_:
         export.main([str(run["dir"])])

@@ -11,6 +11,7 @@ from tinyconv import evaluate, plots, predict, train, visualize
 from tinyconv.data import load_mnist
 
 REDRAWN = 200
+QUICK_TRAIN = ["--epochs", "1", "--limit-train", "640", "--limit-test", "100"]
 
 
 @pytest.fixture(scope="session")
@@ -146,9 +147,24 @@ def test_bad_files_get_their_messages_while_the_others_are_classified(
         f"error: {missing}: no such file",
     ]
     assert errors[1].startswith(f"error: {corrupt}: unreadable image, expected PNG, JPEG, BMP")
-    with Image.open(tmp_path / "inputs" / "good.png.mnist.png") as seen:
+    with Image.open(tmp_path / "inputs" / "2-good.png.mnist.png") as seen:  # good is 2nd
         assert seen.size == (28, 28)
         assert np.abs(np.asarray(seen, int) - images[0]).mean() < 10  # close to the original
+
+
+def test_saved_inputs_of_same_named_images_stay_apart(run_dir, test_digits, tmp_path):
+    images, _ = test_digits
+    files = [tmp_path / folder / "1.png" for folder in ("a", "b")]
+    for file, digit in zip(files, images[:2], strict=True):
+        file.parent.mkdir()
+        Image.fromarray(digit).save(file)
+    assert predict.main([str(run_dir), *map(str, files), "--save-inputs",
+                         str(tmp_path / "inputs")]) == 0
+    saved = sorted(path.name for path in (tmp_path / "inputs").iterdir())
+    assert saved == ["1-1.png.mnist.png", "2-1.png.mnist.png"]
+    for name, digit in zip(saved, images[:2], strict=True):
+        with Image.open(tmp_path / "inputs" / name) as seen:
+            assert np.abs(np.asarray(seen, int) - digit).mean() < 10, name
 
 
 def test_predict_without_pillow_says_how_to_install_it(run_dir, tmp_path, capsys, monkeypatch):
@@ -190,11 +206,12 @@ def test_without_matplotlib_runs_go_on_with_a_one_line_message(run_dir, tmp_path
                                                                 monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     message = "matplotlib is not installed, so no {} is drawn (pip install 'tinyconv[pictures]')"
-    assert train.main(["--epochs", "1", "--limit-train", "640", "--limit-test", "100",
-                       "--quiet", "--run-dir", str(tmp_path / "run")]) == 0
-    assert capsys.readouterr().err == f"tinyconv: {message.format('curves.png')}\n"
-    assert (tmp_path / "run" / "best.npz").exists()
-    assert not (tmp_path / "run" / "curves.png").exists()
+    assert train.main([*QUICK_TRAIN, "--run-dir", str(tmp_path / "run")]) == 0
+    assert f"tinyconv: {message.format('curves.png')}" in capsys.readouterr().err.splitlines()
+    assert train.main([*QUICK_TRAIN, "--quiet", "--run-dir", str(tmp_path / "quiet")]) == 0
+    assert capsys.readouterr().err == ""  # --quiet: not even that line
+    assert (tmp_path / "quiet" / "best.npz").exists()
+    assert not (tmp_path / "quiet" / "curves.png").exists()
     assert evaluate.main([str(run_dir), "--limit", "100", "--plots", str(tmp_path)]) == 0
     captured = capsys.readouterr()
     assert "accuracy" in captured.out
@@ -202,3 +219,57 @@ def test_without_matplotlib_runs_go_on_with_a_one_line_message(run_dir, tmp_path
     assert visualize.main([str(run_dir), "--out", str(tmp_path)]) == 2
     assert message.format("picture") in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png"))
+
+
+# ---- where a picture cannot be written
+
+
+def regular_file(path):
+    """A regular file at path, standing where a directory should be."""
+    path.write_text("a regular file\n")
+    return path
+
+
+def test_unwritable_saved_input_gets_one_line_and_status_2(run_dir, test_digits, tmp_path,
+                                                           capsys):
+    Image.fromarray(test_digits[0][0]).save(tmp_path / "seven.png")
+    inputs = regular_file(tmp_path / "inputs")
+    assert predict.main([str(run_dir), str(tmp_path / "seven.png"), "--save-inputs",
+                         str(inputs)]) == 2
+    assert capsys.readouterr().err == (f"error: cannot write {inputs}/1-seven.png.mnist.png: "
+                                       "File exists\n")
+
+
+def test_visualize_out_on_a_file_gets_one_line_and_status_2(run_dir, tmp_path, capsys):
+    out = regular_file(tmp_path / "out")
+    assert visualize.main([str(run_dir), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: cannot write {out}: File exists\n" and not captured.out
+
+
+def test_evaluate_plots_on_a_file_gets_one_line_and_status_2(run_dir, tmp_path, capsys):
+    out = regular_file(tmp_path / "plots")
+    assert evaluate.main([str(run_dir), "--limit", "100", "--plots", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "accuracy" in captured.out  # the report comes first
+    assert captured.err == f"error: cannot write {out}: File exists\n"
+
+
+@pytest.mark.parametrize("failure, reason", [
+    ("a directory named curves.png", "Is a directory"),
+    ("matplotlib raising", "ValueError: cannot lay out this figure"),
+])
+def test_curves_that_cannot_be_drawn_never_stop_training(tmp_path, capsys, monkeypatch, failure,
+                                                         reason):
+    run = tmp_path / "run"
+    if failure.startswith("a directory"):
+        (run / "curves.png").mkdir(parents=True)
+    else:
+        def broken(*_):
+            raise ValueError("cannot lay out\nthis figure")
+
+        monkeypatch.setattr(plots, "curves", broken)
+    assert train.main([*QUICK_TRAIN, "--epochs", "2", "--quiet", "--run-dir", str(run)]) == 0
+    warning = f"warning: cannot draw {run / 'curves.png'}: {reason}; training goes on"
+    assert capsys.readouterr().err.splitlines() == [warning] * 2  # one each epoch
+    assert len(plots.read_metrics(run / "metrics.jsonl")) == 2 and (run / "last.npz").exists()

@@ -15,7 +15,13 @@ import numpy as np
 from tinyconv import plots
 from tinyconv.checkpoint import CheckpointError
 from tinyconv.data import DataError, iterate_batches, load_mnist
-from tinyconv.interop import TORCH_PREPROCESSING, MissingDependencyError, load_model
+from tinyconv.interop import (
+    CHECKPOINT_HELP,
+    TORCH_PREPROCESSING,
+    TRUST_PICKLE_HELP,
+    MissingDependencyError,
+    load_model,
+)
 from tinyconv.kernels import BACKENDS, DeviceUnavailable, compile_notice, set_threads
 from tinyconv.model import CLASSES
 
@@ -81,12 +87,8 @@ def parse_args(argv):
         prog="python -m tinyconv.evaluate",
         description="Evaluate a tinyconv checkpoint (e.g. runs/NAME/best.npz) on the MNIST "
                     "test set: accuracy, per-class accuracy and the confusion matrix.")
-    parser.add_argument("checkpoint", help="a .npz checkpoint written by python -m "
-                        "tinyconv.train, a run directory (its best.npz), or a PyTorch file "
-                        "(.pt: a state_dict or the report's checkpoint)")
-    parser.add_argument("--trust-pickle", action="store_true", help="let a PyTorch file "
-                        "unpickle Python objects (a whole saved module); this can run "
-                        "arbitrary code, so only for files from a trusted source")
+    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    parser.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     parser.add_argument("--resize", choices=("pad", "bilinear"), help="28 -> 32 pixels "
                         "(default: the checkpoint's recipe; for a PyTorch file the report's, "
                         f"{TORCH_PREPROCESSING['resize']})")
@@ -143,8 +145,13 @@ def main(argv=None):
     else:
         print(format_report(result, args.checkpoint, len(labels)))
     if args.plots and plots.available("confusion.png or mistakes.png"):
-        for path in draw_plots(model, images, labels, result, resize, normalize, args.plots,
-                               args.batch_size):
+        try:
+            paths = draw_plots(model, images, labels, result, resize, normalize, args.plots,
+                               args.batch_size)
+        except OSError as exc:
+            print(f"error: cannot write {args.plots}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        for path in paths:
             print(f"wrote {path}", file=sys.stderr)
     return 0
 

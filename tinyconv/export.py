@@ -9,7 +9,14 @@ import argparse
 import sys
 
 from tinyconv.checkpoint import CheckpointError
-from tinyconv.interop import MissingDependencyError, load_model, save_onnx, save_torch
+from tinyconv.interop import (
+    CHECKPOINT_HELP,
+    TRUST_PICKLE_HELP,
+    MissingDependencyError,
+    load_model,
+    save_onnx,
+    save_torch,
+)
 from tinyconv.model import PARAM_COUNT, PARAM_SHAPES
 
 # what each preprocessing setting means, written into the ONNX file's metadata
@@ -39,15 +46,12 @@ def parse_args(argv):
                "  python -m tinyconv.export runs/NAME --onnx lenet5.onnx\n"
                "  python -m tinyconv.export report.pt --trust-pickle --torch plain.pt",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a tinyconv checkpoint (.npz), a run directory (its "
-                        "best.npz) or a PyTorch file (.pt, .pth)")
+    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument("--torch", metavar="OUT.pt", help="write a PyTorch state_dict here "
                         "(needs torch)")
     parser.add_argument("--onnx", metavar="OUT.onnx", help="write an ONNX graph here (opset 17; "
                         "needs the onnx package)")
-    parser.add_argument("--trust-pickle", action="store_true", help="let a PyTorch CHECKPOINT "
-                        "unpickle Python objects (a whole saved module); this can run "
-                        "arbitrary code, so only for files from a trusted source")
+    parser.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     args = parser.parse_args(argv)
     if not (args.torch or args.onnx):
         parser.error("nothing to do: give --torch OUT.pt, --onnx OUT.onnx, or both")
@@ -56,20 +60,28 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    target = None  # the file being written, for a write error's message
     try:
         model, header = load_model(args.checkpoint, args.trust_pickle)
         state = model.state_dict()
         size = f"{len(PARAM_SHAPES)} tensors, {PARAM_COUNT:,} float32 parameters"
         if args.torch:
-            save_torch(args.torch, state)
-            print(f"wrote {args.torch}: PyTorch state_dict ({size}); load it with "
+            target = args.torch
+            save_torch(target, state)
+            print(f"wrote {target}: PyTorch state_dict ({size}); load it with "
                   f"module.load_state_dict(torch.load(PATH, weights_only=True))")
         if args.onnx:
-            save_onnx(args.onnx, state, onnx_metadata(header))
-            print(f"wrote {args.onnx}: ONNX graph ({size}), input 'input' (N, 1, 32, 32), "
+            target = args.onnx
+            save_onnx(target, state, onnx_metadata(header))
+            print(f"wrote {target}: ONNX graph ({size}), input 'input' (N, 1, 32, 32), "
                   f"output 'logits' (N, 10)")
     except (CheckpointError, MissingDependencyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if target is None:  # not from writing: reading has its own errors above
+            raise
+        print(f"error: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -32,6 +32,13 @@ STATE_KEYS = ("model", "state_dict", "model_state_dict")
 TORCH_PREPROCESSING = {"resize": "bilinear", "normalize": "unit"}
 ONNX_OPSET = 17
 ONNX_IR_VERSION = 8  # the IR of opset 17; onnxruntime 1.12 and later run it
+# the --help of the tools' CHECKPOINT argument (what load_model reads) and of --trust-pickle
+CHECKPOINT_HELP = ("a .npz checkpoint written by python -m tinyconv.train, a run directory (its "
+                   "best.npz), or a PyTorch file (.pt, .pth: a state_dict or a checkpoint dict "
+                   "holding one)")
+TRUST_PICKLE_HELP = ("let a PyTorch file unpickle Python objects (a whole saved module, as the "
+                     "report's LeNet5.pt); this can run arbitrary code, so only for files from a "
+                     "trusted source")
 
 
 class MissingDependencyError(RuntimeError):

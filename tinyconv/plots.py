@@ -25,13 +25,15 @@ MAX_MISTAKES = 40
 INSTALL_HINT = "pip install 'tinyconv[pictures]'"
 
 
-def available(what):
-    """Whether matplotlib imports; if not, say on stderr in one line that what is skipped."""
+def available(what, quiet=False):
+    """Whether matplotlib imports; if not, say on stderr in one line (unless quiet) that what
+    is skipped."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        print(f"tinyconv: matplotlib is not installed, so no {what} is drawn ({INSTALL_HINT})",
-              file=sys.stderr)
+        if not quiet:
+            print(f"tinyconv: matplotlib is not installed, so no {what} is drawn "
+                  f"({INSTALL_HINT})", file=sys.stderr)
         return False
     return True
 

@@ -16,7 +16,12 @@ import numpy as np
 
 from tinyconv.checkpoint import CheckpointError
 from tinyconv.data import IMAGE_SIZE, prepare_batch
-from tinyconv.interop import TORCH_PREPROCESSING, MissingDependencyError, load_model
+from tinyconv.interop import (
+    CHECKPOINT_HELP,
+    TORCH_PREPROCESSING,
+    MissingDependencyError,
+    load_model,
+)
 from tinyconv.kernels import set_threads
 
 DEFAULTS = {"top": 3}
@@ -26,6 +31,8 @@ BORDER_FRACTION = 0.05  # the frame whose median grey level is taken as the back
 BLANK_LEVELS = 16      # ink must stand at least this many of 255 grey levels off the background
 NOISE_FLOOR = 0.1      # ink below this fraction of the strongest is background (noise, JPEG)
 INSTALL_HINT = "pip install 'tinyconv[pictures]'"
+# the CHECKPOINT help of the tools that read it with load_classifier (predict, visualize)
+CLASSIFIER_HELP = f"{CHECKPOINT_HELP}; a PyTorch file is read with the report's preprocessing"
 
 
 class ImageError(ValueError):
@@ -196,17 +203,17 @@ def parse_args(argv):
                     f"{INSTALL_HINT}.",
         epilog="Exit status: 0 when every image was classified, 1 when some were not (each "
                "gets an error line; the others are still classified), 2 when nothing could "
-               "run (bad checkpoint, no Pillow).")
-    parser.add_argument("checkpoint", help="a .npz checkpoint written by python -m "
-                        "tinyconv.train, a run directory (its best.npz), or a PyTorch "
-                        "state_dict file (read with the report's preprocessing)")
+               "run (bad checkpoint, no Pillow) or a --save-inputs file cannot be written.")
+    parser.add_argument("checkpoint", help=CLASSIFIER_HELP)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, one digit each")
     parser.add_argument("--top", type=int, default=DEFAULTS["top"],
                         help="how many classes to list per image, 1-10 (default %(default)s)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object: the checkpoint and a record per image")
     parser.add_argument("--save-inputs", metavar="DIR", help="also write the 28x28 digit the "
-                        "network saw for each image to DIR/<name>.mnist.png")
+                        "network saw for each image to DIR/<position>-<name>.mnist.png, "
+                        "position being the image's place among the IMAGE arguments (from 1), "
+                        "so that images of the same name in different folders stay apart")
     parser.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
     return parser.parse_args(argv)
 
@@ -223,10 +230,15 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 2
     records = classify(model, config, args.images, args.top)
-    for record in records:
+    for position, record in enumerate(records, 1):
         digit = record.pop("digit", None)
         if args.save_inputs and digit is not None:
-            save_digit(digit, Path(args.save_inputs) / f"{Path(record['file']).name}.mnist.png")
+            path = Path(args.save_inputs) / f"{position}-{Path(record['file']).name}.mnist.png"
+            try:
+                save_digit(digit, path)
+            except OSError as exc:
+                print(f"error: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+                return 2
         if "error" in record:
             print(f"error: {record['error']}", file=sys.stderr)
         elif not args.json:

@@ -21,7 +21,12 @@ from tinyconv import checkpoint, plots
 from tinyconv.checkpoint import CheckpointError, load_run, save_run
 from tinyconv.data import DataError, iterate_batches, load_mnist, num_batches
 from tinyconv.evaluate import evaluate
-from tinyconv.interop import MissingDependencyError, load_model
+from tinyconv.interop import (
+    CHECKPOINT_HELP,
+    TRUST_PICKLE_HELP,
+    MissingDependencyError,
+    load_model,
+)
 from tinyconv.kernels import BACKENDS, DeviceUnavailable, compile_notice, set_threads
 from tinyconv.model import LeNet5
 from tinyconv.optim import Adam, StepLR
@@ -76,6 +81,18 @@ def train_epoch(model, opt, images, labels, config, epoch, quiet):
     return loss_sum / seen
 
 
+def redraw_curves(run_dir):
+    """Draw run_dir/curves.png from its metrics.jsonl; a failure is a one-line warning."""
+    path = run_dir / "curves.png"
+    try:
+        plots.curves(plots.read_metrics(run_dir / "metrics.jsonl"), path, run_dir.name)
+    except Exception as exc:  # a picture must never end a long run: OSError, matplotlib's own
+        reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror
+                  else " ".join(f"{type(exc).__name__}: {exc}".split()))
+        print(f"warning: cannot draw {path}: {reason}; training goes on", file=sys.stderr,
+              flush=True)
+
+
 def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
     """Run (or, with resume, continue) a training run in run_dir; returns the last metrics.
 
@@ -102,7 +119,7 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
     train_images, train_labels = (a[:config["limit_train"]] for a in (train_images, train_labels))
     test_images, test_labels = (a[:config["limit_test"]] for a in (test_images, test_labels))
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics, draw_curves = None, plots.available("curves.png")
+    metrics, draw_curves = None, plots.available("curves.png", quiet)
     for epoch in range(start_epoch, config["epochs"]):
         began, lr = time.perf_counter(), opt.lr
         try:
@@ -129,8 +146,7 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
         with open(run_dir / "metrics.jsonl", "a") as log:
             log.write(json.dumps(metrics) + "\n")
         if draw_curves:  # the whole run so far, resumed epochs included
-            plots.curves(plots.read_metrics(run_dir / "metrics.jsonl"), run_dir / "curves.png",
-                         run_dir.name)
+            redraw_curves(run_dir)
         if not quiet:
             print(f"epoch {epoch + 1:>3}/{config['epochs']}  train loss {train_loss:.4f}  "
                   f"test loss {result['loss']:.4f}  test acc {100 * result['accuracy']:.2f}%  "
@@ -185,11 +201,8 @@ def parse_args(argv):
     parser.add_argument("--run-dir", help="where checkpoints and metrics.jsonl go "
                         "(default: runs/<time>-<recipe>)")
     parser.add_argument("--init-from", metavar="PATH", help="start from these weights instead "
-                        "of the seed's: a tinyconv checkpoint or run directory, or a PyTorch "
-                        "file (a state_dict or the report's checkpoint); Adam starts afresh")
-    parser.add_argument("--trust-pickle", action="store_true", help="let a PyTorch --init-from "
-                        "file unpickle Python objects (a whole saved module); this can run "
-                        "arbitrary code, so only for files from a trusted source")
+                        f"of the seed's: {CHECKPOINT_HELP}; Adam starts afresh")
+    parser.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from "
                         "its last.npz; only --epochs, --threads, --device and --data-dir may "
                         "change")

@@ -14,7 +14,13 @@ from tinyconv.checkpoint import CheckpointError
 from tinyconv.data import DataError, load_mnist
 from tinyconv.interop import MissingDependencyError
 from tinyconv.kernels import set_threads
-from tinyconv.predict import ImageError, load_classifier, mnist_digit, model_inputs
+from tinyconv.predict import (
+    CLASSIFIER_HELP,
+    ImageError,
+    load_classifier,
+    mnist_digit,
+    model_inputs,
+)
 
 DEFAULTS = {"index": 0}
 # backbone output index -> what it is; each is a tanh output, so it lies in [-1, 1]
@@ -43,9 +49,7 @@ def parse_args(argv):
         prog="python -m tinyconv.visualize",
         description="Draw a checkpoint's conv1 filters (filters.png) and the feature maps of "
                     "every layer for one input (feature_maps.png). Needs matplotlib.")
-    parser.add_argument("checkpoint", help="a .npz checkpoint written by python -m "
-                        "tinyconv.train, a run directory (its best.npz), or a PyTorch "
-                        "state_dict file (read with the report's preprocessing)")
+    parser.add_argument("checkpoint", help=CLASSIFIER_HELP)
     parser.add_argument("--out", required=True, metavar="DIR", help="where the PNGs go")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--image", help="your own digit image (needs Pillow), prepared as "
@@ -76,7 +80,12 @@ def main(argv=None):
     except (CheckpointError, DataError, ImageError, MissingDependencyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for path in visualize(model, config, digit, name, args.out):
+    try:
+        paths = visualize(model, config, digit, name, args.out)
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(f"wrote {path}")
     return 0
 
