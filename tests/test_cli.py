@@ -196,3 +196,24 @@ def test_atomic_write_replaces_whole_and_keeps_the_usual_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would, not mkstemp's 0600
+
+
+def test_unwritable_run_directory_is_a_message_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file where the run directory should be")
+    code = train.main(["--epochs", "1", "--limit-train", "256", "--limit-test", "100",
+                       "--quiet", "--run-dir", str(tmp_path / "taken")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot make the run directory {tmp_path / 'taken'}: ")
+
+
+def test_checkpoint_write_failure_stops_with_the_path(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").mkdir()  # a directory where the metrics log should be appended to
+    code = train.main(["--epochs", "1", "--limit-train", "256", "--limit-test", "100",
+                       "--quiet", "--run-dir", str(run)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "error: cannot write epoch 1's results in" in err and "Is a directory" in err
+    assert (run / "last.npz").exists()  # what was written before the failure is whole

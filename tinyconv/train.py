@@ -118,7 +118,11 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
     test_images, test_labels = load_mnist("test", config.get("data_dir"))
     train_images, train_labels = (a[:config["limit_train"]] for a in (train_images, train_labels))
     test_images, test_labels = (a[:config["limit_test"]] for a in (test_images, test_labels))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f"cannot make the run directory {run_dir}: "
+                            f"{exc.strerror or exc}") from None
     metrics, draw_curves = None, plots.available("curves.png", quiet)
     for epoch in range(start_epoch, config["epochs"]):
         began, lr = time.perf_counter(), opt.lr
@@ -140,11 +144,16 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
         header = {"epoch": epoch + 1, "config": config, "best": best, "metrics": metrics,
                   "rng": {"seed": config["seed"],
                           "scheme": "epoch e draws from np.random.default_rng([seed, e])"}}
-        save_run(last_path, model, opt, sched, header)
-        if best["epoch"] == epoch + 1:
-            save_run(best_path, model, opt, sched, header)
-        with open(run_dir / "metrics.jsonl", "a") as log:
-            log.write(json.dumps(metrics) + "\n")
+        try:  # each checkpoint is written atomically: a failure leaves the previous one whole
+            save_run(last_path, model, opt, sched, header)
+            if best["epoch"] == epoch + 1:
+                save_run(best_path, model, opt, sched, header)
+            with open(run_dir / "metrics.jsonl", "a") as log:
+                log.write(json.dumps(metrics) + "\n")
+        except OSError as exc:
+            raise TrainingError(f"cannot write epoch {epoch + 1}'s results in {run_dir}: "
+                                f"{exc.strerror or exc} ({exc.filename or run_dir}); the "
+                                "checkpoints written before it are intact") from None
         if draw_curves:  # the whole run so far, resumed epochs included
             redraw_curves(run_dir)
         if not quiet:
