@@ -76,7 +76,7 @@ def adam_scalars(lr, beta1, beta2, eps, weight_decay, step):
 
 
 COMPILE_NOTICE = ("tinyconv: compiling the kernels for this machine (the first run takes about "
-                  "15 s; Numba caches them for later runs)")
+                  "20 s; Numba caches them for later runs)")
 
 
 def compile_notice(enabled=True, after=1.0):
