@@ -14,7 +14,7 @@ kernels run, so a CUDA training step copies only the batch in and the per-sample
 import numpy as np
 
 from tinyconv.kernels import get_backend
-from tinyconv.kernels.host import to_batch_last
+from tinyconv.kernels.host import ALIGNMENT, to_batch_last
 
 # backbone index -> (layer kind, parameter shapes (weight, bias) or None)
 LAYERS = (
@@ -84,6 +84,9 @@ def _activation_shapes(batch):
     return shapes
 
 
+_ALIGN = ALIGNMENT // 4  # float32 values in 64 bytes
+
+
 class _Arena:
     """A block of float32 memory that hands out contiguous arrays, from its start each time.
 
@@ -97,16 +100,15 @@ class _Arena:
         self.memory = empty(0)
 
     def carve(self, shapes):
-        """Arrays of these shapes, one after another; a larger need gets a new block (the
-        arrays already handed out keep the old one)."""
+        """Arrays of these shapes, one after another, each starting on a 64-byte boundary
+        (the block does: see kernels.host); a larger need gets a new block (the arrays already
+        handed out keep the old one)."""
         sizes = [int(np.prod(shape)) for shape in shapes]
-        if sum(sizes) > self.memory.size:
-            self.memory = self.empty(sum(sizes))
-        arrays, offset = [], 0
-        for shape, size in zip(shapes, sizes, strict=True):
-            arrays.append(self.memory[offset:offset + size].reshape(shape))
-            offset += size
-        return arrays
+        starts = np.cumsum([0] + [-(-size // _ALIGN) * _ALIGN for size in sizes])
+        if starts[-1] > self.memory.size:
+            self.memory = self.empty(starts[-1])
+        return [self.memory[start:start + size].reshape(shape)
+                for shape, size, start in zip(shapes, sizes, starts[:-1], strict=True)]
 
 
 class _Buffers:
@@ -173,7 +175,7 @@ class LeNet5:
                 for kind in ("weight", "bias"):
                     view = init_views[f"backbone.{index}.{kind}"]
                     view[...] = rng.uniform(-bound, bound, view.shape)
-        self.flat_params = self.kernels.to_device(init)  # on the CPU: init itself
+        self.flat_params = self.kernels.to_device(init)  # on the CPU: init, or its aligned copy
         self.flat_grads = self.kernels.zeros(PARAM_COUNT)
         self.params = _flat_views(self.flat_params)
         self.grads = _flat_views(self.flat_grads)
@@ -313,7 +315,7 @@ class LeNet5:
         buf = self._run_forward(x)
         dacts = buf.gradients()
         k = self.kernels
-        labels = k.to_device(y, buf.labels)  # on the CPU: y itself
+        labels = k.to_device(y, buf.labels)  # on the CPU: y itself if aligned
         k.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], labels)
         k.softmax_xent_backward(dacts[-1], buf.probs, labels, np.float32(1.0))
         for index in reversed(range(len(LAYERS))):

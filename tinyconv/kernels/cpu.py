@@ -110,8 +110,12 @@ def _madd_rows(dst0, dst1, w0, w1, rows, pair):
     b0, b1, b2, b3, b4 = w1
     if pair:
         for n in range(dst0.size):
-            dst0[n] += a0 * x0[n] + a1 * x1[n] + a2 * x2[n] + a3 * x3[n] + a4 * x4[n]
-            dst1[n] += b0 * x0[n] + b1 * x1[n] + b2 * x2[n] + b3 * x3[n] + b4 * x4[n]
+            # read once into locals: written as x0[n] in each line, LLVM, unable to rule out
+            # that dst0 overlaps the rows, loads all five again after storing dst0[n] (12
+            # loads for 10 FMAs instead of 7, measured 1.2x slower on conv2)
+            v0, v1, v2, v3, v4 = x0[n], x1[n], x2[n], x3[n], x4[n]
+            dst0[n] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4
+            dst1[n] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4
     else:
         for n in range(dst0.size):
             dst0[n] += a0 * x0[n] + a1 * x1[n] + a2 * x2[n] + a3 * x3[n] + a4 * x4[n]
