@@ -8,7 +8,9 @@ import pytest
 from numba import njit, prange
 
 from tinyconv.kernels import COMPILE_NOTICE, KERNELS, compile_notice, cpu
-from tinyconv.kernels.host import to_batch_last
+from tinyconv.kernels import host
+from tinyconv.kernels.host import ALIGNMENT, to_batch_last
+from tinyconv.model import LeNet5
 
 
 def kernel_args(name, seed=0):
@@ -38,9 +40,19 @@ def kernel_args(name, seed=0):
     }[name]
 
 
-def run_kernel(name, threads):
-    """Call a kernel on fresh copies of its arguments with a thread count; return them all."""
-    args = [a.copy() if isinstance(a, np.ndarray) else a for a in kernel_args(name)]
+def placed(array, offset):
+    """A C-contiguous copy of array whose data starts `offset` bytes past a 64-byte boundary."""
+    raw = np.empty(array.nbytes + 2 * ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT + offset
+    copy = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    copy[...] = array
+    return copy
+
+
+def run_kernel(name, threads, offset=0):
+    """Call a kernel on fresh copies of its arguments, placed `offset` bytes past a 64-byte
+    boundary, with a thread count; return them all."""
+    args = [placed(a, offset) if isinstance(a, np.ndarray) else a for a in kernel_args(name)]
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
@@ -78,6 +90,17 @@ def double_math_lines(dispatcher, args):
                 hits += [line.strip() for line in function.splitlines()
                          if DOUBLE_MATH.search(line)]
     return hits
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_results_do_not_depend_on_alignment(name):
+    # the same values from arrays on a 64-byte boundary (as the model's are) and from arrays
+    # 4, 16 or 36 bytes past one (as a user's or numpy's may be)
+    reference = run_kernel(name, threads=2)
+    for offset in (4, 16, 36):
+        for ours, theirs in zip(run_kernel(name, threads=2, offset=offset), reference,
+                                strict=True):
+            assert np.array_equal(ours, theirs, equal_nan=True), offset
 
 
 @pytest.mark.parametrize("name", KERNELS)
@@ -127,3 +150,35 @@ def test_to_batch_last_is_the_transpose(shape):
     out = np.full(shape[::-1], np.nan, np.float32)  # every value must be written
     to_batch_last(out, inp)
     assert np.array_equal(out, inp.T)
+
+
+@pytest.mark.parametrize("shape", [(), 0, 7, (3, 5), (6, 14, 14, 37)])
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_host_arrays_start_on_a_cache_line(shape, dtype):
+    for array in (host.empty(shape, dtype), host.zeros(shape, dtype)):
+        assert array.shape == np.empty(shape).shape and array.dtype == dtype
+        assert array.flags.c_contiguous
+        assert array.ctypes.data % ALIGNMENT == 0 or array.size == 0  # no data, no address
+    assert not host.zeros(shape, dtype).any()
+
+
+def test_to_device_copies_only_what_is_not_aligned():
+    values = np.arange(60, dtype=np.float32).reshape(3, 20)
+    ready = placed(values, 0)
+    assert host.to_device(ready) is ready  # nothing to do: the array itself
+    for unready in (placed(values, 4), np.asfortranarray(ready), ready[:, ::2]):
+        copy = host.to_device(unready)
+        assert copy is not unready and host.aligned(copy)
+        assert np.array_equal(copy, unready)
+    out = host.empty(values.shape)
+    assert host.to_device(placed(values, 16), out) is out and np.array_equal(out, values)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 128])
+def test_model_buffers_start_on_a_cache_line(batch):
+    model = LeNet5(seed=0)
+    x = np.random.default_rng(0).standard_normal((batch, 1, 32, 32)).astype(np.float32)
+    model.loss_and_grads(x, np.zeros(batch, np.int64))
+    buffers = model._buffers[batch]
+    for array in [*buffers.acts, *buffers.gradients()[1:], buffers.losses, buffers.probs]:
+        assert array.ctypes.data % ALIGNMENT == 0, array.shape

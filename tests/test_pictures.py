@@ -273,3 +273,17 @@ def test_curves_that_cannot_be_drawn_never_stop_training(tmp_path, capsys, monke
     warning = f"warning: cannot draw {run / 'curves.png'}: {reason}; training goes on"
     assert capsys.readouterr().err.splitlines() == [warning] * 2  # one each epoch
     assert len(plots.read_metrics(run / "metrics.jsonl")) == 2 and (run / "last.npz").exists()
+
+
+@pytest.mark.parametrize("every, drawn", [(0.0, [1, 2, 3, 4]), (1e9, [1, 4])])
+def test_curves_are_redrawn_after_the_first_and_last_epoch_and_every_so_often(
+        tmp_path, monkeypatch, every, drawn):
+    # each drawing's epoch count read from the metrics it drew: with CURVES_EVERY 0 after every
+    # epoch, with a day-long one after the first and the last only
+    epochs = []
+    monkeypatch.setattr(train, "CURVES_EVERY", every)
+    monkeypatch.setattr(train, "redraw_curves", lambda run: epochs.append(
+        len(plots.read_metrics(run / "metrics.jsonl"))))
+    assert train.main(["--epochs", "4", "--limit-train", "256", "--limit-test", "64", "--quiet",
+                       "--run-dir", str(tmp_path / "run")]) == 0
+    assert epochs == drawn
