@@ -48,15 +48,23 @@ def copy_in(dst, src):
 def to_batch_last(out, inp):
     """out (F, N) = inp (N, F).T: a batch of NCHW images, flattened, into the kernels' layout.
 
-    Tasks of 16 features: each reads one cache line per sample and writes 16 rows of out that
-    stay cached while it runs down the batch; numpy's strided copy took 0.45 ms for a batch of
-    128 images here, this ~0.03 ms.
+    A task owns 16 samples: it reads their rows front to back (16 streams the prefetcher
+    follows) and writes, for each feature, their 16 values: one full cache line of out, one
+    vector store of 16 gathered loads. Measured in a training step at batch 128: 0.06 ms; the
+    earlier order (a task per 16 features, reading one cache line of every sample in turn) took
+    0.15 ms, mostly waiting on the batch's cache misses, and numpy's strided copy 0.45 ms.
     """
     N, F = inp.shape
-    for block in prange((F + 15) // 16):
-        for n in range(N):
-            for f in range(block * 16, min(block * 16 + 16, F)):
-                out[f, n] = inp[n, f]
+    for block in prange((N + 15) // 16):
+        first = block * 16
+        if first + 16 <= N:  # a full block: a fixed 16-long inner loop, vectorised
+            for f in range(F):
+                for n in range(first, first + 16):
+                    out[f, n] = inp[n, f]
+        else:  # the batch's last, shorter block (a variable trip count is 2x slower)
+            for f in range(F):
+                for n in range(first, N):
+                    out[f, n] = inp[n, f]
 
 
 def to_device(host, out=None):
