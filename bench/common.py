@@ -121,13 +121,24 @@ def make_header(bench, threads, method, busy):
     }
 
 
-def alternate(calls, rounds, steps, warmup=3, synchronize=None):
+# After its last call, a library's idle OpenMP threads spin for several ms on the cores the
+# next block needs. Measured in bench/train.py's workers: right after a block of torch steps,
+# tinyconv's next two steps took 12.1 and 4.3 ms instead of 2.95, and torch's first step after
+# tinyconv's 18.1 ms instead of 9.4; after a 10-20 ms pause, only the first step of a block
+# was slower (3.45 and 10.3 ms: its own threads waking), and an untimed call absorbs that.
+SETTLE = 0.02  # seconds
+
+
+def alternate(calls, rounds, steps, warmup=3, synchronize=None, settle=SETTLE):
     """Time callables in turns: per callable, seconds per call, min and median over rounds.
 
     Each callable first runs `warmup` times untimed (compilation, allocation, caches). Then,
-    in each round, each runs `steps` times in a row, timed as one block. synchronize, if
-    given, is called before a block's clock starts and before it stops: a GPU backend passes
-    its device synchronize so that a block's time includes the work it queued.
+    in each round, each runs `steps` times in a row, timed as one block, after a pause of
+    `settle` seconds and one untimed call: the block then sees the machine as a program that
+    runs only this library would, the other library's OpenMP threads asleep and its own awake
+    (see SETTLE). synchronize, if given, is called before a block's clock starts and before it
+    stops: a GPU backend passes its device synchronize so that a block's time includes the
+    work it queued.
     """
     for call in calls:
         for _ in range(warmup):
@@ -140,6 +151,8 @@ def alternate(calls, rounds, steps, warmup=3, synchronize=None):
         if round_index % 2:
             order.reverse()
         for index in order:
+            time.sleep(settle)
+            calls[index]()
             if synchronize:
                 synchronize()
             start = time.perf_counter()

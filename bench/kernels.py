@@ -18,6 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench.common from anywhere
 
 from bench.common import (  # noqa: E402
+    SETTLE,
     alternate,
     busy_cores,
     busy_warning,
@@ -228,7 +229,8 @@ def main(argv=None):
     header = make_header("bench/kernels.py: every LeNet-5 op, tinyconv kernel vs torch",
                          {"tinyconv (numba)": args.threads, "torch": torch.get_num_threads()},
                          f"per call, min and median over {args.rounds} rounds of {args.steps} "
-                         "calls per library, alternating, after 3 warm-up calls"
+                         "calls per library, alternating, after 3 warm-up calls; each block "
+                         f"after a {SETTLE * 1e3:.0f} ms pause and one untimed call"
                          + (", each block of calls between two device synchronizations"
                             if synchronize else ""), busy)
     header["device"] = (f"cuda: {torch.cuda.get_device_name()}, numba-cuda "

@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # bench.common and tests.torch_lenet, from any directory
 
 from bench.common import (  # noqa: E402
+    SETTLE,
     Row,
     alternate,
     busy_cores,
@@ -423,7 +424,8 @@ def main(argv=None):
             f"{args.device}, each in a process of its own", threads,
             f"per call (a pipe round trip to the library's worker), min and median over "
             f"{args.rounds} rounds of {args.steps} calls per library, alternating, after "
-            f"{WARMUP} warm-up calls; samples/s at the median",
+            f"{WARMUP} warm-up calls, each block after a {SETTLE * 1e3:.0f} ms pause and one "
+            "untimed call; samples/s at the median",
             busy)
         header["device"] = device
         header["check"] = (f"from equal weights, logits differ by {logits_error:.1e} of the "

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from numba import njit, prange
 
-from tinyconv.kernels import COMPILE_NOTICE, KERNELS, compile_notice, cpu
-from tinyconv.kernels import host
+from tinyconv.kernels import COMPILE_NOTICE, KERNELS, compile_notice, cpu, host
 from tinyconv.kernels.host import ALIGNMENT, to_batch_last
 from tinyconv.model import LeNet5
 
