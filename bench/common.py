@@ -121,20 +121,17 @@ def make_header(bench, threads, method, busy):
     }
 
 
-# After its last call, a library's idle OpenMP threads spin for several ms on the cores the
-# next block needs. Measured in bench/train.py's workers: right after a block of torch steps,
-# tinyconv's next two steps took 12.1 and 4.3 ms instead of 2.95, and torch's first step after
-# tinyconv's 18.1 ms instead of 9.4; after a 10-20 ms pause, only the first step of a block
-# was slower (3.45 and 10.3 ms: its own threads waking), and an untimed call absorbs that.
+# the pause before each timed block: after its last call, a library's idle OpenMP threads spin
+# for several ms on the cores the next block needs (measured: bench/README.md, train.py)
 SETTLE = 0.02  # seconds
 
 
-def alternate(calls, rounds, steps, warmup=3, synchronize=None, settle=SETTLE):
+def alternate(calls, rounds, steps, warmup=3, synchronize=None):
     """Time callables in turns: per callable, seconds per call, min and median over rounds.
 
     Each callable first runs `warmup` times untimed (compilation, allocation, caches). Then,
     in each round, each runs `steps` times in a row, timed as one block, after a pause of
-    `settle` seconds and one untimed call: the block then sees the machine as a program that
+    SETTLE seconds and one untimed call: the block then sees the machine as a program that
     runs only this library would, the other library's OpenMP threads asleep and its own awake
     (see SETTLE). synchronize, if given, is called before a block's clock starts and before it
     stops: a GPU backend passes its device synchronize so that a block's time includes the
@@ -151,7 +148,7 @@ def alternate(calls, rounds, steps, warmup=3, synchronize=None, settle=SETTLE):
         if round_index % 2:
             order.reverse()
         for index in order:
-            time.sleep(settle)
+            time.sleep(SETTLE)
             calls[index]()
             if synchronize:
                 synchronize()

@@ -9,32 +9,33 @@ from numba import njit, prange
 
 from tinyconv.kernels import COMPILE_NOTICE, KERNELS, compile_notice, cpu, host
 from tinyconv.kernels.host import ALIGNMENT, to_batch_last
-from tinyconv.model import LeNet5
+from tinyconv.model import LeNet5, _Arena
+from tinyconv.optim import Adam
 
 
-def kernel_args(name, seed=0):
-    """Random float32 arguments for one kernel call (batch-last), at shapes that split across
-    threads."""
+def kernel_args(name, seed=0, n=37):
+    """Random float32 arguments for one kernel call (batch-last, batch n), at shapes that split
+    across threads; tanh's flat, as the model calls it."""
     rng = np.random.default_rng(seed)
 
     def f32(*shape):
         return rng.standard_normal(shape).astype(np.float32)
 
-    labels = rng.integers(0, 10, size=37).astype(np.int64)
+    labels = rng.integers(0, 10, size=n).astype(np.int64)
     scalars = [np.float32(s) for s in (0.01, 0.9, 0.1, 0.999, 0.001, 1e-8, 0.01)]
     return {
-        "conv2d_forward": (f32(16, 10, 10, 37), f32(6, 14, 14, 37), f32(16, 6, 5, 5), f32(16)),
-        "conv2d_backward": (f32(6, 14, 14, 37), f32(16, 6, 5, 5), f32(16), f32(16, 10, 10, 37),
-                            f32(6, 14, 14, 37), f32(16, 6, 5, 5)),
-        "avgpool2d_forward": (f32(6, 14, 14, 37), f32(6, 28, 28, 37), 2),
-        "avgpool2d_backward": (f32(6, 28, 28, 37), f32(6, 14, 14, 37), 2),
-        "tanh_forward": (f32(37, 6, 28, 28), f32(37, 6, 28, 28)),
-        "tanh_backward": (f32(37, 6, 28, 28), f32(37, 6, 28, 28), f32(37, 6, 28, 28)),
-        "linear_forward": (f32(84, 37), f32(120, 37), f32(84, 120), f32(84)),
-        "linear_backward": (f32(120, 37), f32(84, 120), f32(84), f32(84, 37), f32(120, 37),
+        "conv2d_forward": (f32(16, 10, 10, n), f32(6, 14, 14, n), f32(16, 6, 5, 5), f32(16)),
+        "conv2d_backward": (f32(6, 14, 14, n), f32(16, 6, 5, 5), f32(16), f32(16, 10, 10, n),
+                            f32(6, 14, 14, n), f32(16, 6, 5, 5)),
+        "avgpool2d_forward": (f32(6, 14, 14, n), f32(6, 28, 28, n), 2),
+        "avgpool2d_backward": (f32(6, 28, 28, n), f32(6, 14, 14, n), 2),
+        "tanh_forward": (f32(6 * 28 * 28 * n), f32(6 * 28 * 28 * n)),
+        "tanh_backward": (f32(6 * 28 * 28 * n), f32(6 * 28 * 28 * n), f32(6 * 28 * 28 * n)),
+        "linear_forward": (f32(84, n), f32(120, n), f32(84, 120), f32(84)),
+        "linear_backward": (f32(120, n), f32(84, 120), f32(84), f32(84, n), f32(120, n),
                             f32(84, 120)),
-        "softmax_xent_forward": (f32(37), f32(10, 37), f32(10, 37), labels),
-        "softmax_xent_backward": (f32(10, 37), np.abs(f32(10, 37)), labels, np.float32(1.0)),
+        "softmax_xent_forward": (f32(n), f32(10, n), f32(10, n), labels),
+        "softmax_xent_backward": (f32(10, n), np.abs(f32(10, n)), labels, np.float32(1.0)),
         "adam_update": (f32(5001), f32(5001), np.abs(f32(5001)), f32(5001), *scalars),
     }[name]
 
@@ -48,10 +49,11 @@ def placed(array, offset):
     return copy
 
 
-def run_kernel(name, threads, offset=0):
-    """Call a kernel on fresh copies of its arguments, placed `offset` bytes past a 64-byte
-    boundary, with a thread count; return them all."""
-    args = [placed(a, offset) if isinstance(a, np.ndarray) else a for a in kernel_args(name)]
+def run_kernel(name, threads, offset=0, n=37):
+    """Call a kernel on fresh copies of its arguments at batch n, placed `offset` bytes past a
+    64-byte boundary, with a thread count; return them all."""
+    args = [placed(a, offset) if isinstance(a, np.ndarray) else a
+            for a in kernel_args(name, n=n)]
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
@@ -78,8 +80,10 @@ DOUBLE_MATH = re.compile(r"\b(fadd|fsub|fmul|fdiv|frem|fcmp)\b[^=]*\bdouble\b|\b
 
 def double_math_lines(dispatcher, args):
     """Lines of float64 arithmetic in a kernel's compiled code, Python-call wrapper excluded."""
-    # cached kernels cannot be inspected, so compile the same Python function afresh
-    fresh = njit(**{**cpu._JIT, "cache": False})(dispatcher.py_func)
+    # cached kernels cannot be inspected, so compile the same Python function afresh, with the
+    # kernel's own options (targetoptions leaves out cache; njit sets nopython itself)
+    options = {k: v for k, v in dispatcher.targetoptions.items() if k != "nopython"}
+    fresh = njit(**options)(dispatcher.py_func)
     fresh(*args)
     hits = []
     for ir in fresh.inspect_llvm().values():
@@ -91,26 +95,29 @@ def double_math_lines(dispatcher, args):
     return hits
 
 
+@pytest.mark.parametrize("n", [32, 37])
 @pytest.mark.parametrize("name", KERNELS)
-def test_results_do_not_depend_on_alignment(name):
+def test_results_do_not_depend_on_alignment(name, n):
     # the same values from arrays on a 64-byte boundary (as the model's are) and from arrays
-    # 4, 16 or 36 bytes past one (as a user's or numpy's may be)
-    reference = run_kernel(name, threads=2)
+    # 4, 16 or 36 bytes past one (as a user's or numpy's may be); at batch 32 every row of the
+    # first starts on a boundary too, at 37 they fall anywhere on a 4-byte grid
+    threads = numba.get_num_threads()
+    reference = run_kernel(name, threads, n=n)
     for offset in (4, 16, 36):
-        for ours, theirs in zip(run_kernel(name, threads=2, offset=offset), reference,
-                                strict=True):
+        for ours, theirs in zip(run_kernel(name, threads, offset, n), reference, strict=True):
             assert np.array_equal(ours, theirs, equal_nan=True), offset
 
 
 def compiled_parts(name):
-    """(kernel, arguments) for each piece of compiled code behind a kernel: itself, or for
-    conv2d_backward, which only calls them, its input and parameter parts."""
+    """(kernel, arguments) for each piece of compiled code behind a kernel: itself, and for
+    conv2d_backward the input and parameter parts it calls (compiled apart, not inlined)."""
     args = kernel_args(name)
-    if name != "conv2d_backward":
-        return [(getattr(cpu, name), args)]
-    dinp, dweight, dbias, dout, inp, weight = args
-    return [(cpu._conv2d_backward_input, (dinp, dout, weight)),
-            (cpu._conv2d_backward_params, (dweight, dbias, dout, inp))]
+    parts = [(getattr(cpu, name), args)]
+    if name == "conv2d_backward":
+        dinp, dweight, dbias, dout, inp, weight = args
+        parts += [(cpu._conv2d_backward_input, (dinp, dout, weight)),
+                  (cpu._conv2d_backward_params, (dweight, dbias, dout, inp))]
+    return parts
 
 
 @pytest.mark.parametrize("name", KERNELS)
@@ -186,8 +193,26 @@ def test_to_device_copies_only_what_is_not_aligned():
 @pytest.mark.parametrize("batch", [1, 7, 128])
 def test_model_buffers_start_on_a_cache_line(batch):
     model = LeNet5(seed=0)
+    opt = Adam(model)
     x = np.random.default_rng(0).standard_normal((batch, 1, 32, 32)).astype(np.float32)
     model.loss_and_grads(x, np.zeros(batch, np.int64))
     buffers = model._buffers[batch]
-    for array in [*buffers.acts, *buffers.gradients()[1:], buffers.losses, buffers.probs]:
+    for array in [*buffers.acts, *buffers.gradients()[1:], buffers.losses, buffers.probs,
+                  model.flat_params, model.flat_grads, opt.m, opt.v]:
         assert array.ctypes.data % ALIGNMENT == 0, array.shape
+
+
+def test_arena_sizes_are_python_ints():
+    # numba-cuda's device_array takes an int or a tuple, not a numpy integer (the simulator's
+    # takes both, so only this catches it)
+    sizes = []
+
+    def allocate(size):
+        sizes.append(size)
+        assert type(size) is int, type(size)
+        return host.empty(size)
+
+    arena = _Arena(allocate)
+    views = arena.carve([(6, 28, 28, 7), (3,), (16, 5, 5, 7)])
+    assert [view.shape for view in views] == [(6, 28, 28, 7), (3,), (16, 5, 5, 7)]
+    assert len(sizes) == 2 and all(view.ctypes.data % ALIGNMENT == 0 for view in views)

@@ -275,15 +275,19 @@ def test_curves_that_cannot_be_drawn_never_stop_training(tmp_path, capsys, monke
     assert len(plots.read_metrics(run / "metrics.jsonl")) == 2 and (run / "last.npz").exists()
 
 
-@pytest.mark.parametrize("every, drawn", [(0.0, [1, 2, 3, 4]), (1e9, [1, 4])])
+@pytest.mark.parametrize("every, drawn", [(0.0, [1, 2, 3, 4, 5, 6]), (1e9, [1, 4, 5, 6])])
 def test_curves_are_redrawn_after_the_first_and_last_epoch_and_every_so_often(
         tmp_path, monkeypatch, every, drawn):
     # each drawing's epoch count read from the metrics it drew: with CURVES_EVERY 0 after every
-    # epoch, with a day-long one after the first and the last only
+    # epoch, with a day-long one after the first and the last only, and again after the first
+    # epoch of a resumed run (its picture catches up)
+    pytest.importorskip("matplotlib")  # without it training draws nothing
     epochs = []
     monkeypatch.setattr(train, "CURVES_EVERY", every)
     monkeypatch.setattr(train, "redraw_curves", lambda run: epochs.append(
         len(plots.read_metrics(run / "metrics.jsonl"))))
+    run = str(tmp_path / "run")
     assert train.main(["--epochs", "4", "--limit-train", "256", "--limit-test", "64", "--quiet",
-                       "--run-dir", str(tmp_path / "run")]) == 0
+                       "--run-dir", run]) == 0
+    assert train.main(["--resume", run, "--epochs", "6", "--quiet"]) == 0
     assert epochs == drawn

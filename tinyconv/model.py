@@ -11,9 +11,11 @@ its arrays. Parameters, gradients, activations (and Adam's moments, in optim.py)
 kernels run, so a CUDA training step copies only the batch in and the per-sample losses out.
 """
 
+import itertools
+
 import numpy as np
 
-from tinyconv.kernels import get_backend
+from tinyconv.kernels import get_backend, host
 from tinyconv.kernels.host import ALIGNMENT, to_batch_last
 
 # backbone index -> (layer kind, parameter shapes (weight, bias) or None)
@@ -56,7 +58,7 @@ def _flat_views(flat):
 
 def _flatten(arrays):
     """A flat float32 host buffer holding a {name: array} mapping with PARAM_SHAPES' names."""
-    flat = np.empty(PARAM_COUNT, np.float32)
+    flat = host.empty(PARAM_COUNT)  # aligned, so the CPU's to_device takes it as it is
     for name, view in _flat_views(flat).items():
         view[...] = arrays[name]
     return flat
@@ -104,7 +106,8 @@ class _Arena:
         (the block does: see kernels.host); a larger need gets a new block (the arrays already
         handed out keep the old one)."""
         sizes = [int(np.prod(shape)) for shape in shapes]
-        starts = np.cumsum([0] + [-(-size // _ALIGN) * _ALIGN for size in sizes])
+        # Python ints: numba-cuda's allocator takes no numpy integer as a size
+        starts = [0, *itertools.accumulate(-(-size // _ALIGN) * _ALIGN for size in sizes)]
         if starts[-1] > self.memory.size:
             self.memory = self.empty(starts[-1])
         return [self.memory[start:start + size].reshape(shape)
@@ -128,7 +131,8 @@ class _Buffers:
         self.dacts = None
         self.losses = backend.empty(batch)
         self.probs = backend.empty((CLASSES, batch))
-        self.labels = backend.empty(batch, np.int64)  # where a GPU backend copies the labels
+        # where the labels go when they must be copied: to a GPU, or (CPU) from unaligned memory
+        self.labels = backend.empty(batch, np.int64)
         # the batch in the kernels' layout on the host: the input buffer itself when the backend's
         # arrays are host arrays, else a staging copy for the one transfer a step makes
         self.host_input = (self.acts[0] if isinstance(self.acts[0], np.ndarray)
@@ -172,7 +176,7 @@ class LeNet5:
     def __init__(self, seed=0, device="cpu"):
         self.device = device
         self.kernels = get_backend(device)  # kernels and array helpers; raises if unusable
-        init = np.empty(PARAM_COUNT, np.float32)
+        init = host.empty(PARAM_COUNT)
         init_views = _flat_views(init)
         rng = np.random.default_rng(seed)
         # torch's default for Conv2d and Linear: weight and bias uniform in +-1/sqrt(fan_in)
@@ -182,7 +186,7 @@ class LeNet5:
                 for kind in ("weight", "bias"):
                     view = init_views[f"backbone.{index}.{kind}"]
                     view[...] = rng.uniform(-bound, bound, view.shape)
-        self.flat_params = self.kernels.to_device(init)  # on the CPU: init, or its aligned copy
+        self.flat_params = self.kernels.to_device(init)  # on the CPU: init itself
         self.flat_grads = self.kernels.zeros(PARAM_COUNT)
         self.params = _flat_views(self.flat_params)
         self.grads = _flat_views(self.flat_grads)

@@ -72,9 +72,10 @@ def _tanh32(x):
 # loads (_madd_dots). Measured 2-3x faster per op on the LeNet shapes. (Four output rows per
 # pass measured 60% faster in a bare loop, but 5-20% slower inside the conv kernels, even
 # once the rows were read only once per element; conv2 forward 0.40 against 0.34 ms.)
-# These loops run at the FMA units' peak only on 64-byte aligned rows, as the model's are
-# (kernels.host): a vector load that straddles two cache lines costs two, and with 7 loads
-# per 10 FMAs that is the bottleneck (conv2 forward 189 -> 161 GFLOP/s off by 16 bytes).
+# These loops run at the FMA units' peak only on 64-byte aligned rows, as the model's are at
+# batch sizes that are multiples of 16 (kernels.host): a vector load that straddles two cache
+# lines costs two, and with 7 loads per 10 FMAs that is the bottleneck (conv2 forward 189 ->
+# 161 GFLOP/s off by 16 bytes).
 # Output rows go in pairs, so an odd last row runs alone; taps go in fives (a kernel row of
 # LeNet's 5x5, or five channels), so a shorter last group is padded with zero weights, and
 # an infinite input there turns into NaN (0 * inf) where it would have stayed infinite.

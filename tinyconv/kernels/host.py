@@ -6,8 +6,11 @@ aligned). Also to_batch_last, the host-side transpose of a batch into the kernel
 which both backends' models use.
 
 Alignment: every array made here starts on a 64-byte boundary, a cache line and one AVX-512
-vector. numpy's start 16 bytes past one (malloc's), so that every vector load of a kernel's
-inner loop straddles two cache lines: conv2's forward measured 18% slower on such inputs.
+vector. numpy's large arrays start 16 bytes past one (malloc's mmap chunks; small ones land
+anywhere on a 16-byte grid), and then every vector load of a kernel's inner loop straddles two
+cache lines: conv2's forward measured 18% slower on such inputs. A kernel's rows start every
+N*4 bytes, so they all share the array's alignment only when the batch N is a multiple of 16
+(LeNet's 128, the test pass's 16); at other batch sizes some rows straddle whatever the start.
 """
 
 import numpy as np
@@ -19,6 +22,9 @@ ALIGNMENT = 64  # bytes
 def empty(shape, dtype=np.float32):
     """An uninitialised C-contiguous array, starting on a 64-byte boundary."""
     dtype = np.dtype(dtype)
+    shape = tuple(shape) if np.ndim(shape) else (shape,)
+    if any(side < 0 for side in shape):
+        raise ValueError(f"negative dimensions are not allowed: {shape}")
     nbytes = int(np.prod(shape)) * dtype.itemsize
     raw = np.empty(nbytes + ALIGNMENT, np.uint8)
     skip = -raw.ctypes.data % ALIGNMENT
@@ -49,10 +55,11 @@ def to_batch_last(out, inp):
     """out (F, N) = inp (N, F).T: a batch of NCHW images, flattened, into the kernels' layout.
 
     A task owns 16 samples: it reads their rows front to back (16 streams the prefetcher
-    follows) and writes, for each feature, their 16 values: one full cache line of out, one
-    vector store of 16 gathered loads. Measured in a training step at batch 128: 0.06 ms; the
-    earlier order (a task per 16 features, reading one cache line of every sample in turn) took
-    0.15 ms, mostly waiting on the batch's cache misses, and numpy's strided copy 0.45 ms.
+    follows) and writes, for each feature, their 16 values: one vector store of 16 gathered
+    loads, a full cache line of out when N is a multiple of 16. Measured in a training step at
+    batch 128: 0.06 ms; the earlier order (a task per 16 features, reading one cache line of
+    every sample in turn) took 0.15 ms, mostly waiting on the batch's cache misses, and numpy's
+    strided copy 0.45 ms.
     """
     N, F = inp.shape
     for block in prange((N + 15) // 16):
