@@ -8,7 +8,7 @@ which both backends' models use.
 Alignment: every array made here starts on a 64-byte boundary, a cache line and one AVX-512
 vector. numpy's large arrays start 16 bytes past one (malloc's mmap chunks; small ones land
 anywhere on a 16-byte grid), and then every vector load of a kernel's inner loop straddles two
-cache lines: conv2's forward measured 18% slower on such inputs. A kernel's rows start every
+cache lines: conv2's forward measured 15% slower on such inputs. A kernel's rows start every
 N*4 bytes, so they all share the array's alignment only when the batch N is a multiple of 16
 (LeNet's 128, the test pass's 16); at other batch sizes some rows straddle whatever the start.
 """
