@@ -126,16 +126,16 @@ def make_header(bench, threads, method, busy):
 SETTLE = 0.02  # seconds
 
 
-def alternate(calls, rounds, steps, warmup=3, synchronize=None):
+def alternate(calls, rounds, steps, warmup=3, synchronize=None, prime=True):
     """Time callables in turns: per callable, seconds per call, min and median over rounds.
 
-    Each callable first runs `warmup` times untimed (compilation, allocation, caches). Then,
-    in each round, each runs `steps` times in a row, timed as one block, after a pause of
-    SETTLE seconds and one untimed call: the block then sees the machine as a program that
+    Each callable first runs `warmup` times untimed (compilation, allocation, caches). Then, in
+    each round, each runs `steps` times in a row, timed as one block, after a pause of SETTLE
+    seconds and (if prime) one untimed call: the block then sees the machine as a program that
     runs only this library would, the other library's OpenMP threads asleep and its own awake
-    (see SETTLE). synchronize, if given, is called before a block's clock starts and before it
-    stops: a GPU backend passes its device synchronize so that a block's time includes the
-    work it queued.
+    (see SETTLE); a block of calls that take seconds needs no untimed call. synchronize, if
+    given, is called before a block's clock starts and before it stops: a GPU backend passes
+    its device synchronize so that a block's time includes the work it queued.
     """
     for call in calls:
         for _ in range(warmup):
@@ -149,7 +149,8 @@ def alternate(calls, rounds, steps, warmup=3, synchronize=None):
             order.reverse()
         for index in order:
             time.sleep(SETTLE)
-            calls[index]()
+            if prime:
+                calls[index]()
             if synchronize:
                 synchronize()
             start = time.perf_counter()

@@ -1,9 +1,9 @@
 """LeNet-5 end to end, tinyconv against PyTorch eager: python bench/train.py [--help].
 
 A training step (forward, loss, backward, Adam update) and inference (forward only), each
-checked against torch before it is timed, the two libraries taking turns; then the time from
-process start to the first finished training step (cold and warm Numba cache) and the peak
-resident memory of training.
+checked against torch before it is timed, and a whole epoch of the default recipe, the two
+libraries taking turns; then the time from process start to the first finished training step
+(cold and warm Numba cache) and the peak resident memory of training.
 
 Each library runs in a process of its own, as in a program that uses only it: tinyconv (Numba)
 and torch both run on OpenMP's libgomp, and in one process they share one runtime, which
@@ -58,6 +58,7 @@ ROUNDS = 20  # timed rounds per case; in each, each library runs STEPS calls in 
 STEPS = 10
 WARMUP = 3  # untimed calls per library before the rounds
 TRAIN_BATCHES = 30  # real MNIST batches each worker prepares up front and cycles: not timed
+EPOCH_ROUNDS = 2  # timed epochs per library (one each per round)
 INFER_BATCHES = 5
 CHECK_STEPS = 5  # training steps from equal weights whose losses must agree...
 CHECK_RTOL = 1e-4  # ...to this relative difference (tests/test_training.py's), as must logits
@@ -137,6 +138,25 @@ def torch_side(threads, like=None, device=DEVICE):
 SIDES = {"tinyconv": tinyconv_side, "torch": torch_side}
 
 
+def run_epoch(side, batch_size, data, epoch):
+    """One epoch of python -m tinyconv.train's default recipe on a library's side: every
+    training image once, shuffled and augmented as the recipe says (seeded by the epoch), a
+    training step per batch, then the test pass at the same batch size. The batches are made
+    inside the clock, as in training, by the same NumPy code for both libraries."""
+    from tinyconv import iterate_batches
+    from tinyconv.train import RECIPES
+
+    recipe = RECIPES["default"]
+    augment = {name: recipe[name] for name in ("resize", "flip", "translate", "normalize")}
+    (train_images, train_labels), (test_images, test_labels) = data
+    for x, y in iterate_batches(train_images, train_labels, batch_size, shuffle=True,
+                                rng=np.random.default_rng([SEED, epoch]), **augment):
+        side.train_step(x, y)
+    for x, _ in iterate_batches(test_images, test_labels, batch_size, shuffle=False,
+                                resize=augment["resize"], normalize=augment["normalize"]):
+        side.forward(x)
+
+
 def mnist_batches(split, batch_size, count):
     """`count` full batches of real MNIST (x, y), drawn once with a fixed seed."""
     from tinyconv import iterate_batches, load_mnist
@@ -163,11 +183,15 @@ def serve(library, threads, batch_size, infer_batch_size, device, connection):
         side = torch_side(threads, like=LeNet5(seed=SEED), device=device)
     else:
         side = tinyconv_side(threads, device)
+    from tinyconv import load_mnist  # only the data: neither torch nor Numba's threads
+
     train = mnist_batches("train", batch_size, TRAIN_BATCHES)
     infer = mnist_batches("test", infer_batch_size, INFER_BATCHES)
+    data = (load_mnist("train"), load_mnist("test"))  # whole, for the epoch case
     calls = {"threads": side.get_threads,
              "train_step": lambda index: side.train_step(*train[index % len(train)]),
-             "forward": lambda index: side.forward(infer[index % len(infer)][0])}
+             "forward": lambda index: side.forward(infer[index % len(infer)][0]),
+             "epoch": lambda index: run_epoch(side, batch_size, data, index)}
     while (request := connection.recv()) is not None:
         name, args = request
         try:
@@ -347,7 +371,7 @@ def parse_args(argv):
                     "Timings are noisy while other processes run: compare min and median, and\n"
                     "rerun.",
         epilog="Examples:\n"
-               "  python bench/train.py                                # every case, ~1 min\n"
+               "  python bench/train.py                                # every case, ~1.5 min\n"
                "  python bench/train.py --skip-subprocess --rounds 3   # a quick look\n"
                "  python bench/train.py --threads 1 --json one.json    # one thread, saved",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -367,12 +391,17 @@ def parse_args(argv):
     parser.add_argument("--steps", type=positive, default=STEPS,
                         help=f"calls per library per round, timed as one block "
                              f"(default {STEPS})")
+    parser.add_argument("--epoch-rounds", type=int, default=EPOCH_ROUNDS, metavar="N",
+                        help="timed epochs of the default recipe per library, alternating "
+                             f"(default {EPOCH_ROUNDS}; 0 skips the case)")
     parser.add_argument("--skip-subprocess", action="store_true",
                         help="skip the start-up and memory cases (child processes, about half "
                              "a minute: the first compiles every kernel)")
     parser.add_argument("--json", metavar="PATH",
                         help="also write the header and the rows as JSON to PATH")
     args = parser.parse_args(argv)
+    if args.epoch_rounds < 0:
+        parser.error(f"--epoch-rounds must be at least 0, found {args.epoch_rounds}")
     if args.threads > os.cpu_count():
         parser.error(f"--threads must be at most the {os.cpu_count()} cores, "
                      f"found {args.threads}")
@@ -425,7 +454,8 @@ def main(argv=None):
             f"per call (a pipe round trip to the library's worker), min and median over "
             f"{args.rounds} rounds of {args.steps} calls per library, alternating, after "
             f"{WARMUP} warm-up calls, each block after a {SETTLE * 1e3:.0f} ms pause and one "
-            "untimed call; samples/s at the median",
+            f"untimed call; samples/s at the median; epochs: {args.epoch_rounds} rounds of one "
+            "each, alternating",
             busy)
         header["device"] = device
         header["check"] = (f"from equal weights, logits differ by {logits_error:.1e} of the "
@@ -438,6 +468,12 @@ def main(argv=None):
             timings = alternate([cycling(worker, call) for worker in (ours, theirs)],
                                 args.rounds, args.steps, WARMUP)
             emit(timing_rows(case, f"{size}x1x32x32", timings, size, "samples/s"))
+        if args.epoch_rounds:  # seconds long: no untimed call needed before each
+            mine, other = alternate([cycling(worker, "epoch") for worker in (ours, theirs)],
+                                    args.epoch_rounds, 1, warmup=0, prime=False)
+            shape = "60000+10000 test"
+            emit([Row("epoch, default recipe, min", shape, mine.min, other.min, "s"),
+                  Row("epoch, default recipe, median", shape, mine.median, other.median, "s")])
     if not args.skip_subprocess:
         emit(subprocess_rows(args))
     if args.json:
