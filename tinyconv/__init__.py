@@ -1,7 +1,8 @@
 """tinyconv: LeNet-5 on MNIST with hand-written NumPy/Numba kernels, checked against torch."""
 
 from tinyconv.data import DataError, iterate_batches, load_mnist
-from tinyconv.model import LeNet5
+from tinyconv import nn
+from tinyconv.archs import LeNet5
 from tinyconv.optim import Adam, StepLR
 
-__all__ = ["Adam", "DataError", "LeNet5", "StepLR", "iterate_batches", "load_mnist"]
+__all__ = ["nn", "Adam", "DataError", "LeNet5", "StepLR", "iterate_batches", "load_mnist"]

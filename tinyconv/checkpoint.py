@@ -3,74 +3,32 @@
 Layout inside the .npz (np.load with allow_pickle=False reads it; nothing in it can run code):
   "__header__"        uint8 bytes of a UTF-8 JSON object: format, version, and whatever the
                       caller stores (epoch, optimizer and schedule settings, config, ...)
-  "<name>"            float32 arrays: parameters as "model/backbone.0.weight", Adam moments...
+  "<name>"            arrays: parameters and buffers as "model/backbone.0.weight" (float32,
+                      buffers in their own dtypes), Adam's moments as "adam/m", "adam/v"
 
 save/load handle any such file; save_run/load_run store and restore a whole training run
-(model, Adam, schedule) in it.
+(model, Adam, schedule) in it. A run's header holds the network's spec under "arch", from which
+load_run rebuilds it; version 1 files, written before networks were specs, hold LeNet-5.
 """
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from tinyconv.model import PARAM_SHAPES, LeNet5
+from tinyconv.archs import build
+from tinyconv.atomicio import atomic_write
 from tinyconv.optim import Adam, StepLR
 
 FORMAT = "tinyconv-checkpoint"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # version 1: no "arch", the network is LeNet-5
 HEADER = "__header__"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, damaged or not one of tinyconv's."""
-
-
-# the process's umask, read once at import (reading it means setting it, briefly)
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def _give_usual_mode(file):
-    """Give a mkstemp file (private, 0600) the mode open() would: 0666 less the umask.
-
-    Best effort: a file system without Unix permissions (vfat, some network mounts) may
-    refuse, and the file is then written as it is.
-    """
-    try:
-        os.fchmod(file.fileno(), 0o666 & ~_UMASK)
-    except OSError:
-        pass
-
-
-def atomic_write(path, write):
-    """Call write(file) on a temporary file beside path, fsync it, then rename it into place.
-
-    A crash at any moment leaves either the old file or the new one under path, never a mix.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                             suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            _give_usual_mode(file)
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    # the rename itself is durable only once the directory entry is on disk
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def save(path, arrays, header):
@@ -105,9 +63,9 @@ def load(path):
     if found != FORMAT:
         raise CheckpointError(f"{path}: not a tinyconv checkpoint, expected format '{FORMAT}', "
                               f"found {found!r}")
-    if header.get("version") != VERSION:
+    if header.get("version") not in READS:
         raise CheckpointError(f"{path}: checkpoint version {header.get('version')}, this "
-                              f"tinyconv reads version {VERSION}")
+                              f"tinyconv reads versions {', '.join(map(str, READS))}")
     return arrays, header
 
 
@@ -115,11 +73,29 @@ def load(path):
 
 
 def save_run(path, model, opt, sched, header):
-    """Write model, Adam and schedule state plus header fields to path, atomically."""
+    """Write the network (spec, parameters, buffers), Adam and schedule state plus header
+    fields to path, atomically."""
     adam = opt.state_dict()
     arrays = {f"model/{name}": value for name, value in model.state_dict().items()}
     arrays["adam/m"], arrays["adam/v"] = adam.pop("m"), adam.pop("v")
-    save(path, arrays, {**header, "adam": adam, "schedule": sched.state_dict()})
+    save(path, arrays, {**header, "arch": model.spec(), "adam": adam,
+                        "schedule": sched.state_dict()})
+
+
+def load_network(path, arrays, header, device="cpu"):
+    """The network of a run checkpoint's arrays and header, on `device`."""
+    try:
+        model = build(header.get("arch", "lenet5"), header["config"]["seed"], device)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    prefix = "model/"
+    state = {name[len(prefix):]: value for name, value in arrays.items()
+             if name.startswith(prefix)}
+    try:
+        model.load_state_dict(state)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return model
 
 
 def load_run(path, device="cpu"):
@@ -128,8 +104,7 @@ def load_run(path, device="cpu"):
     arrays, header = load(path)
     try:
         config = header["config"]
-        model = LeNet5(seed=config["seed"], device=device)
-        model.load_state_dict({name: arrays[f"model/{name}"] for name in PARAM_SHAPES})
+        model = load_network(path, arrays, header, device)
         opt = Adam(model)
         opt.load_state_dict({**header["adam"], "m": arrays["adam/m"], "v": arrays["adam/v"]})
         sched = StepLR(opt, config["lr_step"], config["lr_gamma"])

@@ -22,8 +22,9 @@ from tinyconv.interop import (
     MissingDependencyError,
     load_model,
 )
-from tinyconv.kernels import BACKENDS, DeviceUnavailable, compile_notice, set_threads
-from tinyconv.model import CLASSES
+from tinyconv.cli import compile_notice, set_threads
+from tinyconv.kernels import BACKENDS, DeviceUnavailable
+from tinyconv.data import NUM_CLASSES as CLASSES
 
 DEFAULTS = {"batch_size": 1000}
 

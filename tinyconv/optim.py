@@ -2,7 +2,17 @@
 
 import numpy as np
 
-from tinyconv.kernels import adam_scalars
+
+def adam_scalars(lr, beta1, beta2, eps, weight_decay, step):
+    """adam_update's scalar arguments after `step` steps (counted from 1), as float32.
+
+    They are worked out in float64 from Python floats, as torch.optim.Adam does, and only
+    then rounded, so the float32 kernels see the same coefficients torch's do.
+    """
+    step_size = lr / (1 - beta1**step)  # the first moment's bias correction folded into lr
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    return tuple(np.float32(s) for s in (step_size, bias_correction2_sqrt, 1 - beta1, beta2,
+                                         1 - beta2, eps, weight_decay))
 
 
 class Adam:

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from tinyconv.checkpoint import atomic_write
+from tinyconv.atomicio import atomic_write
 
 DPI = 100
 INCHES = {"curves": (9.0, 3.4), "confusion": (6.2, 5.2), "filters": (7.0, 1.9),

@@ -22,7 +22,7 @@ from tinyconv.interop import (
     MissingDependencyError,
     load_model,
 )
-from tinyconv.kernels import set_threads
+from tinyconv.cli import set_threads
 
 DEFAULTS = {"top": 3}
 FIT_SIZE = 20          # MNIST: each digit scaled to fit a 20x20 box, keeping the aspect ratio
@@ -175,7 +175,7 @@ def classify(model, config, paths, top=DEFAULTS["top"]):
 
 def save_digit(digit, path):
     """Write a uint8 (28, 28) digit as a PNG, atomically."""
-    from tinyconv.checkpoint import atomic_write
+    from tinyconv.atomicio import atomic_write
     image = pillow().fromarray(digit)
     atomic_write(path, lambda file: image.save(file, format="PNG"))
 

@@ -28,8 +28,9 @@ from tinyconv.interop import (
     MissingDependencyError,
     load_model,
 )
-from tinyconv.kernels import BACKENDS, DeviceUnavailable, compile_notice, set_threads
-from tinyconv.model import LeNet5
+from tinyconv.cli import compile_notice, set_threads
+from tinyconv.kernels import BACKENDS, DeviceUnavailable
+from tinyconv.archs import LeNet5
 from tinyconv.optim import Adam, StepLR
 
 RECIPES = {

@@ -13,7 +13,7 @@ from tinyconv import plots
 from tinyconv.checkpoint import CheckpointError
 from tinyconv.data import DataError, load_mnist
 from tinyconv.interop import MissingDependencyError
-from tinyconv.kernels import set_threads
+from tinyconv.cli import set_threads
 from tinyconv.predict import (
     CLASSIFIER_HELP,
     ImageError,

@@ -3,12 +3,8 @@
 import functools
 import importlib
 import importlib.util
-import sys
-import threading
 from types import SimpleNamespace
 
-import numba
-import numpy as np
 
 KERNELS = (
     "conv2d_forward", "conv2d_backward",
@@ -61,46 +57,3 @@ def get_backend(name):
                         for module in BACKENDS[name])
     return SimpleNamespace(**{kernel: getattr(kernels, kernel) for kernel in KERNELS},
                            **{helper: getattr(helpers, helper) for helper in HELPERS})
-
-
-def adam_scalars(lr, beta1, beta2, eps, weight_decay, step):
-    """adam_update's scalar arguments after `step` steps (counted from 1), as float32.
-
-    They are worked out in float64 from Python floats, as torch.optim.Adam does, and only
-    then rounded, so the float32 kernels see the same coefficients torch's do.
-    """
-    step_size = lr / (1 - beta1**step)  # the first moment's bias correction folded into lr
-    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-    return tuple(np.float32(s) for s in (step_size, bias_correction2_sqrt, 1 - beta1, beta2,
-                                         1 - beta2, eps, weight_decay))
-
-
-COMPILE_NOTICE = ("tinyconv: compiling the kernels for this machine (the first run takes about "
-                  "20 s; Numba caches them for later runs)")
-
-
-def compile_notice(enabled=True, after=1.0):
-    """A started timer that prints COMPILE_NOTICE unless cancelled within `after` seconds.
-
-    Start it before a model's first step and cancel it after: a step takes milliseconds, so
-    one that is still running a second later is compiling kernels (on a first run, or after
-    the kernel files changed).
-    """
-    from tqdm import tqdm  # writes above any progress bar on the screen
-
-    timer = threading.Timer(after, tqdm.write, [COMPILE_NOTICE], {"file": sys.stderr})
-    timer.daemon = True
-    if enabled:
-        timer.start()
-    return timer
-
-
-def set_threads(threads):
-    """Use that many Numba threads (None: leave Numba's default, all cores)."""
-    if threads is None:
-        return
-    limit = numba.config.NUMBA_NUM_THREADS
-    if not 1 <= threads <= limit:
-        raise ValueError(f"--threads must lie between 1 and {limit} (NUMBA_NUM_THREADS), "
-                         f"found {threads}")
-    numba.set_num_threads(threads)

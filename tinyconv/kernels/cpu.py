@@ -12,7 +12,7 @@ row: every inner loop runs over such a stretch, a vector FMA per 16 floats (AVX-
 its weights held in registers. Measured at batch 128
 against the same loops in NCHW: conv2 forward 11 ms -> 1.6 ms, conv3 forward (a 1x1 output,
 so a 1-long inner loop in NCHW) 27 ms -> 0.2 ms. Weights keep torch's layout.
-tinyconv.model transposes the NCHW input once per batch and the logits once back.
+tinyconv.nn.Sequential transposes the NCHW input once per batch and the logits once back.
 
 The contract (DESIGN.md section 2): outputs first, then what the forward saved, then inputs,
 then parameters, then sizes. Kernels allocate nothing, check nothing (tinyconv.ops validates)
@@ -340,12 +340,21 @@ def linear_forward(out, inp, weight, bias):
                        o1 != o0)
 
 
-@njit(**_JIT)
+@njit(cache=True)  # no loop of its own: its two parts are parallel
 def linear_backward(dinp, dweight, dbias, dout, inp, weight):
-    # overwrites dinp (IN,N), dweight (OUT,IN), dbias (OUT,); dout (OUT,N)
-    IN, N = inp.shape
+    # overwrites dinp (IN,N) unless it is None (a network's input: nobody needs it), dweight
+    # (OUT,IN), dbias (OUT,); dout (OUT,N); two kernels, as conv2d_backward's
+    if dinp is not None:
+        _linear_backward_input(dinp, dout, weight)
+    _linear_backward_params(dweight, dbias, dout, inp)
+
+
+@njit(**_JIT)
+def _linear_backward_input(dinp, dout, weight):
+    # overwrites dinp (IN,N); dout (OUT,N), weight (OUT,IN)
+    IN, N = dinp.shape
     OUT = weight.shape[0]
-    x, w, g = inp.ravel(), weight.ravel(), dout.ravel()
+    w, g = weight.ravel(), dout.ravel()
     # dinp = weight.T @ dout: each input feature collects every output's gradient by its
     # weight; a task owns a pair of input rows, the taps go five along OUT
     for task in prange((IN + 1) // 2):
@@ -359,6 +368,14 @@ def linear_backward(dinp, dweight, dbias, dout, inp, weight):
             _madd_rows(dst0, dst1, _five_weights(w, o * IN + i0, IN, taps),
                        _five_weights(w, o * IN + i1, IN, taps), _five_rows(g, o * N, N, taps, N),
                        i1 != i0)
+
+
+@njit(**_JIT)
+def _linear_backward_params(dweight, dbias, dout, inp):
+    # overwrites dweight (OUT,IN), dbias (OUT,); dout (OUT,N), inp (IN,N)
+    IN, N = inp.shape
+    OUT = dweight.shape[0]
+    x = inp.ravel()
     # dweight = dout @ inp.T: a task owns a pair of output rows and five inputs, ten dot
     # products over the batch
     groups = (IN + _TAPS - 1) // _TAPS

@@ -269,8 +269,9 @@ def linear_forward(out, inp, weight, bias):
 
 
 def linear_backward(dinp, dweight, dbias, dout, inp, weight):
-    """Overwrite dinp, dweight, dbias with the gradients of linear_forward."""
-    _linear_backward_input[_blocks(dinp.size), THREADS](dinp, dout, weight)
+    """Overwrite dinp (skipped when None), dweight, dbias with linear_forward's gradients."""
+    if dinp is not None:  # a network's input: its gradient is needed by nobody
+        _linear_backward_input[_blocks(dinp.size), THREADS](dinp, dout, weight)
     # dweight = dout @ inp.T and dbias = dout summed over n are conv2d's parameter gradients
     # on 1x1 images with a 1x1 kernel (which is what a linear layer is): views, no copies
     (OUT, IN), N = dweight.shape, inp.shape[1]
@@ -336,7 +337,7 @@ def softmax_xent_backward(dlogits, probs, labels, dloss):
 def _adam_update(params, m, v, grads, step_size, bias_correction2_sqrt, one_minus_beta1, beta2,
                  one_minus_beta2, eps, weight_decay):
     # updates params, m, v (P,) in place from grads (P,), as torch.optim.Adam's step does;
-    # the scalars are float32, worked out in float64 by tinyconv.kernels.adam_scalars
+    # the scalars are float32, worked out in float64 by tinyconv.optim.adam_scalars
     idx = cuda.grid(1)
     if idx >= params.size:
         return

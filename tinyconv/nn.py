@@ -1,0 +1,695 @@
+"""Layers as self-contained units, and Sequential: any chain of them as one trainable network.
+
+A layer is configuration (a frozen dataclass whose fields are torch.nn's constructor
+arguments, so its spec rebuilds it here and in torch) plus a few small methods, never arrays:
+
+  out_shape(in_shape)   its output's shape from its input's (batch left out), or ShapeError
+  params(in_shape)      {name: shape} of its float32 parameters, in torch's order
+  buffers(in_shape)     {name: (shape, dtype)} of its state that is not trained (BatchNorm's
+                        running statistics): saved in state_dict, never seen by the optimizer
+  init(views, rng)      torch's default initialisation, into host views of both
+  forward(k, t, p, training)   calls of the backend's kernels k on t (a Tensors: the batch's
+  backward(k, t, p, g)         inp, out, dinp, dout), p its parameters and buffers, g their
+                               gradients; what the forward saves for the backward is what the
+                               backward reads of t (each says which)
+  onnx(make_node, inp, out, names)   its ONNX node(s), names mapping its parameters and buffers
+                                     to the graph's initializers
+  spec()                {"kind": class name, **arguments}: JSON, and torch.nn's constructor call
+
+Sequential owns the memory: one flat parameter buffer with named views (torch's names, with an
+optional prefix: backbone.0.weight), gradients of the same layout, buffers apart, and the
+activations of every batch size carved from two arenas (activations, gradients). Activations
+are batch-last float32: images (C,H,W,N), features (F,N), as the kernels take them; the public
+methods take and return batch-first arrays, as torch does.
+"""
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+
+from tinyconv.kernels import get_backend, host
+from tinyconv.kernels.host import ALIGNMENT, to_batch_last
+
+
+class ShapeError(ValueError):
+    """A layer cannot take the input shape it is given; the message says what it needs."""
+
+
+@dataclasses.dataclass
+class Tensors:
+    """One layer's arrays for one batch: its input and output (batch-last) and, once a backward
+    has run, their gradients (dinp None for the network's input, whose gradient nobody needs)."""
+
+    inp: object
+    out: object
+    dinp: object = None
+    dout: object = None
+
+
+def _flat(array):
+    """A contiguous array as a 1-D view: the elementwise kernels take any rank, but Numba
+    compiles them once per rank (fed 4-D and 2-D arrays, tanh compiled four times: 0.8 s more
+    of the cold start)."""
+    return array.reshape(-1)
+
+
+def _pair(value, name):
+    """An int or a pair of ints as a tuple (kh, kw) of positive ints."""
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in pair):
+        raise ValueError(f"{name} must be a positive int or a pair of them, found {value!r}")
+    return tuple(int(v) for v in pair)
+
+
+def _positive(layer, **values):
+    for name, value in values.items():
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{type(layer).__name__}: {name} must be a positive int, "
+                             f"found {value!r}")
+
+
+class Layer:
+    """What every layer kind shares; each kind is a frozen dataclass subclass (see _layer)."""
+
+    # whether the output is the input reshaped (Flatten): no buffer and no kernel of its own
+    is_view = False
+
+    def out_shape(self, in_shape):
+        return in_shape
+
+    def params(self, in_shape):
+        return {}
+
+    def buffers(self, in_shape):
+        return {}
+
+    def init(self, views, rng):
+        """torch's default initialisation of the parameters and buffers (host views)."""
+
+    def forward(self, k, t, p, training):
+        """Fill t.out from t.inp."""
+        raise NotImplementedError(f"{type(self).__name__} has no forward")
+
+    def backward(self, k, t, p, g):
+        """Overwrite t.dinp (when not None) and the gradients in g from t.dout."""
+        raise NotImplementedError(f"{type(self).__name__} has no backward")
+
+    def onnx(self, make_node, inp, out, names):
+        """The ONNX node(s) that compute out from inp."""
+        raise NotImplementedError(f"{type(self).__name__} has no ONNX export")
+
+    def spec(self):
+        """The layer as JSON: its kind (torch.nn's class name) and constructor arguments."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {"kind": type(self).__name__,
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
+
+    def __repr__(self):  # as constructed: Conv2d(1, 6, 5)
+        values = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return f"{type(self).__name__}({', '.join(map(repr, values))})"
+
+    def _expect(self, in_shape, rank, what):
+        if len(in_shape) != rank:
+            raise ShapeError(f"needs an input {what}, found {tuple(in_shape)}")
+
+
+# ---- the layer kinds
+
+# a layer kind: its fields are its constructor's arguments; frozen, since a layer is configuration
+_layer = dataclasses.dataclass(frozen=True, repr=False)
+
+
+@_layer
+class Conv2d(Layer):
+    """torch.nn.Conv2d(in_channels, out_channels, kernel_size): stride 1, no padding, bias.
+
+    https://pytorch.org/docs/stable/generated/torch.nn.Conv2d.html
+    """
+
+    in_channels: int
+    out_channels: int
+    kernel_size: object  # an int or (kh, kw)
+
+    def __post_init__(self):
+        _positive(self, in_channels=self.in_channels, out_channels=self.out_channels)
+        kernel = _pair(self.kernel_size, "Conv2d: kernel_size")
+        object.__setattr__(self, "kernel_size", kernel[0] if kernel[0] == kernel[1] else kernel)
+
+    @property
+    def kernel(self):
+        return _pair(self.kernel_size, "kernel_size")
+
+    def out_shape(self, in_shape):
+        (kh, kw), c = self.kernel, self.in_channels
+        self._expect(in_shape, 3, f"({c}, H, W)")
+        channels, height, width = in_shape
+        if channels != c or height < kh or width < kw:
+            raise ShapeError(f"needs an input ({c}, H, W) with H >= {kh} and W >= {kw}, "
+                             f"found {tuple(in_shape)}")
+        return (self.out_channels, height - kh + 1, width - kw + 1)
+
+    def params(self, in_shape):
+        return {"weight": (self.out_channels, self.in_channels, *self.kernel),
+                "bias": (self.out_channels,)}
+
+    def init(self, views, rng):
+        _fan_in_uniform(views, rng)
+
+    def forward(self, k, t, p, training):
+        k.conv2d_forward(t.out, t.inp, p["weight"], p["bias"])
+
+    def backward(self, k, t, p, g):
+        # reads the forward's input; dinp None (the network's input) skips its gradient
+        k.conv2d_backward(t.dinp, g["weight"], g["bias"], t.dout, t.inp, p["weight"])
+
+    def onnx(self, make_node, inp, out, names):
+        return [make_node("Conv", [inp, names["weight"], names["bias"]], [out],
+                          kernel_shape=list(self.kernel))]
+
+
+@_layer
+class AvgPool2d(Layer):
+    """torch.nn.AvgPool2d(kernel_size): the mean of each k x k window, stride k.
+
+    Height and width must be multiples of k (torch drops the remainder; here it is an error).
+    https://pytorch.org/docs/stable/generated/torch.nn.AvgPool2d.html
+    """
+
+    kernel_size: int
+
+    def __post_init__(self):
+        _positive(self, kernel_size=self.kernel_size)
+
+    def out_shape(self, in_shape):
+        k = self.kernel_size
+        self._expect(in_shape, 3, "(C, H, W)")
+        channels, height, width = in_shape
+        if height % k or width % k:
+            raise ShapeError(f"needs a height and width divisible by {k}, found "
+                             f"{tuple(in_shape)}")
+        return (channels, height // k, width // k)
+
+    def forward(self, k, t, p, training):
+        k.avgpool2d_forward(t.out, t.inp, self.kernel_size)
+
+    def backward(self, k, t, p, g):
+        # reads nothing the forward saw: each pixel gets 1/k^2 of its window's gradient
+        k.avgpool2d_backward(t.dinp, t.dout, self.kernel_size)
+
+    def onnx(self, make_node, inp, out, names):
+        k = self.kernel_size
+        return [make_node("AveragePool", [inp], [out], kernel_shape=[k, k], strides=[k, k])]
+
+
+@_layer
+class Tanh(Layer):
+    """torch.nn.Tanh(), elementwise, any shape."""
+
+    def forward(self, k, t, p, training):
+        k.tanh_forward(_flat(t.out), _flat(t.inp))
+
+    def backward(self, k, t, p, g):
+        # reads the forward's output: d tanh(x)/dx = 1 - tanh(x)^2
+        k.tanh_backward(_flat(t.dinp), _flat(t.out), _flat(t.dout))
+
+    def onnx(self, make_node, inp, out, names):
+        return [make_node("Tanh", [inp], [out])]
+
+
+@_layer
+class Flatten(Layer):
+    """torch.nn.Flatten(): (C, H, W) -> (C*H*W,), features in torch's (c, h, w) order.
+
+    Batch-last, (C,H,W,N) is already (C*H*W, N) in memory: the output is a view of the input,
+    and the gradient a view of the output's.
+    """
+
+    is_view = True
+
+    def out_shape(self, in_shape):
+        return (math.prod(in_shape),)
+
+    def forward(self, k, t, p, training):
+        """Nothing to compute: the output is a view of the input."""
+
+    def backward(self, k, t, p, g):
+        """Nothing to compute: the input's gradient is a view of the output's."""
+
+    def onnx(self, make_node, inp, out, names):
+        return [make_node("Flatten", [inp], [out], axis=1)]
+
+
+@_layer
+class Linear(Layer):
+    """torch.nn.Linear(in_features, out_features): x @ weight.T + bias.
+
+    https://pytorch.org/docs/stable/generated/torch.nn.Linear.html
+    """
+
+    in_features: int
+    out_features: int
+
+    def __post_init__(self):
+        _positive(self, in_features=self.in_features, out_features=self.out_features)
+
+    def out_shape(self, in_shape):
+        if tuple(in_shape) != (self.in_features,):
+            raise ShapeError(f"needs an input ({self.in_features},), found {tuple(in_shape)}"
+                             + ("; put a Flatten() before it" if len(in_shape) > 1 else ""))
+        return (self.out_features,)
+
+    def params(self, in_shape):
+        return {"weight": (self.out_features, self.in_features), "bias": (self.out_features,)}
+
+    def init(self, views, rng):
+        _fan_in_uniform(views, rng)
+
+    def forward(self, k, t, p, training):
+        k.linear_forward(t.out, t.inp, p["weight"], p["bias"])
+
+    def backward(self, k, t, p, g):
+        # reads the forward's input; dinp None (the network's input) skips its gradient
+        k.linear_backward(t.dinp, g["weight"], g["bias"], t.dout, t.inp, p["weight"])
+
+    def onnx(self, make_node, inp, out, names):
+        return [make_node("Gemm", [inp, names["weight"], names["bias"]], [out], transB=1)]
+
+
+def _fan_in_uniform(views, rng):
+    """torch's default for Conv2d and Linear: weight, then bias, uniform in +-1/sqrt(fan_in)
+    (kaiming_uniform with a = sqrt(5) gives the weight's bound; the bias takes the same)."""
+    bound = 1.0 / np.sqrt(np.prod(views["weight"].shape[1:]))
+    for name in ("weight", "bias"):
+        views[name][...] = rng.uniform(-bound, bound, views[name].shape)
+
+
+# every layer kind by its name: what a spec's "kind" may say
+LAYERS = {cls.__name__: cls for cls in (Conv2d, AvgPool2d, Tanh, Flatten, Linear)}
+
+
+def layer_from_spec(spec, where="layer"):
+    """The layer a spec() describes; a ValueError naming `where` for an unknown kind or bad
+    arguments."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
+        raise ValueError(f"{where}: expected a dict with a 'kind', found {spec!r}")
+    kind = spec["kind"]
+    if kind not in LAYERS:
+        raise ValueError(f"{where}: unknown layer kind {kind!r}, expected one of "
+                         f"{', '.join(LAYERS)}")
+    args = {k: v for k, v in spec.items() if k != "kind"}
+    try:
+        return LAYERS[kind](**args)
+    except TypeError as exc:  # a missing or unexpected argument
+        names = [f.name for f in dataclasses.fields(LAYERS[kind])]
+        raise ValueError(f"{where}: {kind} takes the arguments {names}, found {sorted(args)} "
+                         f"({exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+# ---- memory
+
+_ALIGN = ALIGNMENT // 4  # float32 values in 64 bytes
+
+
+class _Arena:
+    """A block of float32 memory that hands out contiguous arrays, from its start each time.
+
+    Only one batch is in flight at a time, so the buffers of every batch size can share it: a
+    training run uses 128 (the batch), 96 (the last of 60,000) and 16 (the last of the 10,000
+    test images), and keeps one set of buffers instead of three.
+    """
+
+    def __init__(self, empty):
+        self.empty = empty  # the backend's allocator: host or device memory
+        self.memory = empty(0)
+
+    def carve(self, shapes):
+        """Arrays of these shapes, one after another, each starting on a 64-byte boundary
+        (the block does: see kernels.host); a larger need gets a new block (the arrays already
+        handed out keep the old one)."""
+        sizes = [math.prod(shape) for shape in shapes]
+        # Python ints: numba-cuda's allocator takes no numpy integer as a size
+        starts = [0, *itertools.accumulate(-(-size // _ALIGN) * _ALIGN for size in sizes)]
+        if starts[-1] > self.memory.size:
+            self.memory = self.empty(starts[-1])
+        return [self.memory[start:start + size].reshape(shape)
+                for shape, size, start in zip(shapes, sizes, starts[:-1], strict=True)]
+
+
+class _Buffers:
+    """Every activation of one batch size, and on first need their gradients.
+
+    Views into the model's two arenas (activations, gradients), shared by all batch sizes. A
+    view layer's output is a reshape of its input. Elementwise layers get buffers of their own:
+    run in place (out is inp) they would be correct, but the compiler then cannot rule out
+    overlap and drops to a scalar loop, 7x slower (measured on tanh). Gradient buffers wait for
+    the first backward, so evaluation never pays for them.
+    """
+
+    def __init__(self, model, batch, acts_arena, grads_arena):
+        self.model, self.batch, self.grads_arena = model, batch, grads_arena
+        self.shapes = [(*shape, batch) for shape in model.shapes]
+        self.acts = self._chain(acts_arena, with_input=True)
+        self.tensors = [Tensors(*self.acts[i:i + 2]) for i in range(len(model.layers))]
+        self.has_gradients = False
+        backend = model.kernels
+        self.losses = backend.empty(batch)
+        self.probs = backend.empty(self.shapes[-1])
+        # where the labels go when they must be copied: to a GPU, or (CPU) from unaligned memory
+        self.labels = backend.empty(batch, np.int64)
+        # the batch in the kernels' layout on the host: the input buffer itself when the backend's
+        # arrays are host arrays, else a staging copy for the one transfer a step makes
+        self.host_input = (self.acts[0] if isinstance(self.acts[0], np.ndarray)
+                           else np.empty(self.shapes[0], np.float32))
+
+    def _chain(self, arena, with_input):
+        """A float32 buffer per layer boundary; a view layer's is a reshape of the one before.
+        Without the input, the first entry (and every view of it) is None."""
+        layers = self.model.layers
+        owned = [i + 1 for i, layer in enumerate(layers) if not layer.is_view]
+        owned = [0, *owned] if with_input else owned
+        arrays = dict(zip(owned, arena.carve([self.shapes[i] for i in owned]), strict=True))
+        arrays.setdefault(0, None)
+        for i, layer in enumerate(layers):
+            if layer.is_view:
+                before = arrays[i]
+                arrays[i + 1] = None if before is None else before.reshape(self.shapes[i + 1])
+        return [arrays[i] for i in range(len(self.shapes))]
+
+    def gradients(self):
+        """The activation gradients, carved on the first call: dacts[i] is the gradient of
+        acts[i], None for the network's input."""
+        if not self.has_gradients:
+            dacts = self._chain(self.grads_arena, with_input=False)
+            for i, tensors in enumerate(self.tensors):
+                tensors.dinp, tensors.dout = dacts[i], dacts[i + 1]
+            self.has_gradients = True
+        return [self.tensors[0].dinp] + [t.dout for t in self.tensors]
+
+
+def _mean(losses):
+    """The batch's mean loss from the per-sample losses, summed in float64."""
+    return float(losses.mean(dtype=np.float64))
+
+
+# ---- the network
+
+
+class Sequential:
+    """A chain of layers trained with tinyconv's kernels, as torch.nn.Sequential runs them.
+
+    Sequential(*layers, input_shape=(C, H, W), seed=0, device="cpu", prefix=""): the shapes
+    are checked once here (an error names the layer that cannot take its input); parameters
+    are initialised as torch does, from np.random.default_rng(seed); names are torch's,
+    f"{prefix}{index}.{name}".
+    """
+
+    def __init__(self, *layers, input_shape, seed=0, device="cpu", prefix="", name=None):
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise ValueError(f"Sequential: layer {index} must be a tinyconv.nn layer, "
+                                 f"found {type(layer).__name__}")
+        if not layers:
+            raise ValueError("Sequential: needs at least one layer")
+        self.layers, self.prefix, self.name = tuple(layers), prefix, name
+        self.input_shape = tuple(int(side) for side in input_shape)
+        self.seed, self.device = seed, device
+        self.shapes = [self.input_shape]  # batch-less, at each layer boundary
+        param_shapes, buffer_specs = {}, {}
+        for index, layer in enumerate(self.layers):
+            try:
+                out_shape = tuple(layer.out_shape(self.shapes[-1]))
+            except ShapeError as exc:
+                raise ShapeError(f"layer {prefix}{index} {layer!r}: {exc}") from None
+            for local, shape in layer.params(self.shapes[-1]).items():
+                param_shapes[f"{prefix}{index}.{local}"] = tuple(shape)
+            for local, (shape, dtype) in layer.buffers(self.shapes[-1]).items():
+                buffer_specs[f"{prefix}{index}.{local}"] = (tuple(shape), np.dtype(dtype))
+            self.shapes.append(out_shape)
+        self.param_shapes, self.buffer_specs = param_shapes, buffer_specs
+        self.param_count = sum(math.prod(shape) for shape in param_shapes.values())
+        self.training = True
+        self.kernels = get_backend(device)  # kernels and array helpers; raises if unusable
+        init = host.empty(self.param_count)  # aligned, so the CPU's to_device takes it as it is
+        host_params = self._flat_views(init)
+        host_buffers = {name: host.zeros(shape, dtype)
+                        for name, (shape, dtype) in buffer_specs.items()}
+        rng = np.random.default_rng(seed)
+        for index, layer in enumerate(self.layers):
+            layer.init(self._local(index, {**host_params, **host_buffers}), rng)
+        self.flat_params = self.kernels.to_device(init)  # on the CPU: init itself
+        self.flat_grads = self.kernels.zeros(self.param_count)
+        self.params = self._flat_views(self.flat_params)
+        self.grads = self._flat_views(self.flat_grads)
+        self.buffers = {name: self.kernels.to_device(value)
+                        for name, value in host_buffers.items()}
+        # per layer: its parameters and buffers, and its gradients, by their local names
+        self._layer_params = [self._local(i, {**self.params, **self.buffers})
+                              for i in range(len(self.layers))]
+        self._layer_grads = [self._local(i, self.grads) for i in range(len(self.layers))]
+        self._arenas = (_Arena(self.kernels.empty), _Arena(self.kernels.empty))  # acts, grads
+        self._buffers = {}  # batch size -> _Buffers
+
+    def _local(self, index, named):
+        """{local name: array} of layer index's entries in a {full name: array} mapping."""
+        head = f"{self.prefix}{index}."
+        return {name[len(head):]: array for name, array in named.items()
+                if name.startswith(head)}
+
+    def _flat_views(self, flat):
+        """Named views into a flat buffer (host or device) laid out in param_shapes order."""
+        views, offset = {}, 0
+        for name, shape in self.param_shapes.items():
+            size = math.prod(shape)
+            views[name] = flat[offset:offset + size].reshape(shape)
+            offset += size
+        return views
+
+    # ---- description
+
+    def spec(self):
+        """The network as JSON: rebuilt by Sequential.from_spec, saved in checkpoints."""
+        spec = {"input_shape": list(self.input_shape), "prefix": self.prefix,
+                "layers": [layer.spec() for layer in self.layers]}
+        return {"name": self.name, **spec} if self.name else spec
+
+    @classmethod
+    def from_spec(cls, spec, seed=0, device="cpu"):
+        """The network a spec() describes (freshly initialised from seed)."""
+        if not isinstance(spec, dict) or not isinstance(spec.get("layers"), list):
+            raise ValueError(f"architecture spec: expected a dict with a 'layers' list, found "
+                             f"{type(spec).__name__}")
+        if "input_shape" not in spec:
+            raise ValueError("architecture spec: missing 'input_shape' (C, H, W)")
+        layers = [layer_from_spec(layer, f"architecture spec, layer {index}")
+                  for index, layer in enumerate(spec["layers"])]
+        return cls(*layers, input_shape=spec["input_shape"], seed=seed, device=device,
+                   prefix=spec.get("prefix", ""), name=spec.get("name"))
+
+    @property
+    def output_shape(self):
+        return self.shapes[-1]
+
+    def __repr__(self):
+        lines = [f"  ({self.prefix}{index}): {layer!r}" for index, layer in enumerate(self.layers)]
+        title = f"Sequential[{self.name}]" if self.name else "Sequential"
+        return f"{title}(input_shape={self.input_shape},\n" + "\n".join(lines) + "\n)"
+
+    def summary(self):
+        """A table: each layer, its output shape (batch first, N) and its parameter count."""
+        rows = [("layer", "output", "parameters"), ("input", f"(N, {_dims(self.input_shape)})",
+                                                    "")]
+        for index, layer in enumerate(self.layers):
+            count = sum(math.prod(shape) for shape in layer.params(self.shapes[index]).values())
+            rows.append((f"{self.prefix}{index} {layer!r}", f"(N, {_dims(self.shapes[index + 1])})",
+                         f"{count:,}" if count else ""))
+        rows.append(("total", "", f"{self.param_count:,}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}".rstrip()
+                         for a, b, c in rows)
+
+    # ---- mode, device and state
+
+    def train(self, mode=True):
+        """Training mode (or, with mode False, evaluation mode), as torch's; returns self."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: layers that behave differently in training (batch norm, dropout)
+        use their evaluation behaviour. Returns self."""
+        return self.train(False)
+
+    def to(self, device):
+        """This network on another device ("cpu" or "cuda"): a new Sequential with the same
+        layers, parameters, buffers and mode, or self when it is there already."""
+        if device == self.device:
+            return self
+        moved = Sequential(*self.layers, input_shape=self.input_shape, seed=self.seed,
+                           device=device, prefix=self.prefix, name=self.name)
+        moved.load_state_dict(self.state_dict())
+        return moved.train(self.training)
+
+    def state_dict(self):
+        """Host copies of the parameters (float32) and buffers, named and shaped as torch's."""
+        to_host = self.kernels.to_host
+        state = {name: view.copy() for name, view in
+                 self._flat_views(to_host(self.flat_params)).items()}
+        state.update((name, to_host(value).copy()) for name, value in self.buffers.items())
+        return {name: state[name] for name in self._state_names()}
+
+    def _state_names(self):
+        """Every state_dict name in torch's order: layer by layer, parameters then buffers."""
+        names = [*self.param_shapes, *self.buffer_specs]
+        return sorted(names, key=lambda name: int(name[len(self.prefix):].split(".")[0]))
+
+    def load_state_dict(self, state):
+        """Copy parameters and buffers in from a {name: array} mapping with exactly this
+        network's names and shapes (floats for parameters, the buffers' own kinds)."""
+        expected = self._state_names()
+        missing = [name for name in expected if name not in state]
+        unexpected = [name for name in state if name not in expected]
+        if missing or unexpected:
+            raise ValueError(f"load_state_dict: expected the keys {expected}; missing "
+                             f"{missing}, unexpected {unexpected}")
+        kinds = {**{name: (shape, "f") for name, shape in self.param_shapes.items()},
+                 **{name: (shape, dtype.kind) for name, (shape, dtype)
+                    in self.buffer_specs.items()}}
+        for name, (shape, kind) in kinds.items():
+            value = np.asarray(state[name])
+            if value.shape != shape:
+                raise ValueError(f"load_state_dict: {name} must have shape {shape}, "
+                                 f"found {value.shape}")
+            if value.dtype.kind != kind and not (kind == "i" and value.dtype.kind == "u"):
+                raise ValueError(f"load_state_dict: {name} must hold "
+                                 f"{'floats' if kind == 'f' else 'integers'}, found "
+                                 f"{value.dtype.name}")
+        self.kernels.copy_in(self.flat_params, self._flatten(state))
+        for name, value in self.buffers.items():
+            self.kernels.copy_in(value, state[name])
+
+    def _flatten(self, arrays):
+        """A flat float32 host buffer holding a {name: array} mapping of the parameters."""
+        flat = host.empty(self.param_count)
+        for name, view in self._flat_views(flat).items():
+            view[...] = arrays[name]
+        return flat
+
+    def flatten_grads(self, grads):
+        """The flat gradient buffer for a {name: array} mapping, copying only if it is foreign."""
+        if all(grads.get(name) is view for name, view in self.grads.items()):
+            return self.flat_grads
+        for name, shape in self.param_shapes.items():
+            if name not in grads or np.shape(grads[name]) != shape:
+                raise ValueError(f"gradient {name}: expected shape {shape}, found "
+                                 f"{np.shape(grads[name]) if name in grads else 'nothing'}")
+        return self.kernels.to_device(self._flatten(grads))
+
+    # ---- forward and backward
+
+    def _check_input(self, x):
+        if (not isinstance(x, np.ndarray) or x.ndim != len(self.input_shape) + 1
+                or x.shape[1:] != self.input_shape):
+            found = x.shape if isinstance(x, np.ndarray) else type(x).__name__
+            raise ValueError(f"{self._title()}: x must be an array (N, {_dims(self.input_shape)})"
+                             f", found {found}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{self._title()}: x must hold at least one sample, found an "
+                             "empty batch")
+        return x
+
+    def _title(self):
+        return self.name or "Sequential"
+
+    def _run_forward(self, x, training):
+        """Fill the batch size's activation buffers from batch-first x; returns them."""
+        batch = x.shape[0]
+        if batch not in self._buffers:
+            self._buffers[batch] = _Buffers(self, batch, *self._arenas)
+        buf = self._buffers[batch]
+        k = self.kernels
+        # (N, ...) -> (..., N) float32 on the host, then to the device (CPU: nothing to do)
+        to_batch_last(buf.host_input.reshape(-1, batch),
+                      np.ascontiguousarray(x, np.float32).reshape(batch, -1))
+        k.copy_in(buf.acts[0], buf.host_input)
+        for layer, tensors, params in zip(self.layers, buf.tensors, self._layer_params,
+                                          strict=True):
+            layer.forward(k, tensors, params, training)
+        return buf
+
+    def _batch_first(self, array):
+        return np.moveaxis(self.kernels.to_host(array), -1, 0).copy()
+
+    def forward(self, x):
+        """The last layer's output, batch first (logits (N, V) for a classifier), for a batch
+        (N, *input_shape), in the current mode."""
+        return self._batch_first(self._run_forward(self._check_input(x), self.training).acts[-1])
+
+    def probabilities(self, x):
+        """Softmax class probabilities (N, V), float64, for a batch (N, *input_shape)."""
+        logits = self.forward(x).astype(np.float64)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def activations(self, x):
+        """Each layer's output for a batch x, batch first: a list, index = layer."""
+        buf = self._run_forward(self._check_input(x), self.training)
+        return [self._batch_first(act) for act in buf.acts[1:]]
+
+    def _check_labels(self, y, batch):
+        if len(self.output_shape) != 1:
+            raise ValueError(f"{self._title()}: the loss needs an output of class scores (V,), "
+                             f"found an output {self.output_shape}; end with a Linear layer")
+        classes = self.output_shape[0]
+        y = np.asarray(y)
+        if y.shape != (batch,) or y.dtype.kind not in "iu":
+            raise ValueError(f"{self._title()}: y must be {batch} integer labels, found "
+                             f"{y.dtype.name} array of shape {y.shape}")
+        if y.min() < 0 or y.max() >= classes:
+            raise ValueError(f"{self._title()}: labels must lie in [0, {classes}), found "
+                             f"{y[(y < 0) | (y >= classes)][0]}")
+        return np.ascontiguousarray(y, dtype=np.int64)
+
+    def _loss(self, x, y, training):
+        """Forward and the per-sample cross-entropy; returns the buffers and the device labels."""
+        x = self._check_input(x)
+        y = self._check_labels(y, len(x))
+        buf = self._run_forward(x, training)
+        labels = self.kernels.to_device(y, buf.labels)  # on the CPU: y itself if aligned
+        self.kernels.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], labels)
+        return buf, labels
+
+    def loss(self, x, y, reduction="mean"):
+        """Cross-entropy of a batch and its logits (N, V), without gradients, in the current
+        mode: the mean (a float), or with reduction "none" each sample's (N,) float32."""
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"loss: reduction must be 'mean' or 'none', found {reduction!r}")
+        buf, _ = self._loss(x, y, self.training)
+        losses = self.kernels.to_host(buf.losses)
+        return (_mean(losses) if reduction == "mean" else losses.copy(),
+                self._batch_first(buf.acts[-1]))
+
+    def loss_and_grads(self, x, y):
+        """Mean cross-entropy of a batch and its gradients, keyed like the parameters of
+        state_dict(), in the current mode.
+
+        The gradients are views into the model's flat gradient buffer, overwritten by the
+        next call: copy them to keep them.
+        """
+        buf, labels = self._loss(x, y, self.training)
+        k = self.kernels
+        buf.gradients()
+        k.softmax_xent_backward(buf.tensors[-1].dout, buf.probs, labels, np.float32(1.0))
+        for index in reversed(range(len(self.layers))):
+            layer, tensors = self.layers[index], buf.tensors[index]
+            # nothing to do for a layer without parameters whose input needs no gradient
+            if tensors.dinp is not None or self._layer_grads[index]:
+                layer.backward(k, tensors, self._layer_params[index], self._layer_grads[index])
+        return _mean(k.to_host(buf.losses)), self.grads
+
+
+def _dims(shape):
+    return ", ".join(map(str, shape))
