@@ -1,9 +1,9 @@
-"""PyTorch and ONNX interop: read torch files into LeNet-5, write state_dicts and ONNX graphs.
+"""PyTorch and ONNX interop: torch files in and out, the torch twin of a spec, ONNX graphs.
 
 torch and onnx are optional: each is imported inside the function that needs it, so `import
 tinyconv` and training never load them, and a missing one gets a message saying what to
-install. Parameter names are the report module's (`backbone.0.weight` ... `backbone.13.bias`),
-so a state_dict moves between the two libraries unchanged.
+install. Names are torch's (LeNet-5's are the report module's, `backbone.0.weight` ...
+`backbone.13.bias`), so a state_dict moves between the two libraries unchanged.
 """
 
 import importlib
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyconv.checkpoint import CheckpointError, atomic_write, load_run
-from tinyconv.model import CLASSES, INPUT_SHAPE, LAYERS, PARAM_SHAPES, POOL, LeNet5
+from tinyconv.archs import build
+from tinyconv.atomicio import atomic_write
+from tinyconv.checkpoint import CheckpointError, load_run
 
 # pinned: an unpinned "torch" pulls a multi-GB CUDA build
 TORCH_INSTALL = ("pip install torch==2.13.0 (for the CPU-only build add "
@@ -113,9 +114,9 @@ def _find_state_dict(torch, content, path):
                           f"(with --trust-pickle) a pickled module; found {_describe(content)}")
 
 
-def _strip_prefix(state):
-    """The state without a prefix that every key shares (DataParallel's 'module.', ...)."""
-    anchor = next(iter(PARAM_SHAPES))  # backbone.0.weight
+def _strip_prefix(state, anchor):
+    """The state without a prefix that every key shares (DataParallel's 'module.', ...), found
+    from the key that ends with anchor, the model's first name (backbone.0.weight)."""
     prefixes = {name[:-len(anchor)] for name in state if name.endswith(anchor)}
     if len(prefixes) != 1:
         return state
@@ -134,8 +135,8 @@ def _load_error(exc):
     return lines[0] if lines else type(exc).__name__
 
 
-def read_torch_state(path, trust_pickle=False):
-    """LeNet-5's parameters ({name: float32 array}) from a file written by torch.save.
+def read_torch_state(path, trust_pickle=False, anchor="backbone.0.weight"):
+    """A network's state ({name: array}, floats as float32) from a file written by torch.save.
 
     Reads a state_dict, a checkpoint dict holding one (the report's {'epoch', 'model',
     'optimizer'}), and, only with trust_pickle, pickled modules; half precision becomes
@@ -163,7 +164,7 @@ def read_torch_state(path, trust_pickle=False):
         raise CheckpointError(f"{path}: unreadable PyTorch file, expected a file written by "
                               f"torch.save ({_load_error(exc)})") from None
     state = {}
-    for name, value in _strip_prefix(_find_state_dict(torch, content, path)).items():
+    for name, value in _strip_prefix(_find_state_dict(torch, content, path), anchor).items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: {name} must be a tensor, found "
                                   f"{type(value).__name__}")
@@ -173,8 +174,8 @@ def read_torch_state(path, trust_pickle=False):
 
 
 def load_torch_into(model, path, trust_pickle=False):
-    """Copy a PyTorch file's weights into a LeNet5 and return it; errors name the file."""
-    state = read_torch_state(path, trust_pickle)
+    """Copy a PyTorch file's weights into a Sequential and return it; errors name the file."""
+    state = read_torch_state(path, trust_pickle, anchor=next(iter(model.state_dict())))
     try:
         model.load_state_dict(state)
     except ValueError as exc:
@@ -182,18 +183,57 @@ def load_torch_into(model, path, trust_pickle=False):
     return model
 
 
-def load_model(path, trust_pickle=False):
-    """(LeNet5, run header) from a tinyconv checkpoint or run directory; header None for torch.
-
-    A directory means its best.npz; a torch.save file is read by LeNet5.from_torch.
-    """
+def load_model(path, trust_pickle=False, device="cpu", arch="lenet5"):
+    """(Sequential, run header) from a tinyconv checkpoint or run directory, on `device`; for a
+    torch file, which records no architecture, the network `arch` (a name or a spec) with its
+    weights and header None. A directory means its best.npz."""
     path = Path(path)
     if path.is_dir():
         path = path / "best.npz"
     if is_torch_file(path):
-        return LeNet5.from_torch(path, trust_pickle), None
-    model, _, _, header = load_run(path)
+        return load_torch_into(build(arch, device=device), path, trust_pickle), None
+    model, _, _, header = load_run(path, device)
     return model, header
+
+
+def load(path, device="cpu", trust_pickle=False, arch="lenet5"):
+    """The network of a tinyconv checkpoint, a run directory (its best.npz) or a torch file
+    (a state_dict of the network `arch`, LeNet-5 unless told), on `device`."""
+    return load_model(path, trust_pickle, device, arch)[0]
+
+
+# ---- torch twins
+
+
+def torch_layer(spec):
+    """The torch.nn module a layer spec describes: its kind is torch.nn's class name and its
+    arguments are that class's, so the twin exists by construction."""
+    torch = _require("torch", "building a torch twin", TORCH_INSTALL)
+    arguments = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()
+                 if k != "kind"}
+    return getattr(torch.nn, spec["kind"])(**arguments)
+
+
+def torch_module(spec):
+    """The torch.nn module of a Sequential's spec, with the same state_dict names: a
+    torch.nn.Sequential, inside attributes named by the prefix (LeNet-5's 'backbone.')."""
+    torch = _require("torch", "building a torch twin", TORCH_INSTALL)
+
+    class Wrapped(torch.nn.Module):
+        """A module holding one submodule under `name`, its forward the submodule's."""
+
+        def __init__(self, name, inner):
+            super().__init__()
+            self.inner_name = name
+            self.add_module(name, inner)
+
+        def forward(self, x):
+            return getattr(self, self.inner_name)(x)
+
+    module = torch.nn.Sequential(*(torch_layer(layer) for layer in spec["layers"]))
+    for name in reversed([part for part in spec.get("prefix", "").split(".") if part]):
+        module = Wrapped(name, module)
+    return module
 
 
 # ---- writing
@@ -202,49 +242,42 @@ def load_model(path, trust_pickle=False):
 def save_torch(path, state):
     """Write a {name: array} state as a torch state_dict file (float32 tensors), atomically."""
     torch = _require("torch", "exporting to PyTorch", TORCH_INSTALL)
-    tensors = {name: torch.from_numpy(np.ascontiguousarray(state[name], np.float32))
-               for name in PARAM_SHAPES}
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(
+        value, np.float32 if value.dtype.kind == "f" else value.dtype))
+        for name, value in state.items()}
     atomic_write(path, lambda file: torch.save(tensors, file))
 
 
-def onnx_model(state, metadata=None):
-    """LeNet-5 as an ONNX ModelProto: input (N,1,32,32) float32 -> logits (N,10), N dynamic."""
+def onnx_model(model, metadata=None):
+    """A Sequential as an ONNX ModelProto: input (N, *input_shape) float32 -> output (N, ...),
+    N dynamic; the nodes are the layers' own, the initializers its state_dict."""
     onnx = _require("onnx", "exporting to ONNX", ONNX_INSTALL)
     from onnx import TensorProto, helper, numpy_helper
-    nodes, current = [], "input"
-    for index, (kind, _) in enumerate(LAYERS):
-        output = "logits" if index == len(LAYERS) - 1 else f"backbone.{index}"
-        weights = [f"backbone.{index}.weight", f"backbone.{index}.bias"]
-        if kind == "conv":  # stride 1, no padding, as torch's Conv2d(kernel_size=5)
-            kernel = list(state[weights[0]].shape[2:])
-            node = helper.make_node("Conv", [current, *weights], [output], kernel_shape=kernel)
-        elif kind == "linear":  # torch's Linear: x @ weight.T + bias
-            node = helper.make_node("Gemm", [current, *weights], [output], transB=1)
-        elif kind == "pool":
-            node = helper.make_node("AveragePool", [current], [output],
-                                    kernel_shape=[POOL, POOL], strides=[POOL, POOL])
-        elif kind == "flatten":
-            node = helper.make_node("Flatten", [current], [output], axis=1)
-        else:
-            node = helper.make_node("Tanh", [current], [output])
-        node.name = f"backbone.{index}"
-        nodes.append(node)
+    state = model.state_dict()
+    nodes, current, last = [], "input", len(model.layers) - 1
+    for index, layer in enumerate(model.layers):
+        name = f"{model.prefix}{index}"
+        output = "logits" if index == last else name
+        # its parameters and buffers: local name (weight) -> initializer (backbone.0.weight)
+        names = {full[len(name) + 1:]: full for full in state if full.startswith(f"{name}.")}
+        for node in layer.onnx(helper.make_node, current, output, names):
+            node.name = node.name or name
+            nodes.append(node)
         current = output
-    initializers = [numpy_helper.from_array(np.asarray(state[name], np.float32), name)
-                    for name in PARAM_SHAPES]
+    initializers = [numpy_helper.from_array(value, name) for name, value in state.items()]
     graph = helper.make_graph(
-        nodes, "LeNet5",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *INPUT_SHAPE])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
+        nodes, model.name or "tinyconv",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *model.input_shape])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", *model.output_shape])],
         initializers)
-    model = helper.make_model(graph, producer_name="tinyconv", ir_version=ONNX_IR_VERSION,
+    proto = helper.make_model(graph, producer_name="tinyconv", ir_version=ONNX_IR_VERSION,
                               opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
-    helper.set_model_props(model, metadata or {})
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    helper.set_model_props(proto, metadata or {})
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
 
 
-def save_onnx(path, state, metadata=None):
-    """Write LeNet-5 with a {name: array} state as an ONNX file, atomically."""
-    model = onnx_model(state, metadata)
-    atomic_write(path, lambda file: file.write(model.SerializeToString()))
+def save_onnx(path, model, metadata=None):
+    """Write a Sequential as an ONNX file, atomically."""
+    proto = onnx_model(model, metadata)
+    atomic_write(path, lambda file: file.write(proto.SerializeToString()))

@@ -1,0 +1,149 @@
+"""Every layer kind of tinyconv.nn with its reference, its cases and its tolerances.
+
+The op checks (test_ops), the kernel properties (test_kernels: determinism, alignment, the
+float64 scan), the CUDA simulator checks (test_cuda) and the ONNX check (test_interop) iterate
+over this table; a kind of nn.LAYERS without an entry here, without cases, without a CUDA twin
+of its kernels or without an ONNX export fails test_registry.py. Adding a layer kind is: its
+class in nn.py, its kernels (reference, cpu, cuda), and an entry here.
+
+A case is a layer and the batch-first shape of its input, torch's (N, *in_shape); the torch
+twin of a layer is built from its spec (interop.torch_layer), so it needs no entry.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tinyconv import nn
+from tinyconv.kernels import reference as ref
+
+
+@dataclass(frozen=True)
+class Case:
+    layer: nn.Layer
+    shape: tuple  # the input's, batch first: (N, C, H, W) or (N, F)
+    scale: float = 2.0  # inputs are scale * standard normal (tanh: +-4 reaches its flat tails)
+
+
+# Error is max|ours - torch| / max|torch| over a tensor. The reason for each bound:
+TOLERANCE = {
+    # the reference does the same sums as torch in another order: float64 rounding only
+    ("reference", "forward"): 1e-10,
+    ("reference", "backward"): 1e-10,
+    # float32 sums of up to a few hundred products (conv2d forward) or tens of thousands
+    # (dweight over batch and positions), plus the rational tanh's few ulp
+    ("kernel", "forward"): 1e-5,
+    ("kernel", "backward"): 1e-4,
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    # reference(layer, inp, params, dout) -> {"out", "dinp", "d<param>"...}, batch first, NumPy
+    reference: object
+    cases: dict = field(default_factory=dict)  # case name -> Case
+    tolerance: dict = field(default_factory=lambda: dict(TOLERANCE))
+
+
+def _conv2d(layer, inp, params, dout):
+    dinp, dweight, dbias = ref.conv2d_backward(dout, inp, params["weight"])
+    return {"out": ref.conv2d_forward(inp, params["weight"], params["bias"]), "dinp": dinp,
+            "dweight": dweight, "dbias": dbias}
+
+
+def _avgpool2d(layer, inp, params, dout):
+    k = layer.kernel_size
+    return {"out": ref.avgpool2d_forward(inp, k), "dinp": ref.avgpool2d_backward(dout, k)}
+
+
+def _tanh(layer, inp, params, dout):
+    out = ref.tanh_forward(inp)
+    return {"out": out, "dinp": ref.tanh_backward(dout, out)}
+
+
+def _flatten(layer, inp, params, dout):
+    return {"out": inp.reshape(len(inp), -1), "dinp": dout.reshape(inp.shape)}
+
+
+def _linear(layer, inp, params, dout):
+    dinp, dweight, dbias = ref.linear_backward(dout, inp, params["weight"])
+    return {"out": ref.linear_forward(inp, params["weight"], params["bias"]), "dinp": dinp,
+            "dweight": dweight, "dbias": dbias}
+
+
+def _conv(N, C, H, W, OC, KH, KW):
+    return Case(nn.Conv2d(C, OC, (KH, KW)), (N, C, H, W))
+
+
+def _pool(N, C, H, W, k=2):
+    return Case(nn.AvgPool2d(k), (N, C, H, W))
+
+
+def _fc(N, IN, OUT):
+    return Case(nn.Linear(IN, OUT), (N, IN))
+
+
+def _random_cases(seed=1234, draws=3):
+    """A few seeded random shapes on top of the hand-picked ones: {kind: {name: Case}}."""
+    rng = np.random.default_rng(seed)
+    cases = {"Conv2d": {}, "AvgPool2d": {}, "Linear": {}}
+    for i in range(draws):
+        N, C, OC = (int(v) for v in rng.integers(1, 9, size=3))
+        KH, KW = (int(v) for v in rng.integers(1, 6, size=2))
+        H, W = KH + int(rng.integers(0, 9)), KW + int(rng.integers(0, 9))
+        cases["Conv2d"][f"conv_random{i}"] = _conv(N, C, H, W, OC, KH, KW)
+        k = int(rng.integers(1, 4))
+        cases["AvgPool2d"][f"pool_random{i}"] = _pool(N, C, k * H, k * W, k)
+        cases["Linear"][f"linear_random{i}"] = _fc(N, H * W, OC)
+    return cases
+
+
+_RANDOM = _random_cases()
+
+# LeNet-5's shapes at batch 128 first, then the odd ones the kernels must also get right:
+# batch 1 and 37, H != W, rectangular kernels, one channel and many, a kernel the input's size
+REGISTRY = {
+    "Conv2d": Entry(_conv2d, {
+        "conv1": _conv(128, 1, 32, 32, 6, 5, 5),
+        "conv2": _conv(128, 6, 14, 14, 16, 5, 5),
+        "conv3": _conv(128, 16, 5, 5, 120, 5, 5),
+        "conv_batch1": _conv(1, 3, 9, 9, 4, 3, 3),
+        "conv_h_ne_w": _conv(3, 2, 7, 12, 5, 3, 3),
+        "conv_rect_kernel": _conv(2, 3, 9, 8, 4, 2, 5),
+        "conv_k_eq_input": _conv(4, 3, 6, 6, 7, 6, 6),
+        "conv_c32": _conv(3, 32, 8, 8, 5, 3, 3),
+        "conv_batch37": _conv(37, 3, 10, 7, 5, 4, 4),
+        "conv_k1": _conv(2, 4, 5, 3, 3, 1, 1),
+        **_RANDOM["Conv2d"],
+    }),
+    "AvgPool2d": Entry(_avgpool2d, {
+        "pool1": _pool(128, 6, 28, 28),
+        "pool2": _pool(128, 16, 10, 10),
+        "pool_batch1": _pool(1, 1, 4, 6),
+        "pool_k3": _pool(37, 32, 9, 6, 3),
+        "pool_k1": _pool(2, 3, 5, 7, 1),
+        "pool_whole": _pool(3, 2, 4, 4, 4),
+        "pool_tiny": _pool(1, 2, 6, 3, 3),
+        **_RANDOM["AvgPool2d"],
+    }),
+    "Tanh": Entry(_tanh, {
+        "tanh_conv1": Case(nn.Tanh(), (128, 6, 28, 28), scale=2.0),
+        "tanh_wide": Case(nn.Tanh(), (37, 1001)),
+        "tanh_1d": Case(nn.Tanh(), (1, 1)),
+    }),
+    "Flatten": Entry(_flatten, {
+        "flatten_conv3": Case(nn.Flatten(), (128, 120, 1, 1)),
+        "flatten_odd": Case(nn.Flatten(), (37, 3, 5, 2)),
+    }),
+    "Linear": Entry(_linear, {
+        "fc1": _fc(128, 120, 84),
+        "fc2": _fc(128, 84, 10),
+        "linear_batch1": _fc(1, 7, 3),
+        "linear_batch37": _fc(37, 33, 1),
+        **_RANDOM["Linear"],
+    }),
+}
+
+# every case by its name, with its kind: {name: (kind, Case)}
+CASES = {name: (kind, case) for kind, entry in REGISTRY.items()
+         for name, case in entry.cases.items()}
