@@ -9,6 +9,7 @@ the work is done).
 """
 
 import argparse
+import math
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -29,6 +30,7 @@ from bench.common import (  # noqa: E402
     timing_rows,
     write_json,
 )
+from tests.registry import CASES  # noqa: E402  (the layers' cases, as the tests run them)
 
 THREADS = 2
 BATCH = 128
@@ -37,18 +39,10 @@ STEPS = 10
 CHECK_RTOL = 1e-4
 SEED = 0
 
-# name -> (op, torch-layout input shapes, parameter shapes); LeNet-5's layers at batch N
-CASES = {
-    "conv1": ("conv2d", (1, 32, 32), ((6, 1, 5, 5), (6,))),
-    "conv2": ("conv2d", (6, 14, 14), ((16, 6, 5, 5), (16,))),
-    "conv3": ("conv2d", (16, 5, 5), ((120, 16, 5, 5), (120,))),
-    "pool1": ("avgpool2d", (6, 28, 28), ()),
-    "pool2": ("avgpool2d", (16, 10, 10), ()),
-    "tanh1": ("tanh", (6, 28, 28), ()),
-    "fc1": ("linear", (120,), ((84, 120), (84,))),
-    "fc2": ("linear", (84,), ((10, 84), (10,))),
-    "xent": ("softmax_xent", (10,), ()),
-}
+# the registry's cases of LeNet-5's layers at batch 128 (tests/registry.py), each timed at
+# --batch-size; the loss and Adam, which are not layers, follow them
+LAYER_CASES = ("conv1", "conv2", "conv3", "pool1", "pool2", "tanh_conv1", "fc1", "fc2")
+CLASSES = 10
 
 
 def batch_last(a):
@@ -60,35 +54,62 @@ def batch_last(a):
 NO_INPUT_GRAD = {"conv1"}
 
 
-def flops(op, inp_shape, params, batch):
-    """Floating-point operations of one forward call (a multiply-add counts 2); 0 if not a
-    layer with weights. The backward does twice as many (dinp and dweight), once as many
-    without dinp."""
-    if op == "conv2d":
-        (oc, c, kh, kw), _ = params
-        return 2 * batch * oc * c * kh * kw * (inp_shape[1] - kh + 1) * (inp_shape[2] - kw + 1)
-    if op == "linear":
-        (out, inp), _ = params
-        return 2 * batch * out * inp
-    return 0
+def flops(layer, in_shape, batch):
+    """Floating-point operations of one forward call (a multiply-add counts 2); 0 for a layer
+    without weights. A weight meets each output position once: weight.size multiply-adds per
+    position of the output (OH*OW for a convolution, 1 for a linear layer). The backward does
+    twice as many (dinp and dweight), once as many without dinp."""
+    shapes = layer.params(in_shape)
+    if "weight" not in shapes:
+        return 0
+    positions = math.prod(layer.out_shape(in_shape)[1:])
+    return 2 * batch * math.prod(shapes["weight"]) * positions
 
 
-class Case:
-    """One op's forward and backward, set up for tinyconv and for torch on the same data."""
+class Side:
+    """What both kinds of case share: the check against torch before timing."""
 
-    def __init__(self, op, inp_shape, param_shapes, batch, kernels, torch, device,
-                 input_grad=True):
+    def check(self, name):
+        """Stop the bench unless tinyconv's forward and gradients match torch's."""
+        self.forward()
+        self.backward()
+        theirs_grads = self.torch_backward()
+        pairs = [("out", self.our_output(), self.t_out.detach().cpu().numpy())]
+        pairs += [(tensor, ours, theirs.cpu().numpy()) for tensor, ours, theirs
+                  in zip(self.grad_names, self.our_grads(), theirs_grads, strict=True)]
+        for tensor, ours, theirs in pairs:
+            err = np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30)
+            if err > CHECK_RTOL:
+                sys.exit(f"{name}: {tensor} differs from torch by {err:.3g} > {CHECK_RTOL}")
+
+    def torch_backward(self):
+        """torch's gradients of self.wrt, from the graph built once."""
+        return self.torch.autograd.grad(self.t_out, self.wrt, self.t_dout, retain_graph=True)
+
+
+class LayerCase(Side):
+    """A layer's forward and backward, set up for tinyconv (the layer's own calls of its
+    kernels) and for torch (its twin, interop.torch_layer) on the same data."""
+
+    def __init__(self, layer, in_shape, batch, kernels, torch, device, input_grad=True):
+        from tinyconv.interop import torch_layer
+        from tinyconv.nn import Tensors
+
         rng = np.random.default_rng(SEED)
-        self.op, self.kernels, self.torch = op, kernels, torch
-        x = rng.standard_normal((batch, *inp_shape)).astype(np.float32)
-        params = [(rng.standard_normal(s) * 0.1).astype(np.float32) for s in param_shapes]
-        labels = rng.integers(0, inp_shape[0], size=batch).astype(np.int64)
+        self.layer, self.kernels, self.torch = layer, kernels, torch
+        x = rng.standard_normal((batch, *in_shape)).astype(np.float32)
+        params = {name: (rng.standard_normal(shape) * 0.1).astype(np.float32)
+                  for name, shape in layer.params(in_shape).items()}
         # torch's side, on the device (on the CPU .to shares the arrays): a graph built once,
         # differentiated many times
+        self.module = module = torch_layer(layer.spec()).to(device)
+        with torch.no_grad():
+            for name, value in params.items():
+                getattr(module, name).copy_(torch.from_numpy(value))
         self.t_inp = torch.from_numpy(x).to(device).requires_grad_(input_grad)
-        self.t_params = [torch.from_numpy(p).to(device).requires_grad_() for p in params]
-        self.t_labels = torch.from_numpy(labels).to(device)
         self.t_out = self.torch_forward()
+        self.wrt = [self.t_inp] * input_grad + [getattr(module, name) for name in params]
+        self.grad_names = ["dinp"] * input_grad + [f"d{name}" for name in params]
         dout = rng.standard_normal(tuple(self.t_out.shape)).astype(np.float32)
         self.t_dout = torch.from_numpy(dout).to(device)
         # tinyconv's side: batch-last copies on the device and every buffer, made once, in
@@ -96,90 +117,85 @@ class Case:
         # torch's timings here measured the same whether its input was aligned or not)
         k = kernels
         inp = batch_last(x)
-        self.inp, self.labels = k.to_device(inp), k.to_device(labels)
-        self.params = [k.to_device(p) for p in params]
-        self.dout = k.to_device(batch_last(dout)) if dout.ndim else dout
-        self.out = k.empty(self.dout.shape if op != "softmax_xent" else (batch,))
-        self.dinp = k.empty(inp.shape) if input_grad else None
-        self.dparams = [k.empty(p.shape) for p in params]
-        self.probs = k.empty(inp.shape)
-
-    def torch_forward(self):
-        F = self.torch.nn.functional
-        x, p = self.t_inp, self.t_params
-        return {"conv2d": lambda: F.conv2d(x, *p), "avgpool2d": lambda: F.avg_pool2d(x, 2),
-                "tanh": lambda: self.torch.tanh(x), "linear": lambda: F.linear(x, *p),
-                "softmax_xent": lambda: F.cross_entropy(x, self.t_labels),
-                }[self.op]()
-
-    def torch_backward(self):
-        """torch's gradients: the input's (None when it needs none), then the parameters'."""
-        wrt = [self.t_inp, *self.t_params] if self.dinp is not None else self.t_params
-        grads = self.torch.autograd.grad(self.t_out, wrt, self.t_dout, retain_graph=True)
-        return grads if self.dinp is not None else (None, *grads)
+        self.t = Tensors(inp=k.to_device(inp), out=k.empty((*layer.out_shape(in_shape), batch)),
+                         dinp=k.empty(inp.shape) if input_grad else None,
+                         dout=k.to_device(batch_last(dout)))
+        self.p = {name: k.to_device(value) for name, value in params.items()}
+        self.g = {name: k.empty(value.shape) for name, value in params.items()}
 
     def forward(self):
-        k, op = self.kernels, self.op
-        if op in ("conv2d", "linear"):
-            getattr(k, f"{op}_forward")(self.out, self.inp, *self.params)
-        elif op == "avgpool2d":
-            k.avgpool2d_forward(self.out, self.inp, 2)
-        elif op == "tanh":
-            k.tanh_forward(self.out, self.inp)
-        else:
-            k.softmax_xent_forward(self.out, self.probs, self.inp, self.labels)
+        self.layer.forward(self.kernels, self.t, self.p, True)
 
     def backward(self):
-        k, op = self.kernels, self.op
-        if op in ("conv2d", "linear"):
-            getattr(k, f"{op}_backward")(self.dinp, *self.dparams, self.dout, self.inp,
-                                         self.params[0])
-        elif op == "avgpool2d":
-            k.avgpool2d_backward(self.dinp, self.dout, 2)
-        elif op == "tanh":
-            k.tanh_backward(self.dinp, self.out, self.dout)
-        else:
-            k.softmax_xent_backward(self.dinp, self.probs, self.labels, np.float32(self.dout))
+        self.layer.backward(self.kernels, self.t, self.p, self.g)
 
-    def check(self, name):
-        """Stop the bench unless tinyconv's forward and gradients match torch's."""
-        self.forward()
-        self.backward()
+    def torch_forward(self):
+        return self.module(self.t_inp)
+
+    def our_output(self):
+        return np.moveaxis(self.kernels.to_host(self.t.out), -1, 0)
+
+    def our_grads(self):
         host = self.kernels.to_host
-        theirs_out = self.t_out.detach().cpu().numpy()
-        out = host(self.out)
-        ours_out = out.mean() if self.op == "softmax_xent" else np.moveaxis(out, -1, 0)
-        theirs_grads = self.torch_backward()
-        pairs = [("out", ours_out, theirs_out)]
-        if self.dinp is not None:
-            pairs.append(("dinp", np.moveaxis(host(self.dinp), -1, 0),
-                          theirs_grads[0].cpu().numpy()))
-        pairs += [(f"d{i}", host(ours), theirs.cpu().numpy()) for i, (ours, theirs)
-                  in enumerate(zip(self.dparams, theirs_grads[1:], strict=True))]
-        for tensor, ours, theirs in pairs:
-            err = np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30)
-            if err > CHECK_RTOL:
-                sys.exit(f"{name}: {tensor} differs from torch by {err:.3g} > {CHECK_RTOL}")
+        dinp = [np.moveaxis(host(self.t.dinp), -1, 0)] if self.t.dinp is not None else []
+        return dinp + [host(grad) for grad in self.g.values()]
+
+
+class LossCase(Side):
+    """The softmax cross-entropy's kernels against torch's cross_entropy."""
+
+    def __init__(self, batch, kernels, torch, device):
+        rng = np.random.default_rng(SEED)
+        self.kernels, self.torch = kernels, torch
+        logits = rng.standard_normal((batch, CLASSES)).astype(np.float32)
+        labels = rng.integers(0, CLASSES, size=batch).astype(np.int64)
+        self.t_inp = torch.from_numpy(logits).to(device).requires_grad_()
+        self.t_labels = torch.from_numpy(labels).to(device)
+        self.t_out = self.torch_forward()
+        self.t_dout = torch.ones((), device=device)
+        self.wrt, self.grad_names = [self.t_inp], ["dlogits"]
+        k = kernels
+        self.logits, self.labels = k.to_device(batch_last(logits)), k.to_device(labels)
+        self.losses, self.probs, self.dlogits = (k.empty(batch), k.empty(self.logits.shape),
+                                                 k.empty(self.logits.shape))
+
+    def forward(self):
+        self.kernels.softmax_xent_forward(self.losses, self.probs, self.logits, self.labels)
+
+    def backward(self):
+        self.kernels.softmax_xent_backward(self.dlogits, self.probs, self.labels,
+                                           np.float32(1.0))
+
+    def torch_forward(self):
+        return self.torch.nn.functional.cross_entropy(self.t_inp, self.t_labels)
+
+    def our_output(self):
+        return self.kernels.to_host(self.losses).mean()
+
+    def our_grads(self):
+        return [np.moveaxis(self.kernels.to_host(self.dlogits), -1, 0)]
 
 
 def adam_calls(kernels, torch, device):
     """tinyconv's Adam kernel over LeNet-5's 61,706 parameters against torch.optim.Adam."""
-    from tinyconv.kernels import adam_scalars
-    from tinyconv.model import PARAM_COUNT, PARAM_SHAPES
+    from tinyconv import LeNet5
+    from tinyconv.optim import adam_scalars
 
+    shapes = LeNet5().param_shapes
+    count = sum(math.prod(shape) for shape in shapes.values())
     rng = np.random.default_rng(SEED)
-    params = rng.standard_normal(PARAM_COUNT).astype(np.float32)
-    grads = rng.standard_normal(PARAM_COUNT).astype(np.float32)
+    params = rng.standard_normal(count).astype(np.float32)
+    grads = rng.standard_normal(count).astype(np.float32)
     m, v = np.zeros_like(params), np.zeros_like(params)
     scalars = adam_scalars(1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
-    offsets = np.cumsum([0] + [int(np.prod(s)) for s in PARAM_SHAPES.values()])
+    offsets = np.cumsum([0] + [math.prod(s) for s in shapes.values()])
     tensors = [torch.from_numpy(params[a:b].copy()).to(device).requires_grad_()
                for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     for tensor, (a, b) in zip(tensors, zip(offsets[:-1], offsets[1:], strict=True), strict=True):
         tensor.grad = torch.from_numpy(grads[a:b].copy()).to(device)
     opt = torch.optim.Adam(tensors, lr=1e-3)
     params, m, v, grads = (kernels.to_device(a) for a in (params, m, v, grads))
-    return (lambda: kernels.adam_update(params, m, v, grads, *scalars)), opt.step, PARAM_COUNT
+    return (lambda: kernels.adam_update(params, m, v, grads, *scalars)), opt.step, count
 
 
 def parse_args(argv):
@@ -241,17 +257,23 @@ def main(argv=None):
         print(warning)
     print(format_table_head())
     rows = []
-    for name, (op, inp_shape, param_shapes) in CASES.items():
+    cases = {name: CASES[name][1] for name in LAYER_CASES}
+    for name, case in [*cases.items(), ("xent", None)]:
         input_grad = name not in NO_INPUT_GRAD
-        case = Case(op, inp_shape, param_shapes, args.batch_size, kernels, torch, args.device,
-                    input_grad)
-        case.check(name)
-        shape = "x".join(map(str, (args.batch_size, *inp_shape)))
-        work = flops(op, inp_shape, param_shapes, args.batch_size) / 1e9
+        if case is None:
+            in_shape, work = (CLASSES,), 0
+            timed = LossCase(args.batch_size, kernels, torch, args.device)
+        else:
+            in_shape = case.shape[1:]
+            work = flops(case.layer, in_shape, args.batch_size) / 1e9
+            timed = LayerCase(case.layer, in_shape, args.batch_size, kernels, torch,
+                              args.device, input_grad)
+        timed.check(name)
+        shape = "x".join(map(str, (args.batch_size, *in_shape)))
         for direction, ours, theirs, factor in (
-                ("forward", case.forward, case.torch_forward, 1),
-                ("backward" if input_grad else "backward, no dinp", case.backward,
-                 case.torch_backward, 2 if input_grad else 1)):
+                ("forward", timed.forward, timed.torch_forward, 1),
+                ("backward" if input_grad else "backward, no dinp", timed.backward,
+                 timed.torch_backward, 2 if input_grad else 1)):
             timings = alternate([ours, theirs], args.rounds, args.steps,
                                 synchronize=synchronize)
             unit = "GFLOP/s" if work else "calls/s"

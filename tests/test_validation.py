@@ -1,104 +1,132 @@
-"""Bad arguments to the validated ops: a ValueError naming the op, the argument, the expected
-and the found, raised before any kernel runs."""
+"""Bad networks and bad inputs: a ValueError naming the layer or argument, what it needs and
+what it found, raised before any kernel runs (the kernels trust their arguments: a wrong shape
+there would read out of bounds), and nothing a refused call could write is written."""
 
 import re
 
 import numpy as np
 import pytest
 
-from tinyconv import ops
+from tinyconv import archs, nn
 
 
-def f32(*shape):
-    return np.zeros(shape, np.float32)
+def build(*layers, input_shape=(1, 8, 8)):
+    return lambda: nn.Sequential(*layers, input_shape=input_shape)
 
 
-def conv_args(**changes):
-    args = {"out": f32(4, 6, 6, 2), "inp": f32(3, 8, 8, 2), "weight": f32(4, 3, 3, 3),
-            "bias": f32(4)}
-    return {**args, **changes}
-
-
-def xent_args(**changes):
-    args = {"losses": f32(3), "probs": f32(10, 3), "logits": f32(10, 3),
-            "labels": np.array([0, 9, 4], np.int64)}
-    return {**args, **changes}
-
-
-BAD = {
-    "conv wrong rank": (ops.conv2d_forward, conv_args(inp=f32(3, 8, 8)),
-                        "conv2d_forward: inp must have 4 dimensions ('C', 'H', 'W', 'N'), "
-                        "found 3 (shape (3, 8, 8))"),
-    "conv channel mismatch": (ops.conv2d_forward, conv_args(weight=f32(4, 2, 3, 3)),
-                              "conv2d_forward: weight must have C = 3 input channels to match "
-                              "inp (3, 8, 8, 2), found 2"),
-    "conv kernel too big": (ops.conv2d_forward, conv_args(weight=f32(4, 3, 9, 3)),
-                            "conv2d_forward: kernel (KH, KW) must lie between 1 and the input "
-                            "size (H, W) = (8, 8), found (9, 3)"),
-    "conv float64 input": (ops.conv2d_forward, conv_args(inp=np.zeros((3, 8, 8, 2))),
-                           "conv2d_forward: inp must be float32, found float64"),
-    "conv strided input": (ops.conv2d_forward, conv_args(inp=f32(3, 8, 8, 4)[..., ::2]),
-                           "conv2d_forward: inp must be C-contiguous, found a strided view"),
-    "conv wrong out shape": (ops.conv2d_forward, conv_args(out=f32(4, 5, 5, 2)),
-                             "conv2d_forward: out must have shape ('OC', 'OH', 'OW', 'N') = "
-                             "(4, 6, 6, 2), found (4, 5, 5, 2)"),
-    "conv bias length": (ops.conv2d_forward, conv_args(bias=f32(5)),
-                         "conv2d_forward: bias must have shape ('OC',) = (4,), found (5,)"),
-    "conv list input": (ops.conv2d_forward, conv_args(inp=[[1.0]]),
-                        "conv2d_forward: inp must be a numpy array, found list"),
-    "conv backward dweight": (ops.conv2d_backward,
-                              {"dinp": f32(3, 8, 8, 2), "dweight": f32(4, 3, 3, 2),
-                               "dbias": f32(4), "dout": f32(4, 6, 6, 2), "inp": f32(3, 8, 8, 2),
-                               "weight": f32(4, 3, 3, 3)},
-                              "conv2d_backward: dweight must have shape ('OC', 'C', 'KH', 'KW') "
-                              "= (4, 3, 3, 3), found (4, 3, 3, 2)"),
-    "pool not divisible": (ops.avgpool2d_forward,
-                           {"out": f32(1, 2, 2, 1), "inp": f32(1, 5, 4, 1), "k": 2},
-                           "avgpool2d_forward: inp height and width must be divisible by k = 2, "
-                           "found (H, W) = (5, 4)"),
-    "pool bad k": (ops.avgpool2d_forward, {"out": f32(1, 2, 2, 1), "inp": f32(1, 4, 4, 1),
-                                           "k": 0},
-                   "avgpool2d_forward: k must be a positive int, found 0"),
-    "tanh shape mismatch": (ops.tanh_forward, {"out": f32(3, 4), "inp": f32(4, 3)},
-                            "tanh_forward: out must have the shape of inp (4, 3), found (3, 4)"),
-    "tanh backward int": (ops.tanh_backward, {"dinp": f32(3), "out": f32(3),
-                                              "dout": np.zeros(3, np.int32)},
-                          "tanh_backward: dout must be float32, found int32"),
-    "linear feature mismatch": (ops.linear_forward, {"out": f32(5, 2), "inp": f32(7, 2),
-                                                     "weight": f32(5, 6), "bias": f32(5)},
-                                "linear_forward: weight must have IN = 7 columns to match inp "
-                                "(7, 2), found 6"),
-    "linear wrong rank": (ops.linear_forward, {"out": f32(5, 2), "inp": f32(7, 2, 1),
-                                               "weight": f32(5, 7), "bias": f32(5)},
-                          "linear_forward: inp must have 2 dimensions ('IN', 'N'), found 3"),
-    "label too big": (ops.softmax_xent_forward, xent_args(labels=np.array([0, 10, 4])),
-                      "softmax_xent_forward: labels must lie in [0, 10), found 10"),
-    "label negative": (ops.softmax_xent_forward, xent_args(labels=np.array([0, -1, 4])),
-                       "softmax_xent_forward: labels must lie in [0, 10), found -1"),
-    "label float": (ops.softmax_xent_forward, xent_args(labels=np.zeros(3, np.float32)),
-                    "softmax_xent_forward: labels must be int64, found float32"),
-    "label count": (ops.softmax_xent_backward,
-                    {"dlogits": f32(10, 3), "probs": f32(10, 3),
-                     "labels": np.zeros(4, np.int64)},
-                    "softmax_xent_backward: labels must have shape (N,) = (3,), found (4,)"),
-    "adam buffer sizes": (ops.adam_update,
-                          {"params": f32(5), "m": f32(5), "v": f32(4), "grads": f32(5),
-                           "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
-                           "weight_decay": 0.0, "step": 1},
-                          "adam_update: v must have the shape of params (5,), found (4,)"),
-    "adam step zero": (ops.adam_update,
-                       {"params": f32(5), "m": f32(5), "v": f32(5), "grads": f32(5),
-                        "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
-                        "weight_decay": 0.0, "step": 0},
-                       "adam_update: step must be an int >= 1"),
+BAD_NETWORKS = {
+    "conv channels": (build(nn.Conv2d(3, 4, 3)),
+                      "layer 0 Conv2d(3, 4, 3): needs an input (3, H, W) with H >= 3 and "
+                      "W >= 3, found (1, 8, 8)"),
+    "conv kernel too big": (build(nn.Conv2d(1, 4, (9, 3))),
+                            "layer 0 Conv2d(1, 4, (9, 3)): needs an input (1, H, W) with "
+                            "H >= 9 and W >= 3, found (1, 8, 8)"),
+    "conv on features": (build(nn.Flatten(), nn.Conv2d(1, 2, 3)),
+                         "layer 1 Conv2d(1, 2, 3): needs an input (1, H, W), found (64,)"),
+    "pool not divisible": (build(nn.Conv2d(1, 2, 2), nn.AvgPool2d(2)),
+                           "layer 1 AvgPool2d(2): needs a height and width divisible by 2, "
+                           "found (2, 7, 7)"),
+    "linear without flatten": (build(nn.Linear(64, 3)),
+                               "layer 0 Linear(64, 3): needs an input (64,), found (1, 8, 8); "
+                               "put a Flatten() before it"),
+    "linear features": (build(nn.Flatten(), nn.Linear(60, 3)),
+                        "layer 1 Linear(60, 3): needs an input (60,), found (64,)"),
+    "not a layer": (build(nn.Flatten(), "Linear(64, 3)"),
+                    "Sequential: layer 1 must be a tinyconv.nn layer, found str"),
+    "no layers": (build(), "Sequential: needs at least one layer"),
+    "zero channels": (lambda: nn.Conv2d(1, 0, 3),
+                      "Conv2d: out_channels must be a positive int, found 0"),
+    "bad kernel": (lambda: nn.Conv2d(1, 2, (3, 0)),
+                   "Conv2d: kernel_size must be a positive int or a pair of them, found (3, 0)"),
+    "float pool": (lambda: nn.AvgPool2d(2.0),
+                   "AvgPool2d: kernel_size must be a positive int, found 2.0"),
+    "unknown kind": (lambda: nn.Sequential.from_spec(
+        {"input_shape": [4], "layers": [{"kind": "Linear", "in_features": 4,
+                                         "out_features": 2}, {"kind": "Softmax"}]}),
+        "architecture spec, layer 1: unknown layer kind 'Softmax', expected one of Conv2d, "
+        "AvgPool2d, Tanh, Flatten, Linear"),
+    "wrong argument": (lambda: nn.Sequential.from_spec(
+        {"input_shape": [4], "layers": [{"kind": "Linear", "in_features": 4, "out": 2}]}),
+        "architecture spec, layer 0: Linear takes the arguments ['in_features', "
+        "'out_features'], found ['in_features', 'out']"),
+    "spec without input shape": (lambda: nn.Sequential.from_spec({"layers": []}),
+                                 "architecture spec: missing 'input_shape' (C, H, W)"),
+    "unknown architecture": (lambda: archs.build("lenet6"),
+                             "unknown architecture 'lenet6', expected one of lenet5"),
 }
 
 
-@pytest.mark.parametrize("case", BAD)
-def test_bad_arguments_are_named(case):
-    op, args, message = BAD[case]
-    untouched = {k: v.copy() for k, v in args.items() if isinstance(v, np.ndarray)}
+@pytest.mark.parametrize("case", BAD_NETWORKS)
+def test_bad_networks_are_refused_with_the_layer_named(case):
+    make, message = BAD_NETWORKS[case]
     with pytest.raises(ValueError, match=re.escape(message)):
-        op(**args)
-    for name, before in untouched.items():  # nothing was written before the check failed
-        assert np.array_equal(args[name], before), f"{name} was written"
+        make()
+
+
+def lenet_args(**changes):
+    rng = np.random.default_rng(0)
+    args = {"x": rng.standard_normal((3, 1, 32, 32)).astype(np.float32),
+            "y": np.array([0, 9, 4])}
+    return {**args, **changes}
+
+
+BAD_INPUTS = {
+    "wrong rank": (lenet_args(x=np.zeros((3, 32, 32), np.float32)),
+                   "lenet5: x must be an array (N, 1, 32, 32), found (3, 32, 32)"),
+    "wrong size": (lenet_args(x=np.zeros((3, 1, 28, 28), np.float32)),
+                   "lenet5: x must be an array (N, 1, 32, 32), found (3, 1, 28, 28)"),
+    "a list": (lenet_args(x=[[0.0]]), "lenet5: x must be an array (N, 1, 32, 32), found list"),
+    "empty batch": (lenet_args(x=np.zeros((0, 1, 32, 32), np.float32), y=np.zeros(0, int)),
+                    "lenet5: x must hold at least one sample, found an empty batch"),
+    "label too big": (lenet_args(y=np.array([0, 10, 4])),
+                      "lenet5: labels must lie in [0, 10), found 10"),
+    "label negative": (lenet_args(y=np.array([0, -1, 4])),
+                       "lenet5: labels must lie in [0, 10), found -1"),
+    "float labels": (lenet_args(y=np.zeros(3, np.float32)),
+                     "lenet5: y must be 3 integer labels, found float32 array of shape (3,)"),
+    "label count": (lenet_args(y=np.zeros(4, np.int64)),
+                    "lenet5: y must be 3 integer labels, found int64 array of shape (4,)"),
+}
+
+
+@pytest.mark.parametrize("call", ["loss", "loss_and_grads"])
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_inputs_are_named_and_nothing_is_written(case, call):
+    model = archs.LeNet5()
+    good = lenet_args()
+    model.loss_and_grads(good["x"], good["y"])  # buffers for batch 3 exist and hold values
+    buffers = model._buffers[3]
+    before = [a.copy() for a in [*buffers.acts, *buffers.gradients()[1:], buffers.losses]]
+    params, grads = model.flat_params.copy(), model.flat_grads.copy()
+    args, message = BAD_INPUTS[case]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        getattr(model, call)(**args)
+    after = [*buffers.acts, *buffers.gradients()[1:], buffers.losses]
+    for index, (old, new) in enumerate(zip(before, after, strict=True)):
+        assert np.array_equal(old, new), f"buffer {index} was written"
+    assert np.array_equal(model.flat_params, params) and np.array_equal(model.flat_grads, grads)
+
+
+def test_loss_needs_class_scores():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), input_shape=(1, 5, 5))
+    assert model.forward(np.zeros((2, 1, 5, 5), np.float32)).shape == (2, 2, 3, 3)
+    with pytest.raises(ValueError, match=re.escape(
+            "the loss needs an output of class scores (V,), found an output (2, 3, 3); end "
+            "with a Linear layer")):
+        model.loss(np.zeros((2, 1, 5, 5), np.float32), np.zeros(2, np.int64))
+
+
+def test_state_dict_errors_name_the_entry():
+    model, other = archs.LeNet5(seed=0), archs.LeNet5(seed=1)
+    state = model.state_dict()
+    state["backbone.4.weight"] = state["backbone.4.weight"][:, :3]
+    with pytest.raises(ValueError, match=r"backbone.4.weight must have shape \(16, 6, 5, 5\), "
+                                         r"found \(16, 3, 5, 5\)"):
+        other.load_state_dict(state)
+    state["backbone.4.weight"] = np.zeros((16, 6, 5, 5), np.int32)
+    with pytest.raises(ValueError, match=r"backbone.4.weight must hold floats, found int32"):
+        other.load_state_dict(state)
+    del state["backbone.4.weight"]
+    with pytest.raises(ValueError, match=r"missing \['backbone.4.weight'\], unexpected \[\]"):
+        other.load_state_dict(state)
+    assert not np.array_equal(other.flat_params, model.flat_params)  # nothing was copied in

@@ -1,0 +1,222 @@
+"""tinyconv.nn: networks no other test builds against the same torch.nn networks, and what a
+Sequential owns (names, specs, buffers, modes, devices, checkpoints)."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import tinyconv
+from tinyconv import archs, checkpoint, interop, nn
+from tinyconv.optim import Adam, StepLR
+
+# float32 sums in other orders than torch's (test_ops's bounds)
+FORWARD, BACKWARD = 1e-5, 1e-4
+
+
+def rel_err(ours, theirs):
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    assert ours.shape == theirs.shape, f"shape {ours.shape} != torch's {theirs.shape}"
+    return np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30)
+
+
+def odd_network(seed=0):
+    """Odd sizes everywhere: 2 channels of 11x10, a 3x2 kernel, pooling by 3, 4 classes."""
+    return nn.Sequential(
+        nn.Conv2d(2, 5, (3, 2)), nn.Tanh(),  # -> (5, 9, 9)
+        nn.AvgPool2d(3),                     # -> (5, 3, 3)
+        nn.Conv2d(5, 7, 2), nn.Tanh(),       # -> (7, 2, 2)
+        nn.Flatten(),                        # -> (28,)
+        nn.Linear(28, 13), nn.Tanh(),
+        nn.Linear(13, 4),
+        input_shape=(2, 11, 10), seed=seed)
+
+
+def mlp():
+    """No convolution: the input's (absent) gradient reaches Linear through a Flatten view."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(15, 6), nn.Tanh(), nn.Linear(6, 3),
+                         input_shape=(1, 3, 5), seed=2)
+
+
+def tanh_first():
+    """A layer without parameters first: its backward has nothing to compute."""
+    return nn.Sequential(nn.Tanh(), nn.Linear(9, 5), input_shape=(9,), seed=3)
+
+
+def torch_twin(model):
+    """The torch.nn module of the model's spec, holding its parameters."""
+    module = interop.torch_module(model.spec()).double()
+    module.load_state_dict({name: torch.from_numpy(value.astype(np.float64))
+                            for name, value in model.state_dict().items()})
+    return module
+
+
+@pytest.mark.parametrize("build", [odd_network, mlp, tanh_first])
+def test_network_matches_its_torch_twin(build):
+    model = build()
+    rng = np.random.default_rng(5)
+    batch = 37
+    x = rng.standard_normal((batch, *model.input_shape)).astype(np.float32)
+    y = rng.integers(0, model.output_shape[0], size=batch)
+    module = torch_twin(model)
+    outputs, current = [], torch.from_numpy(x.astype(np.float64))
+    for layer in module.children():  # every intermediate activation, not only the logits
+        current = layer(current)
+        outputs.append(current)
+    logits = outputs[-1]
+    losses = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y), reduction="none")
+    losses.mean().backward()
+    for index, (ours, theirs) in enumerate(zip(model.activations(x), outputs, strict=True)):
+        err = rel_err(ours, theirs.detach().numpy())
+        assert err < FORWARD, f"layer {index} {model.layers[index]!r}: output differs by {err:.3g}"
+    per_sample, our_logits = model.loss(x, y, reduction="none")
+    assert rel_err(our_logits, logits.detach().numpy()) < FORWARD
+    assert rel_err(per_sample, losses.detach().numpy()) < FORWARD
+    loss, grads = model.loss_and_grads(x, y)
+    assert abs(loss - losses.mean().item()) < FORWARD * abs(losses.mean().item())
+    assert grads.keys() == dict(module.named_parameters()).keys()
+    for name, param in module.named_parameters():
+        err = rel_err(grads[name], param.grad.numpy())
+        assert err < BACKWARD, f"{name}: gradient differs from torch by {err:.3g}"
+
+
+def test_training_steps_track_torch_for_an_odd_network():
+    model = odd_network(seed=4)
+    module = interop.torch_module(model.spec())
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    opt, torch_opt = Adam(model, lr=1e-2), torch.optim.Adam(module.parameters(), lr=1e-2)
+    rng = np.random.default_rng(0)
+    for step in range(10):
+        x = rng.standard_normal((16, 2, 11, 10)).astype(np.float32)
+        y = rng.integers(0, 4, size=16)
+        loss, grads = model.loss_and_grads(x, y)
+        opt.step(grads)
+        torch_opt.zero_grad()
+        torch_loss = torch.nn.functional.cross_entropy(module(torch.from_numpy(x)),
+                                                       torch.from_numpy(y))
+        torch_loss.backward()
+        torch_opt.step()
+        assert abs(loss - torch_loss.item()) <= 1e-4 * abs(torch_loss.item()), step
+    for name, param in module.named_parameters():
+        err = rel_err(model.params[name], param.detach().numpy())
+        assert err < 1e-4, f"{name}: parameters differ from torch by {err:.3g} after 10 steps"
+
+
+def test_init_is_torchs_default_and_seeded():
+    model, again = odd_network(seed=7), odd_network(seed=7)
+    assert np.array_equal(model.flat_params, again.flat_params)
+    assert not np.array_equal(model.flat_params, odd_network(seed=8).flat_params)
+    for name, values in model.params.items():
+        fan_in = np.prod(model.params[name.replace("bias", "weight")].shape[1:])
+        assert np.abs(values).max() <= 1 / np.sqrt(fan_in), name
+        assert np.abs(values).max() > 0.5 / np.sqrt(fan_in), name  # spread over the range
+
+
+def test_names_follow_torch_with_a_prefix():
+    model = archs.LeNet5()
+    assert list(model.state_dict()) == list(interop.torch_module(model.spec()).state_dict())
+    assert list(model.state_dict())[:3] == ["backbone.0.weight", "backbone.0.bias",
+                                            "backbone.4.weight"]
+    assert list(odd_network().state_dict())[:3] == ["0.weight", "0.bias", "3.weight"]
+    assert model.param_count == 61_706 == sum(v.size for v in model.state_dict().values())
+
+
+def test_spec_is_json_and_rebuilds_the_same_network():
+    model = odd_network(seed=3)
+    spec = json.loads(json.dumps(model.spec()))
+    rebuilt = nn.Sequential.from_spec(spec, seed=3)
+    assert rebuilt.layers == model.layers and rebuilt.shapes == model.shapes
+    assert np.array_equal(rebuilt.flat_params, model.flat_params)
+    assert spec["layers"][0] == {"kind": "Conv2d", "in_channels": 2, "out_channels": 5,
+                                 "kernel_size": [3, 2]}
+    assert archs.build(archs.ARCHS["lenet5"]).spec() == archs.ARCHS["lenet5"]
+
+
+def test_summary_lists_every_layer_with_its_output_and_parameters():
+    lines = odd_network().summary().splitlines()
+    assert len(lines) == 1 + 1 + 9 + 1  # header, input, nine layers, total
+    assert lines[2].split()[:2] == ["0", "Conv2d(2,"] and "(N, 5, 9, 9)" in lines[2]
+    assert lines[2].split()[-1] == f"{5 * 2 * 3 * 2 + 5:,}"
+    assert lines[-1].split() == ["total", f"{odd_network().param_count:,}"]
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class CountingTanh(nn.Tanh):
+    """A test-only kind with buffers: a tanh that counts the training batches it has seen and
+    keeps a per-channel value that nothing trains."""
+
+    def buffers(self, in_shape):
+        return {"seen": ((), np.int64), "level": ((in_shape[0],), np.float32)}
+
+    def init(self, views, rng):
+        views["level"][...] = 0.5
+
+    def forward(self, k, t, p, training):
+        super().forward(k, t, p, training)
+        if training:
+            p["seen"][...] += 1
+
+
+def test_buffers_are_state_but_not_parameters():
+    model = nn.Sequential(nn.Linear(4, 3), CountingTanh(), nn.Linear(3, 2), input_shape=(4,))
+    assert model.param_count == 4 * 3 + 3 + 3 * 2 + 2  # the buffers are not in the flat buffer
+    state = model.state_dict()
+    assert list(state) == ["0.weight", "0.bias", "1.seen", "1.level", "2.weight", "2.bias"]
+    assert state["1.seen"].dtype == np.int64 and state["1.seen"] == 0
+    assert np.array_equal(state["1.level"], [0.5, 0.5, 0.5])
+    opt = Adam(model, lr=0.1)
+    x, y = np.ones((5, 4), np.float32), np.zeros(5, np.int64)
+    for _ in range(3):
+        opt.step(model.loss_and_grads(x, y)[1])  # training mode: counts
+    model.eval().forward(x)  # evaluation mode: does not
+    assert model.state_dict()["1.seen"] == 3 and not model.training
+    assert np.array_equal(model.state_dict()["1.level"], [0.5, 0.5, 0.5])  # untouched by Adam
+    other = nn.Sequential(nn.Linear(4, 3), CountingTanh(), nn.Linear(3, 2), input_shape=(4,),
+                          seed=1)
+    other.load_state_dict(model.state_dict())
+    for name, value in model.state_dict().items():
+        assert np.array_equal(other.state_dict()[name], value), name
+    bad = {**model.state_dict(), "1.seen": np.float32(2.5)}
+    with pytest.raises(ValueError, match=r"1.seen must hold integers, found float32"):
+        other.load_state_dict(bad)
+
+
+def test_train_and_eval_switch_the_mode_torch_does():
+    model = tinyconv.LeNet5()
+    assert model.training and model.eval() is model and not model.training
+    assert model.train() is model and model.training
+    assert model.train(False) is model and not model.training
+    assert model.to("cpu") is model  # already there
+
+
+def test_run_checkpoints_rebuild_any_network(tmp_path):
+    model = odd_network(seed=5)
+    opt = Adam(model, lr=1e-3)
+    x = np.random.default_rng(0).standard_normal((8, 2, 11, 10)).astype(np.float32)
+    opt.step(model.loss_and_grads(x, np.arange(8) % 4)[1])
+    header = {"epoch": 1, "config": {"seed": 5, "lr_step": 1, "lr_gamma": 0.5}}
+    checkpoint.save_run(tmp_path / "run.npz", model, opt, StepLR(opt, 1, 0.5), header)
+    loaded, loaded_opt, _, saved = checkpoint.load_run(tmp_path / "run.npz")
+    assert saved["arch"] == model.spec() and loaded.layers == model.layers
+    assert np.array_equal(loaded.forward(x), model.forward(x))
+    assert np.array_equal(loaded_opt.state_dict()["v"], opt.state_dict()["v"])
+    assert np.array_equal(tinyconv.load(tmp_path / "run.npz").forward(x), model.forward(x))
+
+
+def test_a_checkpoint_from_before_the_specs_loads_as_lenet5(tmp_path):
+    # version 1, as main wrote them before networks were specs: no "arch" in the header
+    model = archs.LeNet5(seed=2)
+    adam = {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "step": 0}
+    header = {"format": checkpoint.FORMAT, "version": 1, "epoch": 1, "adam": adam,
+              "config": {"seed": 2, "lr_step": 4, "lr_gamma": 0.5},
+              "schedule": {"base_lr": 1e-3, "step_size": 4, "gamma": 0.5, "epoch": 1}}
+    arrays = {f"model/{name}": value for name, value in model.state_dict().items()}
+    zeros = np.zeros(model.param_count, np.float32)
+    np.savez(tmp_path / "old.npz", __header__=np.frombuffer(json.dumps(header).encode(),
+                                                            np.uint8),
+             **arrays, **{"adam/m": zeros, "adam/v": zeros})
+    loaded, _, _, _ = checkpoint.load_run(tmp_path / "old.npz")
+    assert loaded.spec() == archs.ARCHS["lenet5"]
+    assert np.array_equal(loaded.flat_params, model.flat_params)
