@@ -1,28 +1,72 @@
 """Every layer kind of tinyconv.nn with its reference, its cases and its tolerances.
 
 The op checks (test_ops), the kernel properties (test_kernels: determinism, alignment, the
-float64 scan), the CUDA simulator checks (test_cuda) and the ONNX check (test_interop) iterate
-over this table; a kind of nn.LAYERS without an entry here, without cases, without a CUDA twin
-of its kernels or without an ONNX export fails test_registry.py. Adding a layer kind is: its
-class in nn.py, its kernels (reference, cpu, cuda), and an entry here.
+float64 scan), the CUDA simulator and GPU checks (test_cuda), the ONNX check
+(test_onnx_layers) and bench/kernels.py iterate over this table, most of them through the
+kernel calls a case's layer makes (tests/harness.py records them); a kind of nn.LAYERS
+without an entry here, without cases, without a CUDA twin of its kernels or without an ONNX
+export fails test_registry.py. Adding a layer kind is: its class in nn.py, its kernels
+(reference, cpu, cuda), and an entry here.
 
 A case is a layer and the batch-first shape of its input, torch's (N, *in_shape); the torch
-twin of a layer is built from its spec (interop.torch_layer), so it needs no entry.
+twin of a layer is built from its spec (interop.torch_layer), so it needs no entry. The loss
+and Adam are kernels but not layers: their cases (LOSS_CASES, ADAM_CASES) are listed apart.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from tinyconv import nn
+from tinyconv import archs, nn
 from tinyconv.kernels import reference as ref
 
 
 @dataclass(frozen=True)
 class Case:
+    """A layer and its input's shape, with flags saying which checks also run it."""
+
     layer: nn.Layer
     shape: tuple  # the input's, batch first: (N, C, H, W) or (N, F)
     scale: float = 2.0  # inputs are scale * standard normal (tanh: +-4 reaches its flat tails)
+    # False: the network's first layer, whose input gradient nobody needs (its backward gets
+    # dinp None, as Sequential calls LeNet-5's conv1)
+    dinp: bool = True
+    lenet: bool = False  # one of LeNet-5's layers at its training batch (GPU checks, bench)
+    simulator: bool = False  # small enough for the CUDA simulator: a few blocks a kernel
+
+    def at_batch(self, n):
+        """The same case at batch n (the kernel properties run at 32 and 37)."""
+        return replace(self, shape=(n, *self.shape[1:]))
+
+
+@dataclass(frozen=True)
+class LossCase:
+    """The softmax cross-entropy kernels on (N, V) logits, scale * standard normal (large ones
+    test the maximum taken out before exp), and random labels."""
+
+    batch: int
+    classes: int
+    scale: float = 2.0
+    lenet: bool = False
+    simulator: bool = False
+
+    def at_batch(self, n):
+        return replace(self, batch=n)
+
+
+@dataclass(frozen=True)
+class AdamCase:
+    """One adam_update over `size` parameters at step `step` (moments as after a few steps)."""
+
+    size: int
+    step: int = 3
+    weight_decay: float = 0.01
+    lenet: bool = False
+    simulator: bool = False
+
+    def at_batch(self, n):
+        """Adam has no batch: the same case."""
+        return self
 
 
 # Error is max|ours - torch| / max|torch| over a tensor. The reason for each bound:
@@ -71,16 +115,16 @@ def _linear(layer, inp, params, dout):
             "dweight": dweight, "dbias": dbias}
 
 
-def _conv(N, C, H, W, OC, KH, KW):
-    return Case(nn.Conv2d(C, OC, (KH, KW)), (N, C, H, W))
+def _conv(N, C, H, W, OC, KH, KW, **flags):
+    return Case(nn.Conv2d(C, OC, (KH, KW)), (N, C, H, W), **flags)
 
 
-def _pool(N, C, H, W, k=2):
-    return Case(nn.AvgPool2d(k), (N, C, H, W))
+def _pool(N, C, H, W, k=2, **flags):
+    return Case(nn.AvgPool2d(k), (N, C, H, W), **flags)
 
 
-def _fc(N, IN, OUT):
-    return Case(nn.Linear(IN, OUT), (N, IN))
+def _fc(N, IN, OUT, **flags):
+    return Case(nn.Linear(IN, OUT), (N, IN), **flags)
 
 
 def _random_cases(seed=1234, draws=3):
@@ -100,13 +144,15 @@ def _random_cases(seed=1234, draws=3):
 
 _RANDOM = _random_cases()
 
-# LeNet-5's shapes at batch 128 first, then the odd ones the kernels must also get right:
-# batch 1 and 37, H != W, rectangular kernels, one channel and many, a kernel the input's size
+# LeNet-5's shapes at batch 128 first (conv1 as LeNet-5 calls it: no input gradient), then
+# the odd ones the kernels must also get right: batch 1 and 37, H != W, rectangular kernels,
+# one channel and many, a kernel the input's size; the simulator's tiny ones last, with sums
+# longer than a CUDA reduction block (kernels.cuda.REDUCE_THREADS = 128 threads)
 REGISTRY = {
     "Conv2d": Entry(_conv2d, {
-        "conv1": _conv(128, 1, 32, 32, 6, 5, 5),
-        "conv2": _conv(128, 6, 14, 14, 16, 5, 5),
-        "conv3": _conv(128, 16, 5, 5, 120, 5, 5),
+        "conv1": _conv(128, 1, 32, 32, 6, 5, 5, dinp=False, lenet=True),
+        "conv2": _conv(128, 6, 14, 14, 16, 5, 5, lenet=True),
+        "conv3": _conv(128, 16, 5, 5, 120, 5, 5, lenet=True),
         "conv_batch1": _conv(1, 3, 9, 9, 4, 3, 3),
         "conv_h_ne_w": _conv(3, 2, 7, 12, 5, 3, 3),
         "conv_rect_kernel": _conv(2, 3, 9, 8, 4, 2, 5),
@@ -115,35 +161,69 @@ REGISTRY = {
         "conv_batch37": _conv(37, 3, 10, 7, 5, 4, 4),
         "conv_k1": _conv(2, 4, 5, 3, 3, 1, 1),
         **_RANDOM["Conv2d"],
+        "conv_sim_square": _conv(2, 2, 5, 5, 2, 3, 3, simulator=True),
+        "conv_sim_rect_batch1": _conv(1, 1, 4, 5, 2, 2, 3, simulator=True),
+        "conv_sim_k_eq_input": _conv(2, 2, 3, 3, 2, 3, 3, simulator=True),
+        "conv_sim_long_sums": _conv(2, 1, 10, 10, 1, 2, 2, simulator=True),  # 162-term sums
+        "conv_sim_no_dinp": _conv(2, 2, 4, 4, 2, 2, 2, dinp=False, simulator=True),
     }),
     "AvgPool2d": Entry(_avgpool2d, {
-        "pool1": _pool(128, 6, 28, 28),
-        "pool2": _pool(128, 16, 10, 10),
-        "pool_batch1": _pool(1, 1, 4, 6),
+        "pool1": _pool(128, 6, 28, 28, lenet=True),
+        "pool2": _pool(128, 16, 10, 10, lenet=True),
+        "pool_batch1": _pool(1, 1, 4, 6, simulator=True),
         "pool_k3": _pool(37, 32, 9, 6, 3),
         "pool_k1": _pool(2, 3, 5, 7, 1),
         "pool_whole": _pool(3, 2, 4, 4, 4),
-        "pool_tiny": _pool(1, 2, 6, 3, 3),
+        "pool_tiny": _pool(1, 2, 6, 3, 3, simulator=True),
         **_RANDOM["AvgPool2d"],
+        "pool_sim": _pool(2, 2, 4, 6, simulator=True),
     }),
     "Tanh": Entry(_tanh, {
-        "tanh_conv1": Case(nn.Tanh(), (128, 6, 28, 28), scale=2.0),
+        "tanh_conv1": Case(nn.Tanh(), (128, 6, 28, 28), lenet=True),
         "tanh_wide": Case(nn.Tanh(), (37, 1001)),
-        "tanh_1d": Case(nn.Tanh(), (1, 1)),
+        "tanh_1d": Case(nn.Tanh(), (1, 1), simulator=True),
+        # a third of the inputs past the rational tanh's clamp at 7.9
+        "tanh_sim_tails": Case(nn.Tanh(), (2, 3, 4, 2), scale=8.0, simulator=True),
+        "tanh_sim_2d": Case(nn.Tanh(), (3, 5), simulator=True),
     }),
     "Flatten": Entry(_flatten, {
-        "flatten_conv3": Case(nn.Flatten(), (128, 120, 1, 1)),
+        "flatten_conv3": Case(nn.Flatten(), (128, 120, 1, 1), lenet=True),
         "flatten_odd": Case(nn.Flatten(), (37, 3, 5, 2)),
+        "flatten_tiny": Case(nn.Flatten(), (2, 2, 1, 3)),
     }),
     "Linear": Entry(_linear, {
-        "fc1": _fc(128, 120, 84),
-        "fc2": _fc(128, 84, 10),
-        "linear_batch1": _fc(1, 7, 3),
+        "fc1": _fc(128, 120, 84, lenet=True),
+        "fc2": _fc(128, 84, 10, lenet=True),
+        "linear_batch1": _fc(1, 7, 3, simulator=True),
         "linear_batch37": _fc(37, 33, 1),
         **_RANDOM["Linear"],
+        "linear_sim": _fc(2, 7, 5, simulator=True),
+        "linear_sim_long_sums": _fc(130, 2, 2, simulator=True),  # 130-term sums over the batch
+        "linear_sim_no_dinp": _fc(2, 6, 3, dinp=False, simulator=True),
     }),
 }
 
 # every case by its name, with its kind: {name: (kind, Case)}
 CASES = {name: (kind, case) for kind, entry in REGISTRY.items()
          for name, case in entry.cases.items()}
+
+# the model's loss, after the last layer: LeNet-5's, one class, one sample, large logits
+LOSS_CASES = {
+    "xent_lenet": LossCase(128, 10, scale=5.0, lenet=True),
+    "xent_batch1": LossCase(1, 10),
+    "xent_batch37": LossCase(37, 3),
+    "xent_one_class": LossCase(5, 1),
+    "xent_sim_large_logits": LossCase(3, 10, scale=20.0, simulator=True),
+    "xent_sim_one_sample": LossCase(1, 3, simulator=True),
+}
+
+ADAM_CASES = {
+    "adam_lenet": AdamCase(archs.LeNet5().param_count, lenet=True),
+    "adam_threads": AdamCase(5001),
+    "adam_sim": AdamCase(300, simulator=True),
+}
+
+# every case that calls kernels, by its name: the layers' (but a view layer's: Flatten calls
+# none), the loss's and Adam's
+KERNEL_CASES = {**{name: case for name, (_, case) in CASES.items() if not case.layer.is_view},
+                **LOSS_CASES, **ADAM_CASES}

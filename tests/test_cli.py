@@ -1,4 +1,5 @@
-"""python -m tinyconv.train and python -m tinyconv.evaluate, on small slices of MNIST."""
+"""The commands: train and evaluate on small slices of MNIST, the flags and exit statuses they
+share (tinyconv.cli), atomic writes."""
 
 import json
 import os
@@ -9,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from tinyconv import checkpoint, evaluate, train
-from tinyconv.model import LeNet5
+from tinyconv import LeNet5, atomicio, checkpoint, cli, evaluate, export, predict, train, visualize
+from tinyconv.evaluation import evaluate as evaluate_model
+from tinyconv.nn import Sequential
 
 QUICK = ["--limit-train", "640", "--limit-test", "200", "--batch-size", "64", "--quiet"]
 
@@ -54,7 +56,7 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
 
 def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert run_train(tmp_path / "run", "--epochs", "1") == 0
-    assert train.main(["--resume", str(tmp_path / "run"), "--lr", "0.1"]) == 1
+    assert train.main(["--resume", str(tmp_path / "run"), "--lr", "0.1"]) == 2
     assert "only --epochs, --threads, --device and --data-dir may change, found ['--lr']" in \
         capsys.readouterr().err
 
@@ -62,7 +64,7 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
 def test_existing_run_is_not_overwritten(tmp_path, capsys):
     assert run_train(tmp_path / "run", "--epochs", "1") == 0
     before = (tmp_path / "run" / "last.npz").read_bytes()
-    assert run_train(tmp_path / "run", "--epochs", "1") == 1
+    assert run_train(tmp_path / "run", "--epochs", "1") == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (tmp_path / "run" / "last.npz").read_bytes() == before
 
@@ -82,7 +84,7 @@ def test_checkpoints_hold_everything_and_best_tracks_accuracy(tmp_path):
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, capsys, monkeypatch):
     assert run_train(tmp_path / "run", "--epochs", "1") == 0
     kept = (tmp_path / "run" / "last.npz").read_bytes()
-    real = LeNet5.loss_and_grads
+    real = Sequential.loss_and_grads
     calls = []
 
     def diverging(self, x, y):  # the 4th step of the resumed epoch goes non-finite
@@ -90,7 +92,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, capsys, mo
         calls.append(1)
         return (float("nan") if len(calls) == 4 else loss), grads
 
-    monkeypatch.setattr(LeNet5, "loss_and_grads", diverging)
+    monkeypatch.setattr(Sequential, "loss_and_grads", diverging)
     assert train.main(["--resume", str(tmp_path / "run"), "--epochs", "2", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "loss is nan at epoch 2, step 4 of 10 (update 14 overall)" in err
@@ -145,52 +147,233 @@ def test_bad_checkpoints_get_a_clear_error(tmp_path, capsys, damage, message):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--limit", "0"], "--limit must be at least 1, found 0"),
-    (["--batch-size", "0"], "--batch-size must be at least 1, found 0"),
+    (["--limit", "0"], "argument --limit: must be at least 1, found 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, found 0"),
+    (["--batch-size", "many"], "argument --batch-size: expected an integer, found 'many'"),
+    (["--resize", "crop"], "argument --resize: invalid choice: 'crop'"),
 ])
 def test_evaluate_refuses_bad_flags(tmp_path, capsys, flags, message):
     assert evaluate.main([str(tmp_path / "any.npz"), *flags]) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert "(see python -m tinyconv.evaluate --help)" in err
+
+
+def test_evaluate_runs_the_model_in_eval_mode_and_restores_its_mode():
+    model = LeNet5(seed=0)
+    modes = []
+    real = model.loss
+
+    def spying(x, y):
+        modes.append(model.training)
+        return real(x, y)
+
+    model.loss = spying
+    images, labels = np.zeros((5, 28, 28), np.uint8), np.arange(5)
+    for before in (True, False):
+        model.train(before)
+        result = evaluate_model(model, images, labels, "pad", "standard", batch_size=2)
+        assert model.training is before
+    assert modes == [False] * 6  # 3 batches each time, all in eval mode
+    assert result["confusion"].shape == (10, 10) and result["confusion"].sum() == 5
 
 
 def test_import_and_train_never_import_torch(tmp_path):
-    code = ("import sys, tinyconv, tinyconv.train, tinyconv.evaluate; "
-            f"tinyconv.train.main({[*QUICK, '--epochs', '1', '--run-dir', str(tmp_path)]!r}); "
-            "assert 'torch' not in sys.modules, 'torch was imported'")
+    argv = [*QUICK, "--epochs", "1", "--run-dir", str(tmp_path / "run")]
+    code = ("import sys, tinyconv, tinyconv.train, tinyconv.evaluate\n"
+            f"assert tinyconv.train.main({argv!r}) == 0, 'the run failed'\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "run" / "last.npz").exists()
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--epochs", "0"], "--epochs must be at least 1, found 0"),
-    (["--limit-train", "0"], "--limit-train must be at least 1, found 0"),
-    (["--lr", "-1"], "--lr must be positive, found -1.0"),
+    (["--epochs", "0"], "argument --epochs: must be at least 1, found 0"),
+    (["--limit-train", "0"], "argument --limit-train: must be at least 1, found 0"),
+    (["--translate", "-1"], "argument --translate: must be at least 0, found -1"),
+    (["--lr", "-1"], "argument --lr: must be positive, found -1.0"),
+    (["--lr", "fast"], "argument --lr: expected a number, found 'fast'"),
+    (["--threads", "0"], "argument --threads: must be at least 1, found 0"),
+    (["--threads", "100000"], "--threads must lie between 1 and"),
+    (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
 ])
 def test_bad_settings_are_refused(tmp_path, capsys, flags, message):
-    assert train.main([*flags, "--run-dir", str(tmp_path / "run")]) == 1
-    assert message in capsys.readouterr().err
+    assert train.main([*flags, "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
 
 
-def test_help_explains_the_flags():
-    out = subprocess.run([sys.executable, "-m", "tinyconv.train", "--help"], check=True,
-                         capture_output=True, text=True).stdout
-    for flag in ("--recipe", "--epochs", "--batch-size", "--lr", "--lr-step", "--lr-gamma",
-                 "--seed", "--threads", "--data-dir", "--run-dir", "--flip", "--translate",
-                 "--resize", "--limit-train", "--limit-test", "--resume", "--device"):
-        assert flag in out
+# the report's settings, as its notebook has them (README, "The two recipes")
+REPORT = {"epochs": 300, "batch_size": 128, "lr": 1e-5, "lr_step": 20, "lr_gamma": 0.5,
+          "weight_decay": 0.0, "flip": True, "translate": 0, "resize": "bilinear",
+          "normalize": "unit", "seed": 0}
+DEFAULT = {"epochs": 20, "batch_size": 128, "lr": 2e-3, "lr_step": 4, "lr_gamma": 0.5,
+           "weight_decay": 0.0, "flip": False, "translate": 2, "resize": "pad",
+           "normalize": "standard", "seed": 0}
+
+
+def config_of(*argv):
+    return train.build_config(train.parser().parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("recipe, settings", [("default", DEFAULT), ("report", REPORT)])
+def test_recipes_give_their_settings(recipe, settings):
+    config = config_of("--recipe", recipe)
+    assert {key: config[key] for key in settings} == settings
+    assert config["recipe"] == recipe and config["device"] == "cpu"
+    assert set(config) == {*settings, "recipe", "limit_train", "limit_test", "threads",
+                           "device", "data_dir", "init_from"}
+    assert config_of(*(["--recipe", recipe] if recipe != "default" else [])) == config
+
+
+@pytest.mark.parametrize("flag, value, key, expected", [
+    ("--epochs", "7", "epochs", 7),
+    ("--batch-size", "32", "batch_size", 32),
+    ("--lr", "0.01", "lr", 0.01),
+    ("--lr-step", "3", "lr_step", 3),
+    ("--lr-gamma", "0.1", "lr_gamma", 0.1),
+    ("--weight-decay", "1e-4", "weight_decay", 1e-4),
+    ("--seed", "5", "seed", 5),
+    ("--flip", None, "flip", True),
+    ("--no-flip", None, "flip", False),
+    ("--translate", "3", "translate", 3),
+    ("--resize", "pad", "resize", "pad"),
+    ("--normalize", "none", "normalize", "none"),
+    ("--limit-train", "100", "limit_train", 100),
+    ("--limit-test", "50", "limit_test", 50),
+    ("--threads", "1", "threads", 1),
+    ("--device", "cuda", "device", "cuda"),
+    ("--data-dir", "/data", "data_dir", "/data"),
+    ("--init-from", "a.pt", "init_from", "a.pt"),
+])
+@pytest.mark.parametrize("recipe", ["default", "report"])
+def test_each_override_flag_reaches_the_config(recipe, flag, value, key, expected):
+    config = config_of("--recipe", recipe, flag, *([value] if value else []))
+    base = {**(REPORT if recipe == "report" else DEFAULT), "recipe": recipe}
+    assert config[key] == expected
+    assert {k: v for k, v in config.items() if k != key and k in base} == \
+        {k: v for k, v in base.items() if k != key}  # and nothing else changes
+
+
+# every flag of every command, written out: a flag added, renamed or dropped fails here until
+# the list (and with it the README) is updated
+FLAGS = {
+    train: ["-h", "--help", "--recipe", "--epochs", "--batch-size", "--lr", "--lr-step",
+            "--lr-gamma", "--weight-decay", "--seed", "--flip", "--no-flip", "--translate",
+            "--resize", "--normalize", "--limit-train", "--limit-test", "--threads", "--device",
+            "--data-dir", "--run-dir", "--init-from", "--trust-pickle", "--resume", "--quiet"],
+    evaluate: ["-h", "--help", "CHECKPOINT", "--trust-pickle", "--device", "--threads",
+               "--resize", "--normalize", "--data-dir", "--limit", "--batch-size", "--json",
+               "--plots"],
+    predict: ["-h", "--help", "CHECKPOINT", "--trust-pickle", "--device", "--threads",
+              "--resize", "--normalize", "IMAGE", "--top", "--json", "--save-inputs"],
+    visualize: ["-h", "--help", "CHECKPOINT", "--trust-pickle", "--device", "--threads",
+                "--resize", "--normalize", "--out", "--image", "--index", "--data-dir"],
+    export: ["-h", "--help", "CHECKPOINT", "--torch", "--onnx", "--trust-pickle"],
+}
+# when each command exits with 1 (None: never)
+FAILED = {train: "1 when training stopped at a non-finite loss",
+          predict: "1 when some images could not be classified", evaluate: None,
+          visualize: None, export: None}
+
+
+@pytest.mark.parametrize("command", FLAGS, ids=lambda command: command.__name__)
+def test_help_names_every_flag_and_the_exit_statuses(command):
+    parser = command.parser()
+    actions = [name for action in parser._actions
+               for name in (action.option_strings or [action.metavar])]
+    assert sorted(actions) == sorted(FLAGS[command])
+    text = " ".join(parser.format_help().split())  # unwrapped
+    for flag in FLAGS[command]:
+        assert flag in text
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings or action.metavar} has no help"
+    assert "exit status: 0 when done; " in text
+    assert "2 when its input or environment stopped it" in text
+    if FAILED[command]:
+        assert FAILED[command] in text
+    else:
+        assert "; 1 when" not in text
+
+
+@pytest.mark.parametrize("command, argv", [
+    (evaluate, ["CKPT"]),
+    (predict, ["CKPT", "digit.png"]),
+    (visualize, ["CKPT", "--out", "pictures"]),
+    (train, ["--init-from", "CKPT", "--quiet"]),
+])
+def test_commands_pass_device_and_trust_pickle_to_the_loader(command, argv, tmp_path,
+                                                             monkeypatch, capsys):
+    calls = []
+
+    def loader(path, trust_pickle=False, device="cpu", arch="lenet5"):
+        calls.append((path, trust_pickle, device))
+        raise ValueError(f"{path}: stop here")
+
+    for module in (cli, train):
+        monkeypatch.setattr(module, "load_model", loader)
+    if command is train:
+        argv = [*argv, "--run-dir", str(tmp_path / "run")]
+    assert command.main([*argv, "--device", "cuda", "--trust-pickle"]) == 2
+    assert calls == [("CKPT", True, "cuda")]
+    assert capsys.readouterr().err == "error: CKPT: stop here\n"
+
+
+def test_help_runs_from_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "tinyconv.train", "--help"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "--recipe {default,report}" in done.stdout
+
+
+def test_errors_are_one_line_with_the_status_of_their_kind(capsys):
+    class Diverged(RuntimeError):
+        pass
+
+    def failing(error):
+        def command(_):
+            raise error
+        return command
+
+    parser = cli.parser("prog", "a test command")
+    cases = [(Diverged("loss is nan"), (Diverged,), 1, "error: loss is nan"),
+             (ValueError("bad value\n  spread over\nlines"), (), 2,
+              "error: bad value spread over lines"),
+             (FileNotFoundError(2, "No such file or directory", "x.npz"), (), 2,
+              "error: x.npz: No such file or directory"),
+             (cli.WriteError("cannot write out.png: Is a directory"), (), 2,
+              "error: cannot write out.png: Is a directory")]
+    for error, failed, status, line in cases:
+        assert cli.run(parser, failing(error), [], failed) == status
+        assert capsys.readouterr().err == line + "\n"
+    assert cli.run(parser, lambda _: None, []) == 0
+    assert cli.run(parser, lambda _: cli.FAILED, []) == 1
+    assert cli.run(parser, lambda _: None, ["--nope"]) == 2
+    assert capsys.readouterr().err == "error: unrecognized arguments: --nope (see prog --help)\n"
+
+
+def test_compile_notice_prints_only_when_the_step_is_slow(capsys):
+    slow = cli.compile_notice(after=0.01)
+    slow.join(timeout=5)  # a step still running after `after` seconds: the notice appears
+    assert capsys.readouterr().err.strip() == cli.COMPILE_NOTICE
+    fast = cli.compile_notice(after=0.5)
+    fast.cancel()  # the step finished in time: nothing is printed
+    fast.join(timeout=5)
+    quiet = cli.compile_notice(enabled=False, after=0.01)
+    assert not quiet.is_alive()
+    assert capsys.readouterr().err == ""
 
 
 def test_atomic_write_replaces_whole_and_keeps_the_usual_mode(tmp_path):
     target = tmp_path / "out.bin"
-    checkpoint.atomic_write(target, lambda f: f.write(b"old"))
+    atomicio.atomic_write(target, lambda f: f.write(b"old"))
 
     def fail_midway(file):
         file.write(b"half")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        checkpoint.atomic_write(target, fail_midway)
+        atomicio.atomic_write(target, fail_midway)
     assert target.read_bytes() == b"old"  # the failed write left the old file whole
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # and no temporary behind
     umask = os.umask(0)
@@ -202,7 +385,7 @@ def test_unwritable_run_directory_is_a_message_not_a_traceback(tmp_path, capsys)
     (tmp_path / "taken").write_text("a file where the run directory should be")
     code = train.main(["--epochs", "1", "--limit-train", "256", "--limit-test", "100",
                        "--quiet", "--run-dir", str(tmp_path / "taken")])
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot make the run directory {tmp_path / 'taken'}: ")
 
@@ -213,7 +396,7 @@ def test_checkpoint_write_failure_stops_with_the_path(tmp_path, capsys):
     (run / "metrics.jsonl").mkdir()  # a directory where the metrics log should be appended to
     code = train.main(["--epochs", "1", "--limit-train", "256", "--limit-test", "100",
                        "--quiet", "--run-dir", str(run)])
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err
     assert "error: cannot write epoch 1's results in" in err and "Is a directory" in err
     assert (run / "last.npz").exists()  # what was written before the failure is whole

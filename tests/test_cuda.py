@@ -1,6 +1,7 @@
-"""The CUDA backend: every kernel against the CPU kernels and a training step of the model
-against the CPU model, in Numba's CUDA simulator; the compiled PTX free of float64; clear
-errors where CUDA cannot run; and, marked gpu, the same comparisons on a real GPU.
+"""The CUDA backend: every kernel call of the registry's simulator cases against the CPU
+kernels, and training steps of a small network against the same network on the CPU, in
+Numba's CUDA simulator; the compiled PTX free of float64; clear errors where CUDA cannot run;
+and, marked gpu, the same comparisons on a real GPU at LeNet-5's shapes.
 
 The simulator must be switched on (NUMBA_ENABLE_CUDASIM=1) before numba is first imported,
 and the rest of the suite needs numba as it is, so test_in_simulator runs this file again in
@@ -8,11 +9,11 @@ a child pytest process with the variable set: there the simulator cases run and 
 are skipped, here the reverse. The simulator runs blocks one after another, a Python thread
 per CUDA thread (a few thousand threads a second, some 30 ms a block), so its cases use tiny
 shapes; it also does float32 maths in float64 and hides races, which is why the PTX is
-checked on its own.
+checked on its own. The kernel calls are recorded on the CPU (tests/harness.py), outputs NaN,
+so a CUDA kernel that leaves an element unwritten fails.
 """
 
 import importlib.util
-import inspect
 import os
 import re
 import subprocess
@@ -23,10 +24,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import tinyconv.model
-from tinyconv import checkpoint
-from tinyconv.kernels import KERNELS, DeviceUnavailable, adam_scalars, cpu, get_backend
-from tinyconv.model import LeNet5
+from tests.harness import KernelSpy, recorded_calls, rel_err
+from tests.registry import KERNEL_CASES
+from tinyconv import LeNet5, checkpoint, nn
+from tinyconv.kernels import DeviceUnavailable, cpu, get_backend
 from tinyconv.optim import Adam, StepLR
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -46,231 +47,90 @@ outside_simulator = pytest.mark.skipif(SIMULATOR, reason="checks numba-cuda itse
                                        "simulator")
 needs_gpu = pytest.mark.skipif(not REAL_GPU, reason="needs an NVIDIA GPU")
 
-# how many leading arguments of each kernel are outputs (filled with NaN before the call, so a
-# kernel that leaves any element unwritten fails); adam_update updates its first three in place
-OUTPUTS = {"conv2d_forward": 1, "conv2d_backward": 3, "avgpool2d_forward": 1,
-           "avgpool2d_backward": 1, "tanh_forward": 1, "tanh_backward": 1, "linear_forward": 1,
-           "linear_backward": 3, "softmax_xent_forward": 2, "softmax_xent_backward": 1,
-           "adam_update": 0}
+
+# ---- the kernels: each recorded call of a registry case, on the CPU and on CUDA
 
 
-# ---- kernel arguments: (kernel, arguments) by case name, at the simulator's or LeNet's sizes
-
-
-def _conv(rng, N, C, H, W, OC, KH, KW, dinp=True):
-    f32 = _normal(rng)
-    OH, OW = H - KH + 1, W - KW + 1
-    return {"conv2d_forward": (f32(OC, OH, OW, N), f32(C, H, W, N), f32(OC, C, KH, KW),
-                               f32(OC)),
-            "conv2d_backward": (f32(C, H, W, N) if dinp else None, f32(OC, C, KH, KW), f32(OC),
-                                f32(OC, OH, OW, N), f32(C, H, W, N), f32(OC, C, KH, KW))}
-
-
-def _pool(rng, C, H, W, N, k):
-    f32 = _normal(rng)
-    return {"avgpool2d_forward": (f32(C, H // k, W // k, N), f32(C, H, W, N), k),
-            "avgpool2d_backward": (f32(C, H, W, N), f32(C, H // k, W // k, N), k)}
-
-
-def _tanh(rng, *shape):
-    f32 = _normal(rng)
-    inp = 3 * f32(*shape)
-    inp.flat[:4] = (20.0, -20.0, 0.0, 1e-3)[:inp.size]  # the flat tails and the origin
-    return {"tanh_forward": (f32(*shape), inp),
-            "tanh_backward": (f32(*shape), np.tanh(inp), f32(*shape))}
-
-
-def _linear(rng, N, IN, OUT):
-    f32 = _normal(rng)
-    return {"linear_forward": (f32(OUT, N), f32(IN, N), f32(OUT, IN), f32(OUT)),
-            "linear_backward": (f32(IN, N), f32(OUT, IN), f32(OUT), f32(OUT, N), f32(IN, N),
-                                f32(OUT, IN))}
-
-
-def _xent(rng, V, N, spread):
-    f32 = _normal(rng)
-    labels = rng.integers(0, V, size=N).astype(np.int64)
-    logits = spread * f32(V, N)  # spread: large logits test the max taken out before exp
-    probs = np.exp(logits - logits.max(axis=0))
-    return {"softmax_xent_forward": (f32(N), f32(V, N), logits, labels),
-            "softmax_xent_backward": (f32(V, N), (probs / probs.sum(axis=0)).astype(np.float32),
-                                      labels, np.float32(0.5))}
-
-
-def _adam(rng, P):
-    f32 = _normal(rng)
-    return {"adam_update": (f32(P), f32(P), np.abs(f32(P)), f32(P),
-                            *adam_scalars(1e-2, 0.9, 0.999, 1e-8, 0.01, 3))}
-
-
-def _normal(rng):
-    return lambda *shape: rng.standard_normal(shape).astype(np.float32)
-
-
-def _cases(groups):
-    """{case id: (kernel, arguments)} from {group name: {kernel: arguments}}."""
-    return {f"{kernel}-{group}": (kernel, args) for group, kernels in groups.items()
-            for kernel, args in kernels.items()}
-
-
-def simulator_cases():
-    """Tiny shapes: batch 1-2, a few channels, images up to 10x10, including sums longer than
-    a reduction block (162 and 130 terms against REDUCE_THREADS = 128)."""
-    rng = np.random.default_rng(0)
-    return _cases({
-        "square": _conv(rng, N=2, C=2, H=5, W=5, OC=2, KH=3, KW=3),
-        "rect_batch1": _conv(rng, N=1, C=1, H=4, W=5, OC=2, KH=2, KW=3),
-        "k_is_input": _conv(rng, N=2, C=2, H=3, W=3, OC=2, KH=3, KW=3),
-        "long_sums": _conv(rng, N=2, C=1, H=10, W=10, OC=1, KH=2, KW=2),
-        "no_dinp": {"conv2d_backward": _conv(rng, 2, 2, 4, 4, 2, 2, 2, False)["conv2d_backward"]},
-        "k2": _pool(rng, C=2, H=4, W=6, N=2, k=2),
-        "k3_batch1": _pool(rng, C=1, H=6, W=3, N=1, k=3),
-        "4d": _tanh(rng, 2, 3, 4, 2),
-        "2d": _tanh(rng, 5, 3),
-        "small": _linear(rng, N=2, IN=7, OUT=5),
-        "long_sums_linear": _linear(rng, N=130, IN=2, OUT=2),
-        "ten_classes": _xent(rng, V=10, N=3, spread=20.0),
-        "one_sample": _xent(rng, V=3, N=1, spread=1.0),
-        "adam": _adam(rng, P=300),
-    })
-
-
-def lenet_cases(batch=128):
-    """LeNet-5's shapes at a training batch."""
-    rng = np.random.default_rng(0)
-    return _cases({
-        "conv1": _conv(rng, batch, 1, 32, 32, 6, 5, 5, dinp=False),
-        "conv2": _conv(rng, batch, 6, 14, 14, 16, 5, 5),
-        "conv3": _conv(rng, batch, 16, 5, 5, 120, 5, 5),
-        "pool1": _pool(rng, 6, 28, 28, batch, 2),
-        "pool2": _pool(rng, 16, 10, 10, batch, 2),
-        "tanh1": _tanh(rng, 6, 28, 28, batch),
-        "fc1": _linear(rng, batch, 120, 84),
-        "fc2": _linear(rng, batch, 84, 10),
-        "xent": _xent(rng, 10, batch, 5.0),
-        "adam": _adam(rng, tinyconv.model.PARAM_COUNT),
-    })
-
-
-def run_both(kernel, args):
-    """Run a kernel on the CPU and on the CUDA backend from the same arguments, outputs set to
-    NaN first; returns {argument name: (cpu array, cuda array on the host)}."""
-    outputs = OUTPUTS[kernel]
-    fresh = [np.full_like(a, np.nan) if i < outputs and a is not None else a
-             for i, a in enumerate(args)]
-    host = [a.copy() if isinstance(a, np.ndarray) else a for a in fresh]
-    getattr(cpu, kernel)(*host)
-    device = [cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in fresh]
-    getattr(get_backend("cuda"), kernel)(*device)
-    names = inspect.signature(cpu_function(kernel)).parameters
+def run_both(call):
+    """A recorded kernel call (tests/harness.py: its outputs still NaN) run on the CPU and on
+    the CUDA backend, each from its own copy of the arguments; {argument: (cpu array, cuda
+    array copied to the host)} for every array argument."""
+    on_cpu = call.copies()
+    getattr(cpu, call.kernel)(*on_cpu)
+    on_device = [cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in call.args]
+    getattr(get_backend("cuda"), call.kernel)(*on_device)
     return {name: (ours, theirs.copy_to_host()) for name, ours, theirs
-            in zip(names, host, device, strict=True) if isinstance(ours, np.ndarray)}
+            in zip(call.names, on_cpu, on_device, strict=True) if isinstance(ours, np.ndarray)}
 
 
-def cpu_function(kernel):
-    return getattr(cpu, kernel).py_func
-
-
-def rel_err(ours, theirs):
-    """max |ours - theirs| over max |theirs|, in float64."""
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    return np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30)
-
-
-def check_kernel(kernel, args, bound):
-    """Every array argument of the CUDA kernel within bound of the CPU kernel's; returns the
-    largest relative error."""
+def check_case(name, forward_bound, backward_bound):
+    """Every kernel call of a registry case: each array argument of the CUDA run written (no
+    NaN left) and within the bound of the CPU kernel's; returns the largest relative error."""
+    calls = recorded_calls(KERNEL_CASES[name])
+    assert calls, f"{name} calls no kernel"
     worst = 0.0
-    for name, (expected, got) in run_both(kernel, args).items():
-        assert not np.isnan(got).any(), f"{kernel}: {name} has elements left unwritten (NaN)"
-        err = rel_err(got, expected)
-        assert err <= bound, f"{kernel}: {name} differs from the CPU kernel by {err:.3g}"
-        worst = max(worst, err)
+    for call in calls:
+        bound = backward_bound if "backward" in call.kernel else forward_bound
+        for arg, (expected, got) in run_both(call).items():
+            what = f"{name}: {call.kernel} {arg}"
+            assert not np.isnan(got).any(), f"{what}: elements left unwritten (NaN) on CUDA"
+            err = rel_err(got, expected)
+            assert err <= bound, f"{what} differs from the CPU kernel by {err:.3g} > {bound}"
+            worst = max(worst, err)
     return worst
 
 
-SIMULATOR_CASES = simulator_cases()
+# the registry's tiny cases: a few blocks a kernel, some with sums longer than a reduction
+# block (kernels.cuda.REDUCE_THREADS)
+SIMULATOR_CASES = [name for name, case in KERNEL_CASES.items() if case.simulator]
 
 
 @in_simulator
-@pytest.mark.parametrize("case", SIMULATOR_CASES)
-def test_kernel_matches_cpu_in_simulator(case):
-    kernel, args = SIMULATOR_CASES[case]
-    worst = check_kernel(kernel, args, 1e-5)
-    print(f"{case}: max relative error against the CPU kernel {worst:.2e}")
+@pytest.mark.parametrize("name", SIMULATOR_CASES)
+def test_kernels_match_cpu_in_simulator(name):
+    worst = check_case(name, 1e-5, 1e-5)
+    print(f"{name}: max relative error against the CPU kernels {worst:.2e}")
 
 
-def test_every_kernel_has_simulator_cases():
-    assert {kernel for kernel, _ in SIMULATOR_CASES.values()} == set(KERNELS)
+# ---- a network: training steps against the same network on the CPU
 
 
-@outside_simulator
-def test_launchers_take_cpu_signatures():
-    # the model picks a backend once and calls every kernel the same way
-    for kernel in KERNELS:
-        ours = inspect.signature(getattr(cuda_kernels, kernel))
-        assert ours == inspect.signature(cpu_function(kernel)), f"{kernel}: {ours}"
+def tiny_lenet(device):
+    """LeNet-5's chain of layers (the same kinds at the same indexes, so the same parameter
+    names) shrunk to an 8x8 input, so that a step runs in the simulator in seconds; at LeNet's
+    own sizes its weight gradients take some 60,000 blocks, half an hour in the simulator."""
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.Tanh(),     # 0: (1,8,8) -> (2,6,6)
+        nn.AvgPool2d(2), nn.Tanh(),        # 2: -> (2,3,3)
+        nn.Conv2d(2, 3, 2), nn.Tanh(),     # 4: -> (3,2,2)
+        nn.AvgPool2d(2), nn.Tanh(),        # 6: -> (3,1,1)
+        nn.Conv2d(3, 4, 1), nn.Tanh(),     # 8: -> (4,1,1)
+        nn.Flatten(),                      # 10: -> (4,)
+        nn.Linear(4, 5), nn.Tanh(),        # 11: -> (5,)
+        nn.Linear(5, 10),                  # 13: -> (10,) logits
+        input_shape=(1, 8, 8), seed=0, device=device, prefix="backbone.")
 
 
-# ---- the model: a training step against the CPU model
+def refuse_host_arrays(kernel, args):
+    """A step keeps everything on the device: a CUDA kernel given a host array fails."""
+    hosts = [i for i, a in enumerate(args) if isinstance(a, np.ndarray)]
+    assert not hosts, f"{kernel}: host arrays as arguments {hosts}"
 
 
-# LeNet-5's layer list shrunk (same kinds, same indexes and so the same parameter names) to an
-# 8x8 input, so that a step runs in the simulator in seconds; at LeNet's own sizes its weight
-# gradients take some 60,000 blocks, half an hour in the simulator
-TINY_LAYERS = (
-    ("conv", ((2, 1, 3, 3), (2,))),  # 0: (1,8,8,N) -> (2,6,6,N)
-    ("tanh", None), ("pool", None), ("tanh", None),  # -> (2,3,3,N)
-    ("conv", ((3, 2, 2, 2), (3,))),  # 4: -> (3,2,2,N)
-    ("tanh", None), ("pool", None), ("tanh", None),  # -> (3,1,1,N)
-    ("conv", ((4, 3, 1, 1), (4,))),  # 8: -> (4,1,1,N)
-    ("tanh", None), ("flatten", None),  # -> (4,N)
-    ("linear", ((5, 4), (5,))),  # 11
-    ("tanh", None),
-    ("linear", ((10, 5), (10,))),  # 13: -> (10,N) logits
-)
-
-
-@pytest.fixture
-def tiny_lenet(monkeypatch):
-    """tinyconv.model set to TINY_LAYERS, with the parameter table that follows from them."""
-    shapes = {f"backbone.{index}.{kind}": shape for index, (_, params) in enumerate(TINY_LAYERS)
-              if params for kind, shape in zip(("weight", "bias"), params, strict=True)}
-    for name, value in (("LAYERS", TINY_LAYERS), ("INPUT_SHAPE", (1, 8, 8)),
-                        ("PARAM_SHAPES", shapes),
-                        ("PARAM_COUNT", sum(int(np.prod(s)) for s in shapes.values()))):
-        monkeypatch.setattr(tinyconv.model, name, value)
-    monkeypatch.setattr(checkpoint, "PARAM_SHAPES", shapes)
-    return tinyconv.model.INPUT_SHAPE
-
-
-@pytest.fixture
-def device_arrays_only(monkeypatch):
-    """Make every CUDA kernel refuse host arrays: a step must not copy anything per op."""
-    backend = get_backend("cuda")
-
-    def checked(kernel):
-        def call(*args):
-            hosts = [i for i, a in enumerate(args) if isinstance(a, np.ndarray)]
-            assert not hosts, f"{kernel.__name__}: host arrays as arguments {hosts}"
-            kernel(*args)
-        return call
-
-    for name in KERNELS:
-        monkeypatch.setattr(backend, name, checked(getattr(backend, name)))
-
-
-def compare_training(input_shape, batch, steps, bound, param_bound):
-    """The same seeded model and batches on the CPU and on CUDA, Adam and StepLR on both:
-    losses, gradients and logits must agree within bound, parameters and Adam's moments within
-    param_bound; returns both sides (models, optimizers, schedules)."""
+def compare_training(make_model, batch, steps, bound, param_bound):
+    """The same network, make_model(device), and batches on the CPU and on CUDA (whose
+    kernels may take device arrays only), Adam and StepLR on both: losses, gradients and
+    each sample's loss and logits must agree within bound, parameters and Adam's moments
+    within param_bound; returns both sides (models, optimizers, schedules)."""
     rng = np.random.default_rng(0)
-    models = [LeNet5(seed=0), LeNet5(seed=0, device="cuda")]
+    models = [make_model("cpu"), make_model("cuda")]
+    models[1].kernels = KernelSpy(models[1].kernels, refuse_host_arrays)
     opts = [Adam(model, lr=1e-2) for model in models]
     scheds = [StepLR(opt, 1, 0.5) for opt in opts]
+    classes = models[0].output_shape[0]
     for step in range(steps):
-        x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
-        y = rng.integers(0, 10, size=batch)
+        x = rng.standard_normal((batch, *models[0].input_shape)).astype(np.float32)
+        y = rng.integers(0, classes, size=batch)
         (loss, grads), (gpu_loss, gpu_grads) = (model.loss_and_grads(x, y) for model in models)
         assert abs(gpu_loss - loss) <= bound * abs(loss), f"step {step}: loss"
         for name, grad in grads.items():
@@ -286,20 +146,25 @@ def compare_training(input_shape, batch, steps, bound, param_bound):
     for moment in ("m", "v"):
         err = rel_err(opts[1].state_dict()[moment], opts[0].state_dict()[moment])
         assert err <= param_bound, f"Adam's {moment} differs by {err:.3g}"
-    assert rel_err(models[1].forward(x), models[0].forward(x)) <= bound
+    (losses, logits), (gpu_losses, gpu_logits) = (model.loss(x, y, reduction="none")
+                                                  for model in models)
+    assert rel_err(gpu_losses, losses) <= bound, "per-sample losses differ"
+    assert rel_err(gpu_logits, logits) <= bound, "logits differ"
     return models, opts, scheds
 
 
 @in_simulator
-def test_model_steps_match_cpu_in_simulator(tiny_lenet, device_arrays_only, tmp_path):
+def test_network_steps_match_cpu_in_simulator(tmp_path):
     models, opts, scheds = compare_training(tiny_lenet, batch=2, steps=2, bound=1e-5,
                                             param_bound=1e-5)
-    # a checkpoint of the CUDA run (copied to the host) loads on either device
+    # a checkpoint of the CUDA run (copied to the host) rebuilds the network from its spec
+    # and loads on either device
     path = tmp_path / "last.npz"
     header = {"epoch": 1, "config": {"seed": 0, "lr_step": 1, "lr_gamma": 0.5}}
     checkpoint.save_run(path, models[1], opts[1], scheds[1], header)
     for device in ("cpu", "cuda"):
         model, opt, _, _ = checkpoint.load_run(path, device)
+        assert model.spec() == models[1].spec(), device
         for name, value in models[1].state_dict().items():
             assert np.array_equal(model.state_dict()[name], value), f"{device}: {name}"
         assert np.array_equal(opt.state_dict()["v"], opts[1].state_dict()["v"]), device
@@ -449,8 +314,9 @@ def test_clis_stop_at_once_without_a_gpu(tmp_path):
         return subprocess.run([sys.executable, "-m", *argv], cwd=REPO_ROOT, capture_output=True,
                               text=True)
 
+    # an unavailable device stops every command with exit status 2 (tinyconv.cli's STOPPED)
     done = run("tinyconv.train", "--device", "cuda", "--run-dir", str(tmp_path / "run"))
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "error: device 'cuda': numba-cuda is installed but finds no usable" in done.stderr
     assert not (tmp_path / "run").exists()
     model = LeNet5(seed=0)
@@ -476,39 +342,40 @@ def test_in_simulator():
     report = done.stdout[-6000:] + done.stderr[-2000:]
     assert done.returncode == 0, f"the simulator run failed:\n{report}"
     passed = re.search(r"(\d+) passed", done.stdout)
-    expected = len(SIMULATOR_CASES) + 1  # every kernel case and the model's
+    expected = len(SIMULATOR_CASES) + 1  # every simulator case and the network's steps
     assert passed and int(passed.group(1)) >= expected, f"too few simulator tests:\n{report}"
 
 
 # ---- on a real GPU (skipped without one): LeNet's shapes, determinism, a training run
 
-LENET_CASES = lenet_cases() if REAL_GPU else {}
+LENET_CASES = [name for name, case in KERNEL_CASES.items() if case.lenet]
 
 
 @pytest.mark.gpu
 @needs_gpu
-@pytest.mark.parametrize("case", LENET_CASES)
-def test_kernel_matches_cpu_on_gpu(case):
+@pytest.mark.parametrize("name", LENET_CASES)
+def test_kernels_match_cpu_on_gpu(name):
     # long float32 sums (100,352 terms in conv1's dweight) in other orders: test_ops's bounds,
     # 1e-5 forward, 1e-4 for gradients
-    kernel, args = LENET_CASES[case]
-    check_kernel(kernel, args, 1e-4 if "backward" in kernel else 1e-5)
+    check_case(name, 1e-5, 1e-4)
 
 
 @pytest.mark.gpu
 @needs_gpu
-def test_kernels_are_deterministic_on_gpu():
-    for kernel, args in LENET_CASES.values():
-        first, again = (run_both(kernel, args) for _ in range(2))
-        for name in first:
-            assert np.array_equal(first[name][1], again[name][1]), f"{kernel}: {name} varies"
+@pytest.mark.parametrize("name", LENET_CASES)
+def test_kernels_are_deterministic_on_gpu(name):
+    for call in recorded_calls(KERNEL_CASES[name]):
+        first, again = (run_both(call) for _ in range(2))
+        for arg in first:
+            assert np.array_equal(first[arg][1], again[arg][1]), (
+                f"{name}: {call.kernel} {arg} varies from run to run")
 
 
 @pytest.mark.gpu
 @needs_gpu
-def test_training_matches_cpu_on_gpu(device_arrays_only):
+def test_training_matches_cpu_on_gpu():
     # twenty Adam steps at batch 128 from the same weights, gradients within test_ops's 1e-4;
     # Adam's division by sqrt(v) lets rounding grow in a few weights (test_training's note),
     # hence 1e-3 for single parameters
-    compare_training(tinyconv.model.INPUT_SHAPE, batch=128, steps=20, bound=1e-4,
-                     param_bound=1e-3)
+    compare_training(lambda device: LeNet5(seed=0, device=device), batch=128, steps=20,
+                     bound=1e-4, param_bound=1e-3)

@@ -12,10 +12,14 @@ import onnxruntime
 import pytest
 import torch
 
-from tinyconv import LeNet5, evaluate, export, train
-from tinyconv.checkpoint import CheckpointError, load_run
+import tinyconv
+from tinyconv import LeNet5, evaluate, export, predict, train, visualize
+from tinyconv.archs import ARCHS
+from tinyconv.checkpoint import CheckpointError, load_run, save_run
 from tinyconv.data import iterate_batches, load_mnist
-from tinyconv.model import PARAM_SHAPES
+from tinyconv.interop import load, torch_module
+from tinyconv.nn import AvgPool2d, Conv2d, Flatten, Linear, Sequential, Tanh
+from tinyconv.optim import Adam, StepLR
 
 from .torch_lenet import LeNet5 as TorchLeNet5
 from .torch_lenet import torch_copy
@@ -73,29 +77,34 @@ def halved(model):
 def test_torch_export_matches_on_all_test_images(run, tmp_path, capsys):
     out = tmp_path / "lenet5.pt"
     assert export.main([str(run["dir"]), "--torch", str(out)]) == 0
-    assert "61,706 float32 parameters" in capsys.readouterr().out
+    assert "10 tensors, 61,706 float32 parameters" in capsys.readouterr().out
+    shapes = LeNet5().param_shapes
     state = torch.load(out, weights_only=True)
-    assert list(state) == list(PARAM_SHAPES)
+    assert list(state) == list(shapes)
     assert all(state[k].dtype == torch.float32 and state[k].shape == s
-               for k, s in PARAM_SHAPES.items())
+               for k, s in shapes.items())
     module = TorchLeNet5()
     module.load_state_dict(state)  # strict: exactly the report module's keys and shapes
     with torch.no_grad():
         logits = module(torch.from_numpy(run["x"])).numpy()
     assert_logits_match(logits, run["logits"])
-    assert_params(LeNet5.from_torch(out), run["model"].state_dict())  # and back, bit for bit
+    assert_params(load(out), run["model"].state_dict())  # and back, bit for bit
     assert not list(tmp_path.glob(".*tmp"))
 
 
-def test_onnx_export_runs_in_onnxruntime(run, tmp_path):
+def test_onnx_export_runs_in_onnxruntime(run, tmp_path, capsys):
     out = tmp_path / "lenet5.onnx"
     assert export.main([str(run["dir"] / "best.npz"), "--onnx", str(out)]) == 0
+    assert capsys.readouterr().out == (f"wrote {out}: ONNX graph (10 tensors, 61,706 float32 "
+                                       "parameters), input 'input' (N, 1, 32, 32), output "
+                                       "'logits' (N, 10)\n")
     graph = onnx.load(out)
     onnx.checker.check_model(graph, full_check=True)
     assert {node.op_type for node in graph.graph.node} == {
         "Conv", "Tanh", "AveragePool", "Flatten", "Gemm"}
     props = {p.key: p.value for p in graph.metadata_props}
-    assert props["input"] == "28x28 zero-padded by 2 to 32x32; pixels (x/255 - 0.1307)/0.3081"
+    assert props["input"] == ("28x28 digits to 32x32 by zero padding by 2 (LeNet's own); "
+                              "pixels (x/255 - 0.1307)/0.3081")
     session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"input": run["x"][:1000]})
     assert_logits_match(logits, run["logits"][:1000])
@@ -143,9 +152,61 @@ def test_unwritable_export_gets_one_line_and_status_2(run, tmp_path, capsys, fla
 
 
 def test_export_needs_a_target(run, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        export.main([str(run["dir"])])
-    assert exit_.value.code == 2 and "nothing to do" in capsys.readouterr().err
+    assert export.main([str(run["dir"])]) == 2
+    assert capsys.readouterr().err == ("error: nothing to do: give --torch OUT.pt, --onnx "
+                                       "OUT.onnx, or both\n")
+
+
+@pytest.fixture(scope="session")
+def custom(tmp_path_factory):
+    """A small network that is not LeNet-5 (its own input shape, a 3x5 kernel, 7 outputs, a
+    prefix), saved as a run checkpoint, and a batch of inputs with its logits."""
+    model = Sequential(Conv2d(2, 4, (3, 5)), Tanh(), AvgPool2d(2), Flatten(), Linear(120, 7),
+                       input_shape=(2, 12, 16), seed=4, prefix="net.", name="tiny")
+    opt = Adam(model)
+    path = tmp_path_factory.mktemp("custom") / "tiny.npz"
+    config = {"seed": 4, "lr_step": 1, "lr_gamma": 0.5, "recipe": "custom", "resize": "pad",
+              "normalize": "standard"}
+    save_run(path, model, opt, StepLR(opt, 1, 0.5), {"epoch": 3, "config": config})
+    x = np.random.default_rng(5).standard_normal((9, 2, 12, 16)).astype(np.float32)
+    return {"path": path, "model": model, "x": x, "logits": model.forward(x)}
+
+
+def test_any_network_exports_to_onnx_and_torch_with_its_own_logits(custom, tmp_path, capsys):
+    onnx_path, torch_path = tmp_path / "tiny.onnx", tmp_path / "tiny.pt"
+    assert export.main([str(custom["path"]), "--onnx", str(onnx_path), "--torch",
+                        str(torch_path)]) == 0
+    size = "4 tensors, 971 float32 parameters"
+    assert capsys.readouterr().out.splitlines() == [
+        f"wrote {torch_path}: PyTorch state_dict ({size}); load it with "
+        "module.load_state_dict(torch.load(PATH, weights_only=True))",
+        f"wrote {onnx_path}: ONNX graph ({size}), input 'input' (N, 2, 12, 16), output "
+        "'logits' (N, 7)"]
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"input": custom["x"]})
+    assert_logits_match(logits, custom["logits"])
+    module = torch_module(custom["model"].spec())
+    module.load_state_dict(torch.load(torch_path, weights_only=True))  # strict: the same keys
+    with torch.no_grad():
+        logits = module(torch.from_numpy(custom["x"])).numpy()
+    assert_logits_match(logits, custom["logits"])
+
+
+def test_torch_twin_of_lenet5_is_the_report_module(run):
+    twin, report = torch_module(ARCHS["lenet5"]), TorchLeNet5()
+    assert {k: v.shape for k, v in twin.state_dict().items()} == \
+        {k: v.shape for k, v in report.state_dict().items()}
+    assert list(twin.state_dict()) == list(report.state_dict())  # in the same order too
+    twin.load_state_dict(torch_copy(run["model"]).state_dict())
+    x = torch.from_numpy(run["x"][:500])
+    with torch.no_grad():
+        assert torch.equal(twin(x), torch_copy(run["model"])(x))
+
+
+def test_load_reads_a_checkpoint_a_run_directory_and_a_torch_file(run, torch_file):
+    expected = run["model"].state_dict()
+    for path in (run["dir"] / "best.npz", run["dir"], torch_file):
+        assert_params(tinyconv.load(path), expected)
 
 
 # ---- import
@@ -157,14 +218,14 @@ def test_report_checkpoint_layout_in_half_precision(run, tmp_path):
     path = tmp_path / "report.pt"
     torch.save({"epoch": 299, "model": deepcopy(module).half().state_dict(),
                 "optimizer": torch.optim.Adam(module.parameters()).state_dict()}, path)
-    assert_params(LeNet5.from_torch(path), halved(run["model"]))
+    assert_params(load(path), halved(run["model"]))
 
 
 def test_data_parallel_prefix_is_stripped(run, tmp_path):
     path = tmp_path / "dp.pt"
     state = torch_copy(run["model"]).state_dict()
     torch.save({"module." + name: value for name, value in state.items()}, path)
-    assert_params(LeNet5.from_torch(path), run["model"].state_dict())
+    assert_params(load(path), run["model"].state_dict())
 
 
 @pytest.fixture(scope="session")
@@ -191,12 +252,12 @@ torch.save(ckpt, {str(path)!r})
 
 def test_pickled_module_is_refused_unless_trusted(run, pickled_report):
     with pytest.raises(CheckpointError) as refusal:
-        LeNet5.from_torch(pickled_report)
+        load(pickled_report)
     message = str(refusal.value)
     assert message.startswith(f"{pickled_report}: refused")
     for words in ("__main__.LeNet5", "arbitrary code", "--trust-pickle"):
         assert words in message
-    assert_params(LeNet5.from_torch(pickled_report, trust_pickle=True), halved(run["model"]))
+    assert_params(load(pickled_report, trust_pickle=True), halved(run["model"]))
 
 
 def test_evaluate_reads_torch_files(run, torch_file, pickled_report, capsys):
@@ -210,7 +271,8 @@ def test_evaluate_reads_torch_files(run, torch_file, pickled_report, capsys):
     assert found["accuracy"] == expected and found["epoch"] is None and not err
     found, err = report(str(torch_file))
     assert found["resize"] == "bilinear" and found["normalize"] == "unit"  # the report's
-    assert "evaluating with --resize bilinear --normalize unit" in err
+    assert err == ("note: a PyTorch file records no preprocessing; using --resize bilinear "
+                   "--normalize unit (the report's where not given)\n")
     assert evaluate.main([str(pickled_report)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {pickled_report}: refused") and "Traceback" not in err
@@ -229,8 +291,43 @@ def test_train_init_from_a_torch_file(run, torch_file, pickled_report, tmp_path,
     assert header["config"]["init_from"] == str(torch_file)
     assert_params(model, run["model"].state_dict())
     assert train.main([*flags, "--init-from", str(pickled_report), "--run-dir",
-                       str(tmp_path / "b")]) == 1
+                       str(tmp_path / "b")]) == 2
     assert "--trust-pickle" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_train_init_from_any_network_trains_that_network(tmp_path):
+    model = Sequential(Conv2d(1, 3, 5), Tanh(), AvgPool2d(4), Flatten(), Linear(147, 10),
+                       input_shape=(1, 32, 32), seed=2)
+    opt = Adam(model)
+    config = {"seed": 2, "lr_step": 1, "lr_gamma": 0.5}
+    save_run(tmp_path / "small.npz", model, opt, StepLR(opt, 1), {"epoch": 1, "config": config})
+    assert train.main(["--limit-train", "64", "--limit-test", "64", "--epochs", "1", "--quiet",
+                       "--init-from", str(tmp_path / "small.npz"), "--run-dir",
+                       str(tmp_path / "run")]) == 0
+    trained = load(tmp_path / "run")
+    assert trained.spec() == model.spec()
+    assert not np.array_equal(trained.state_dict()["0.weight"], model.state_dict()["0.weight"])
+
+
+def test_predict_and_visualize_read_the_pickled_report_only_if_trusted(pickled_report,
+                                                                       test_image, tmp_path,
+                                                                       capsys):
+    for command, argv in ((predict, [str(test_image)]),
+                          (visualize, ["--out", str(tmp_path / "out")])):
+        assert command.main([str(pickled_report), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {pickled_report}: refused") and err.count("\n") == 1
+        assert command.main([str(pickled_report), *argv, "--trust-pickle"]) == 0
+        captured = capsys.readouterr()
+        assert captured.err.startswith("note: a PyTorch file records no preprocessing")
+    assert captured.out.count("wrote") == 2
+
+
+@pytest.fixture
+def test_image(tmp_path):
+    path = tmp_path / "digit.png"
+    pytest.importorskip("PIL").Image.fromarray(load_mnist("test")[0][0]).save(path)
+    return path
 
 
 def mutate(state, change):
@@ -261,7 +358,7 @@ def test_wrong_keys_and_shapes_are_named(run, tmp_path, change, message):
     path = tmp_path / "bad.pt"
     torch.save(mutate(torch_copy(run["model"]).state_dict(), change), path)
     with pytest.raises(CheckpointError) as error:
-        LeNet5.from_torch(path)
+        load(path)
     assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
 
 

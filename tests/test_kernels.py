@@ -1,43 +1,36 @@
-"""Properties of the compiled kernels: float32 only, deterministic, free of the thread count."""
+"""Properties of the compiled kernels, on the calls the registry's cases make: float32 only,
+deterministic, free of the thread count and of the arrays' alignment; and the host arrays and
+model buffers they are given, aligned.
 
+Every kernel-calling case of tests/registry.py (layers, the loss, Adam) runs at batch 32 and
+37 (37: rows that start anywhere on a 4-byte grid), its kernel calls recorded by
+tests/harness.py and replayed here on fresh copies: whatever a layer asks of a kernel is what
+gets checked.
+"""
+
+import dataclasses
+import functools
 import re
 
 import numba
 import numpy as np
 import pytest
 from numba import njit, prange
+from numba.core.registry import CPUDispatcher
 
-from tinyconv.kernels import COMPILE_NOTICE, KERNELS, compile_notice, cpu, host
+from tests.harness import draw, layer_results, recorded_calls
+from tests.registry import KERNEL_CASES, REGISTRY
+from tinyconv import LeNet5
+from tinyconv.kernels import KERNELS, cpu, get_backend, host
 from tinyconv.kernels.host import ALIGNMENT, to_batch_last
-from tinyconv.model import LeNet5, _Arena
+from tinyconv.nn import _Arena
 from tinyconv.optim import Adam
 
 
-def kernel_args(name, seed=0, n=37):
-    """Random float32 arguments for one kernel call (batch-last, batch n), at shapes that split
-    across threads; tanh's flat, as the model calls it."""
-    rng = np.random.default_rng(seed)
-
-    def f32(*shape):
-        return rng.standard_normal(shape).astype(np.float32)
-
-    labels = rng.integers(0, 10, size=n).astype(np.int64)
-    scalars = [np.float32(s) for s in (0.01, 0.9, 0.1, 0.999, 0.001, 1e-8, 0.01)]
-    return {
-        "conv2d_forward": (f32(16, 10, 10, n), f32(6, 14, 14, n), f32(16, 6, 5, 5), f32(16)),
-        "conv2d_backward": (f32(6, 14, 14, n), f32(16, 6, 5, 5), f32(16), f32(16, 10, 10, n),
-                            f32(6, 14, 14, n), f32(16, 6, 5, 5)),
-        "avgpool2d_forward": (f32(6, 14, 14, n), f32(6, 28, 28, n), 2),
-        "avgpool2d_backward": (f32(6, 28, 28, n), f32(6, 14, 14, n), 2),
-        "tanh_forward": (f32(6 * 28 * 28 * n), f32(6 * 28 * 28 * n)),
-        "tanh_backward": (f32(6 * 28 * 28 * n), f32(6 * 28 * 28 * n), f32(6 * 28 * 28 * n)),
-        "linear_forward": (f32(84, n), f32(120, n), f32(84, 120), f32(84)),
-        "linear_backward": (f32(120, n), f32(84, 120), f32(84), f32(84, n), f32(120, n),
-                            f32(84, 120)),
-        "softmax_xent_forward": (f32(n), f32(10, n), f32(10, n), labels),
-        "softmax_xent_backward": (f32(10, n), np.abs(f32(10, n)), labels, np.float32(1.0)),
-        "adam_update": (f32(5001), f32(5001), np.abs(f32(5001)), f32(5001), *scalars),
-    }[name]
+@functools.cache
+def calls_at(n):
+    """{case name: its recorded kernel calls} for every kernel-calling case at batch n."""
+    return {name: recorded_calls(case.at_batch(n)) for name, case in KERNEL_CASES.items()}
 
 
 def placed(array, offset):
@@ -49,42 +42,86 @@ def placed(array, offset):
     return copy
 
 
-def run_kernel(name, threads, offset=0, n=37):
-    """Call a kernel on fresh copies of its arguments at batch n, placed `offset` bytes past a
-    64-byte boundary, with a thread count; return them all."""
-    args = [placed(a, offset) if isinstance(a, np.ndarray) else a
-            for a in kernel_args(name, n=n)]
+def replay(call, offset=0, threads=None):
+    """Run a recorded call again on fresh copies of its arguments, placed `offset` bytes past
+    a 64-byte boundary, with `threads` Numba threads (default: as set); {argument: array}."""
+    args = [placed(a, offset) if isinstance(a, np.ndarray) else a for a in call.args]
     previous = numba.get_num_threads()
-    numba.set_num_threads(threads)
+    numba.set_num_threads(threads or previous)
     try:
-        getattr(cpu, name)(*args)
+        getattr(cpu, call.kernel)(*args)
     finally:
         numba.set_num_threads(previous)
-    return [a for a in args if isinstance(a, np.ndarray)]
+    return {name: a for name, a in zip(call.names, args, strict=True)
+            if isinstance(a, np.ndarray)}
 
 
-@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("name", KERNEL_CASES)
 def test_bit_identical_across_calls_and_threads(name):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs at least 2 Numba threads to compare 1 against 2")
-    first, again, single = (run_kernel(name, t) for t in (2, 2, 1))
-    for a, b, c in zip(first, again, single, strict=True):
-        assert np.array_equal(a, b), f"{name}: two calls with 2 threads differ"
-        assert np.array_equal(a, c), f"{name}: 1 thread and 2 threads differ"
+    for call in calls_at(37)[name]:
+        first, again, single = (replay(call, threads=t) for t in (2, 2, 1))
+        for arg in first:
+            what = f"{name}: {call.kernel} {arg}"
+            assert np.array_equal(first[arg], again[arg]), f"{what}: two calls differ"
+            assert np.array_equal(first[arg], single[arg]), f"{what}: 1 and 2 threads differ"
 
+
+@pytest.mark.parametrize("n", [32, 37])
+@pytest.mark.parametrize("name", KERNEL_CASES)
+def test_results_do_not_depend_on_alignment(name, n):
+    # the same values from arrays on a 64-byte boundary (as the model's are) and from arrays
+    # 4, 16 or 36 bytes past one (as a user's or numpy's may be); at batch 32 every row of the
+    # first starts on a boundary too, at 37 they fall anywhere on a 4-byte grid
+    for call in calls_at(n)[name]:
+        reference = replay(call)
+        for offset in (4, 16, 36):
+            for arg, got in replay(call, offset).items():
+                assert np.array_equal(got, reference[arg], equal_nan=True), (
+                    f"{name}: {call.kernel} {arg} differs {offset} bytes off a boundary")
+
+
+@pytest.mark.parametrize("kind", [kind for kind, entry in REGISTRY.items()
+                                  if any(case.layer.params(case.shape[1:])
+                                         for case in entry.cases.values())])
+def test_parameter_gradients_do_not_need_dinp(kind):
+    # a network's first layer gets dinp None (nobody needs the image's gradient): its
+    # parameter gradients must be bit for bit those computed beside an input gradient
+    case = next(iter(REGISTRY[kind].cases.values())).at_batch(37)
+    values = draw(case)
+    full, partial = (layer_results(get_backend("cpu"), dataclasses.replace(case, dinp=dinp),
+                                   *values) for dinp in (True, False))
+    assert "dinp" in full and "dinp" not in partial
+    for name, grad in partial.items():
+        if name.startswith("d"):
+            assert np.array_equal(grad, full[name]), f"{kind} without dinp: {name} differs"
+
+
+# ---- no float64 arithmetic in the compiled code
 
 # float64 arithmetic, conversions to double and calls returning double, in LLVM IR
 DOUBLE_MATH = re.compile(r"\b(fadd|fsub|fmul|fdiv|frem|fcmp)\b[^=]*\bdouble\b|\bfpext\b"
                          r"|\bto double\b|= call [^@]*double @")
 
 
-def double_math_lines(dispatcher, args):
-    """Lines of float64 arithmetic in a kernel's compiled code, Python-call wrapper excluded."""
-    # cached kernels cannot be inspected, so compile the same Python function afresh, with the
-    # kernel's own options (targetoptions leaves out cache; njit sets nopython itself)
+def signature(args):
+    return tuple(numba.typeof(a) for a in args)
+
+
+def compile_afresh(dispatcher, sig):
+    """A kernel's Python function compiled anew for the argument types sig, with the kernel's
+    own options: a cached kernel's code cannot be inspected (targetoptions leaves out cache;
+    njit sets nopython itself). The kernels it calls are compiled, or loaded, on the way."""
     options = {k: v for k, v in dispatcher.targetoptions.items() if k != "nopython"}
     fresh = njit(**options)(dispatcher.py_func)
-    fresh(*args)
+    fresh.compile(sig)
+    return fresh
+
+
+def double_math_lines(fresh):
+    """Lines of float64 arithmetic in a freshly compiled kernel, the Python-call wrapper
+    excluded."""
     hits = []
     for ir in fresh.inspect_llvm().values():
         for function in re.split(r"\n(?=define )", ir):
@@ -95,46 +132,38 @@ def double_math_lines(dispatcher, args):
     return hits
 
 
-@pytest.mark.parametrize("n", [32, 37])
-@pytest.mark.parametrize("name", KERNELS)
-def test_results_do_not_depend_on_alignment(name, n):
-    # the same values from arrays on a 64-byte boundary (as the model's are) and from arrays
-    # 4, 16 or 36 bytes past one (as a user's or numpy's may be); at batch 32 every row of the
-    # first starts on a boundary too, at 37 they fall anywhere on a 4-byte grid
-    threads = numba.get_num_threads()
-    reference = run_kernel(name, threads, n=n)
-    for offset in (4, 16, 36):
-        for ours, theirs in zip(run_kernel(name, threads, offset, n), reference, strict=True):
-            assert np.array_equal(ours, theirs, equal_nan=True), offset
+def parallel_callees(kernel):
+    """The parallel kernels a kernel calls, compiled apart and not inlined (conv2d_backward's
+    and linear_backward's input and parameter parts)."""
+    callees = (getattr(cpu, name, None) for name in kernel.py_func.__code__.co_names)
+    return [callee for callee in callees if isinstance(callee, CPUDispatcher)
+            and callee.targetoptions.get("parallel")]
 
 
-def compiled_parts(name):
-    """(kernel, arguments) for each piece of compiled code behind a kernel: itself, and for
-    conv2d_backward the input and parameter parts it calls (compiled apart, not inlined)."""
-    args = kernel_args(name)
-    parts = [(getattr(cpu, name), args)]
-    if name == "conv2d_backward":
-        dinp, dweight, dbias, dout, inp, weight = args
-        parts += [(cpu._conv2d_backward_input, (dinp, dout, weight)),
-                  (cpu._conv2d_backward_params, (dweight, dbias, dout, inp))]
-    return parts
+def compiled_parts(calls):
+    """{(name, signature): fresh compilation} of each piece of code behind calls of one
+    kernel: the kernel at each signature it is called with, and its parallel callees at each
+    signature they have been compiled for (compiling the kernel afresh compiles them)."""
+    kernel = getattr(cpu, calls[0].kernel)
+    parts = {(kernel, signature(call.args)): None for call in calls}
+    parts = {part: compile_afresh(*part) for part in parts}
+    parts.update(((callee, sig), compile_afresh(callee, sig))
+                 for callee in parallel_callees(kernel) for sig in callee.signatures)
+    return {(dispatcher.__name__, sig): fresh for (dispatcher, sig), fresh in parts.items()}
 
 
-@pytest.mark.parametrize("name", KERNELS)
-def test_no_float64_arithmetic(name):
-    for kernel, args in compiled_parts(name):
-        hits = double_math_lines(kernel, args)
-        assert not hits, f"{kernel.__name__} computes in float64: {hits[:3]}"
-
-
-def test_conv2d_backward_without_dinp():
-    # conv1's call: dinp None skips the input gradient; the rest must be bit for bit the same
-    full = [a.copy() for a in kernel_args("conv2d_backward")]
-    cpu.conv2d_backward(*full)
-    partial = [None] + [a.copy() for a in kernel_args("conv2d_backward")[1:]]
-    cpu.conv2d_backward(*partial)
-    for name, a, b in zip(("dweight", "dbias"), full[1:3], partial[1:3], strict=True):
-        assert np.array_equal(a, b), f"conv2d_backward without dinp: {name} differs"
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_no_float64_arithmetic(kernel):
+    calls = [call for calls in calls_at(37).values() for call in calls if call.kernel == kernel]
+    assert calls, f"no registry case calls {kernel}"
+    parts = compiled_parts(calls)
+    for (name, sig), fresh in parts.items():
+        hits = double_math_lines(fresh)
+        assert not hits, f"{name}{sig} computes in float64: {hits[:3]}"
+    # the code a kernel calls is scanned too, not only its own
+    missed = {callee.__name__ for callee in parallel_callees(getattr(cpu, kernel))}
+    missed -= {name for name, _ in parts}
+    assert not missed, f"{kernel}: the scan misses the kernels it calls: {missed}"
 
 
 def test_float64_scan_catches_an_upcast():
@@ -145,19 +174,10 @@ def test_float64_scan_catches_an_upcast():
             out[i] = inp[i] * 0.1
 
     x = np.ones(8, np.float32)
-    assert double_math_lines(scale, (np.empty_like(x), x))
+    assert double_math_lines(compile_afresh(scale, signature((np.empty_like(x), x))))
 
 
-def test_compile_notice_prints_only_when_the_step_is_slow(capsys):
-    slow = compile_notice(after=0.01)
-    slow.join(timeout=5)  # a step still running after `after` seconds: the notice appears
-    assert capsys.readouterr().err.strip() == COMPILE_NOTICE
-    fast = compile_notice(after=0.5)
-    fast.cancel()  # the step finished in time: nothing is printed
-    fast.join(timeout=5)
-    quiet = compile_notice(enabled=False, after=0.01)
-    assert not quiet.is_alive()
-    assert capsys.readouterr().err == ""
+# ---- the arrays the kernels are given
 
 
 @pytest.mark.parametrize("shape", [(128, 1024), (37, 50), (1, 3)])

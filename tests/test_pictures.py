@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinyconv import evaluate, plots, predict, train, visualize
+from tinyconv import digits, evaluate, plots, predict, train, visualize
+from tinyconv.checkpoint import save_run
 from tinyconv.data import load_mnist
+from tinyconv.evaluation import load_classifier, model_inputs
+from tinyconv.nn import AvgPool2d, Conv2d, Flatten, Linear, Sequential, Tanh
+from tinyconv.optim import Adam, StepLR
 
 REDRAWN = 200
 QUICK_TRAIN = ["--epochs", "1", "--limit-train", "640", "--limit-test", "100"]
@@ -67,8 +71,8 @@ def test_redrawn_test_digits_are_classified_like_the_originals(
     images, _ = test_digits
     rng = np.random.default_rng(7)
     chosen = rng.choice(len(images), REDRAWN, replace=False)
-    model, config = predict.load_classifier(run_dir)
-    originals = model.forward(predict.model_inputs(images[chosen], config)).argmax(axis=1)
+    model, config = load_classifier(run_dir)
+    originals = model.forward(model_inputs(images[chosen], config)).argmax(axis=1)
     paths = []
     for number, index in enumerate(chosen):
         paths.append(tmp_path / f"{number}.png")
@@ -84,8 +88,9 @@ def test_redrawn_test_digits_are_classified_like_the_originals(
 
 
 def test_activations_are_the_layers_outputs_batch_first(run_dir, test_digits):
-    model, config = predict.load_classifier(run_dir)
-    x = predict.model_inputs(test_digits[0][:3], config)
+    model, config = load_classifier(run_dir)
+    assert not model.training  # loaded for inference
+    x = model_inputs(test_digits[0][:3], config)
     outputs = model.activations(x)
     assert [a.shape for a in outputs[:3]] == [(3, 6, 28, 28)] * 2 + [(3, 6, 14, 14)]
     assert outputs[9].shape == (3, 120, 1, 1) and outputs[10].shape == (3, 120)
@@ -97,19 +102,19 @@ def test_activations_are_the_layers_outputs_batch_first(run_dir, test_digits):
 def test_ink_polarity_comes_from_the_border_even_for_a_bold_digit():
     gray = np.full((40, 40), 250.0)
     gray[3:37, 3:37] = 10.0  # a dark block covering most of the image, light border
-    ink = predict.ink_of(gray, "bold.png")
+    ink = digits.ink_of(gray, "bold.png")
     assert ink[20, 20] == 1.0 and ink[0, 0] == 0.0
-    assert ink.max() == 1.0 and ink[ink > 0].min() >= predict.NOISE_FLOOR
+    assert ink.max() == 1.0 and ink[ink > 0].min() >= digits.NOISE_FLOOR
 
 
 def test_centred_digit_fits_20x20_and_centres_the_mass():
     ink = np.zeros((300, 500))
     ink[40:240, 300:340] = 1.0  # a tall bar far off-centre
-    digit = predict.centred_digit(ink)
+    digit = digits.centred_digit(ink)
     rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
-    assert rows[-1] - rows[0] + 1 == predict.FIT_SIZE and cols[-1] - cols[0] + 1 <= 6
+    assert rows[-1] - rows[0] + 1 == digits.FIT_SIZE and cols[-1] - cols[0] + 1 <= 6
     centre = [(axis * digit).sum() / digit.sum() for axis in np.indices(digit.shape)]
-    assert np.allclose(centre, predict.CENTRE, atol=0.5), centre
+    assert np.allclose(centre, digits.CENTRE, atol=0.5), centre
 
 
 def test_bad_files_get_their_messages_while_the_others_are_classified(
@@ -140,7 +145,7 @@ def test_bad_files_get_their_messages_while_the_others_are_classified(
     assert errors == [
         f"error: {blank}: no digit found, the image is blank (every pixel lies within 0 of "
         f"255 grey levels of the background 200; expected ink at least "
-        f"{predict.BLANK_LEVELS} levels off it)",
+        f"{digits.BLANK_LEVELS} levels off it)",
         errors[1],
         f"error: {clear}: no digit found, every pixel is fully transparent",
         f"error: {empty}: file is empty (0 bytes), expected an image (PNG, JPEG, BMP)",
@@ -189,6 +194,14 @@ def test_evaluate_plots_confusion_and_mistakes(run_dir, tmp_path, capsys):
     assert_picture(out / "mistakes.png", plots.mistakes_inches(wrong))
 
 
+def feature_maps_inches(model, digit, config):
+    """The size feature_maps.png of this model and digit must have: a row for the input and
+    for each shown layer."""
+    x = model_inputs(digit[None], config)
+    return plots.feature_maps_inches([x.shape[1:], *(np.shape(values) for _, values in
+                                                     visualize.feature_rows(model, x))])
+
+
 @pytest.mark.parametrize("source", ["test image", "own image"])
 def test_visualize_draws_filters_and_feature_maps(run_dir, test_digits, tmp_path, capsys,
                                                   source):
@@ -198,8 +211,75 @@ def test_visualize_draws_filters_and_feature_maps(run_dir, test_digits, tmp_path
         flags = ["--image", str(tmp_path / "mine.png")]
     assert visualize.main([str(run_dir), *flags, "--out", str(tmp_path / "out")]) == 0
     assert capsys.readouterr().out.count("wrote") == 2
-    assert_picture(tmp_path / "out" / "filters.png", plots.INCHES["filters"])
-    assert_picture(tmp_path / "out" / "feature_maps.png", plots.INCHES["feature_maps"])
+    assert_picture(tmp_path / "out" / "filters.png", plots.filters_inches(6))
+    model, config = load_classifier(run_dir)
+    assert_picture(tmp_path / "out" / "feature_maps.png",
+                   feature_maps_inches(model, test_digits[0][3], config))
+
+
+def test_lenet_rows_are_each_stage_after_its_activation(run_dir):
+    model, _ = load_classifier(run_dir)
+    assert visualize.shown_layers(model) == [
+        (1, "Conv2d + Tanh"), (3, "AvgPool2d + Tanh"), (5, "Conv2d + Tanh"),
+        (7, "AvgPool2d + Tanh"), (9, "Conv2d + Tanh"), (12, "Linear + Tanh")]
+
+
+def custom_checkpoint(path, layers):
+    """A Sequential of these layers on MNIST's input, saved as a run checkpoint."""
+    model = Sequential(*layers, input_shape=(1, 32, 32), seed=3)
+    opt = Adam(model)
+    config = {"seed": 3, "lr_step": 1, "lr_gamma": 0.5, "resize": "pad",
+              "normalize": "standard", "recipe": "custom"}
+    save_run(path, model, opt, StepLR(opt, 1, 0.5), {"epoch": 1, "config": config})
+    return model
+
+
+def test_visualize_follows_the_layers_of_any_network(test_digits, tmp_path, capsys):
+    # the first Conv2d at index 1, a pooled input outside [-1, 1], 4 classes
+    model = custom_checkpoint(tmp_path / "custom.npz", [
+        AvgPool2d(2), Conv2d(1, 4, 3), Tanh(), AvgPool2d(2), Flatten(), Linear(4 * 7 * 7, 4)])
+    assert visualize.shown_layers(model) == [(0, "AvgPool2d"), (2, "Conv2d + Tanh"),
+                                             (3, "AvgPool2d")]
+    out = tmp_path / "out"
+    assert visualize.main([str(tmp_path / "custom.npz"), "--index", "0", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("wrote") == 2
+    assert_picture(out / "filters.png", plots.filters_inches(4))
+    config = {"resize": "pad", "normalize": "standard"}
+    assert_picture(out / "feature_maps.png", feature_maps_inches(model, test_digits[0][0],
+                                                                 config))
+
+
+def test_visualize_without_a_conv_layer_says_so(tmp_path, capsys):
+    custom_checkpoint(tmp_path / "linear.npz", [Flatten(), Linear(32 * 32, 10)])
+    out = tmp_path / "out"
+    assert visualize.main([str(tmp_path / "linear.npz"), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"wrote {out / 'feature_maps.png'}\n"
+    assert captured.err == (f"note: the network has no Conv2d layer, so no "
+                            f"{out / 'filters.png'} is drawn\n")
+    assert not (out / "filters.png").exists()
+
+
+def test_commands_refuse_a_network_that_does_not_take_mnist(tmp_path, capsys):
+    custom_checkpoint(tmp_path / "maps.npz", [Conv2d(1, 2, 5)])  # maps out, no class scores
+    for command, argv in ((evaluate, []), (predict, ["any.png"]), (visualize, ["--out", "x"])):
+        assert command.main([str(tmp_path / "maps.npz"), *argv]) == 2
+        assert capsys.readouterr().err == (
+            f"error: {tmp_path / 'maps.npz'}: expected a network from digits (N, 1, 32, 32) "
+            "to class scores (N, classes), found one from (N, 1, 32, 32) to (N, 2, 28, 28)\n")
+
+
+def test_activation_colours_are_tanh_s_range_unless_the_values_leave_it():
+    inside = [np.array([-0.5, 0.9]), np.zeros((2, 3, 3))]
+    assert plots.activation_limit(inside) == 1.0
+    assert plots.activation_limit([*inside, np.array([[-2.5]])]) == 2.5
+    assert plots.activation_limit([]) == 1.0
+
+
+@pytest.mark.parametrize("count, rows, columns", [(1, 1, 1), (6, 1, 6), (16, 2, 8),
+                                                  (84, 5, 17), (120, 5, 24)])
+def test_grids_are_about_four_times_as_wide_as_tall(count, rows, columns):
+    assert plots.grid(count) == (rows, columns)
 
 
 def test_without_matplotlib_runs_go_on_with_a_one_line_message(run_dir, tmp_path, capsys,
@@ -217,7 +297,7 @@ def test_without_matplotlib_runs_go_on_with_a_one_line_message(run_dir, tmp_path
     assert "accuracy" in captured.out
     assert captured.err == f"tinyconv: {message.format('confusion.png or mistakes.png')}\n"
     assert visualize.main([str(run_dir), "--out", str(tmp_path)]) == 2
-    assert message.format("picture") in capsys.readouterr().err
+    assert capsys.readouterr().err == f"error: {message.format('picture')}\n"
     assert not list(tmp_path.glob("*.png"))
 
 

@@ -1,5 +1,6 @@
 """The README's two commands are the ones that CI and users run."""
 
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,3 +21,13 @@ def test_readme_opens_with_install_train_and_test_commands():
 def test_ci_runs_the_readme_test_command():
     ci_lines = ROOT.joinpath(".ci", "run").read_text().splitlines()
     assert readme_commands()[1] in ci_lines
+
+
+def test_readme_names_every_flag_that_overrides_a_recipe():
+    from tinyconv.train import RECIPES
+
+    text = ROOT.joinpath("README.md").read_text()
+    listed = text.split("Flags override either recipe (", 1)[1].split(")", 1)[0]
+    flags = set(re.findall(r"--[a-z-]+", listed))
+    assert all(recipe.keys() == RECIPES["default"].keys() for recipe in RECIPES.values())
+    assert flags == {f"--{key.replace('_', '-')}" for key in RECIPES["default"]} | {"--no-flip"}

@@ -1,12 +1,209 @@
-"""What the commands share: the compile notice and the thread count."""
+"""What the commands share: their parser, common flags, error handling and exit statuses.
 
+Exit statuses, the same in every command (each --help says which apply):
+  0  done
+  1  the job ran and failed: training stopped at a non-finite loss; predict could not
+     classify some of its images (it classified the others)
+  2  the command was stopped by its input or environment, before or while doing its job: a
+     bad flag value (argparse's own usage errors are 2 too), a missing or damaged checkpoint,
+     missing MNIST files, an unavailable device, a missing package, a file it cannot write
+Every error is one line on stderr, "error: ...", never a traceback.
+"""
+
+import argparse
+import contextlib
 import sys
+import textwrap
 import threading
 
 import numba
 
+from tinyconv.data import NORMALIZE_MODES, RESIZE_MODES
+from tinyconv.evaluation import check_classifier, preprocessing
+from tinyconv.interop import (
+    CHECKPOINT_HELP,
+    TORCH_PREPROCESSING,
+    TRUST_PICKLE_HELP,
+    MissingDependencyError,
+    load_model,
+)
+from tinyconv.kernels import BACKENDS, DeviceUnavailable
+
+DONE, FAILED, STOPPED = 0, 1, 2
+# errors of the input or environment (CheckpointError, DataError, ImageError and ShapeError are
+# ValueErrors)
+STOPPING_ERRORS = (ValueError, OSError, MissingDependencyError, DeviceUnavailable)
+STOPPED_HELP = ("2 when its input or environment stopped it: a bad flag value, a missing or "
+                "damaged checkpoint, missing MNIST files, an unavailable device, a missing "
+                "package, a file it cannot write")
 COMPILE_NOTICE = ("tinyconv: compiling the kernels for this machine (the first run takes about "
                   "20 s; Numba caches them for later runs)")
+HELP_WIDTH = 79
+# what each mode of data.py's resizing and normalising does: --help, and ONNX metadata
+RESIZE_MEANING = {"pad": "zero padding by 2 (LeNet's own)",
+                  "bilinear": "bilinear resizing (torchvision's Resize(32), the report's)"}
+NORMALIZE_MEANING = {"standard": "(x/255 - 0.1307)/0.3081", "unit": "x/255 (ToTensor, the "
+                     "report's)", "none": "x as read, 0-255"}
+
+
+class UsageError(ValueError):
+    """A command line that argparse refuses (unknown flag, bad value): exit status 2."""
+
+
+class WriteError(RuntimeError):
+    """A file or directory that the command must write cannot be written; the message names
+    it and says why."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors raised as UsageError (one line, exit status 2 via run) rather
+    than printed as usage plus a line."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def parser(prog, description, examples=(), failed=None):
+    """A command's Parser: the description wrapped, then the example command lines, then the
+    exit statuses, `failed` saying when it exits with 1 (None: it never does)."""
+    statuses = ["0 when done", *([f"1 {failed}"] if failed else []), STOPPED_HELP]
+    epilog = "\n".join([
+        *(["examples:", *(f"  {line}" for line in examples), ""] if examples else []),
+        textwrap.fill("exit status: " + "; ".join(statuses) + ". Every error is one line on "
+                      "stderr, starting 'error:'.", HELP_WIDTH)])
+    return Parser(prog=prog, description=textwrap.fill(description, HELP_WIDTH), epilog=epilog,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def run(parser, command, argv=None, failed=()):
+    """Parse argv and run command(args), returning the exit status: command's own (None for
+    0), 1 for the exception types in `failed` (the job ran and failed), 2 for those of
+    STOPPING_ERRORS; each error printed as one line."""
+    try:
+        status = command(parser.parse_args(argv))
+    except failed as exc:
+        return report(exc, FAILED)
+    except (*STOPPING_ERRORS, UsageError, WriteError) as exc:
+        return report(exc, STOPPED)
+    return DONE if status is None else status
+
+
+def report(error, status):
+    """Print an error as one line on stderr ("error: ..."); returns status."""
+    if isinstance(error, OSError) and error.strerror:  # "path: Permission denied"
+        text = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    else:
+        text = str(error)
+    print(f"error: {' '.join(text.split())}", file=sys.stderr)
+    return status
+
+
+def os_reason(error):
+    """Why an OSError happened, in words: 'File exists', not '[Errno 17] File exists: ...'."""
+    return error.strerror or str(error)
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Turn an OSError raised inside the block into WriteError('cannot write PATH: why')."""
+    try:
+        yield
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: {os_reason(exc)}") from None
+
+
+# ---- the flags several commands take, each defined here once
+
+
+def count(least):
+    """An argparse type: an int of at least `least`, else a message with what was found."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, found {value}")
+        return value
+
+    return parse
+
+
+def positive(text):
+    """An argparse type: a float above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, found {value}")
+    return value
+
+
+def add_checkpoint(parser):
+    """The CHECKPOINT argument of the commands that read a model."""
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
+
+
+def add_trust_pickle(parser):
+    parser.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
+
+
+def add_device(parser, default="cpu", note=""):
+    parser.add_argument("--device", choices=BACKENDS, default=default,
+                        help=f"where the kernels run: cpu (default{note}) or cuda, an NVIDIA "
+                             "GPU (pip install 'tinyconv[cuda]')")
+
+
+def add_threads(parser):
+    parser.add_argument("--threads", type=count(1), metavar="N",
+                        help="Numba threads (default: all cores)")
+
+
+def add_data_dir(parser):
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="directory holding the four MNIST files (default: TINYCONV_DATA, "
+                             "the bundled data/mnist, the per-user cache, then a download)")
+
+
+def add_preprocessing(parser, default):
+    """--resize and --normalize, with data.py's modes; default(key) says where an unset one
+    comes from ("resize" or "normalize")."""
+    for key, modes, meaning, what in (
+            ("resize", RESIZE_MODES, RESIZE_MEANING, "how 28x28 digits become 32x32"),
+            ("normalize", NORMALIZE_MODES, NORMALIZE_MEANING, "pixel scaling")):
+        described = "; ".join(f"{mode}: {meaning[mode]}" for mode in modes)
+        parser.add_argument(f"--{key}", choices=modes, help=f"{what}; {described} (default: "
+                                                             f"{default(key)})")
+
+
+def add_inference_flags(parser):
+    """The flags of the commands that run a checkpoint's network on MNIST-like digits
+    (evaluate, predict, visualize): CHECKPOINT and how to read and feed it."""
+    add_checkpoint(parser)
+    add_trust_pickle(parser)
+    add_device(parser)
+    add_threads(parser)
+    add_preprocessing(parser, lambda key: "the checkpoint's training recipe's; for a PyTorch "
+                                          f"file the report's, {TORCH_PREPROCESSING[key]}")
+
+
+def classifier_from_flags(args):
+    """(model in eval mode, {"resize", "normalize"}, run header or None) for the flags of
+    add_inference_flags: --resize and --normalize override what the checkpoint recorded, and
+    for a PyTorch file, which records nothing, a note on stderr says what is used."""
+    model, header = load_model(args.checkpoint, args.trust_pickle, args.device)
+    saved = preprocessing(header)
+    config = {"resize": args.resize or saved["resize"],
+              "normalize": args.normalize or saved["normalize"]}
+    if header is None and not (args.resize and args.normalize):
+        print(f"note: a PyTorch file records no preprocessing; using --resize "
+              f"{config['resize']} --normalize {config['normalize']} (the report's where not "
+              "given)", file=sys.stderr)
+    return check_classifier(model, args.checkpoint), config, header
+
+
+# ---- running
 
 
 def compile_notice(enabled=True, after=1.0):

@@ -504,8 +504,8 @@ class Sequential:
                                                     "")]
         for index, layer in enumerate(self.layers):
             count = sum(math.prod(shape) for shape in layer.params(self.shapes[index]).values())
-            rows.append((f"{self.prefix}{index} {layer!r}", f"(N, {_dims(self.shapes[index + 1])})",
-                         f"{count:,}" if count else ""))
+            output = f"(N, {_dims(self.shapes[index + 1])})"
+            rows.append((f"{self.prefix}{index} {layer!r}", output, f"{count:,}" if count else ""))
         rows.append(("total", "", f"{self.param_count:,}"))
         widths = [max(len(row[i]) for row in rows) for i in range(3)]
         return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}".rstrip()

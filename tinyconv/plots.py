@@ -1,4 +1,4 @@
-"""Pictures: training curves, confusion matrix, mistakes, conv1 filters, feature maps.
+"""Pictures: training curves, confusion matrix, mistakes, conv filters, feature maps.
 
 matplotlib is optional (pip install 'tinyconv[pictures]') and imported only when a picture is
 drawn. Figures are matplotlib.figure.Figure objects rendered by Agg straight to PNG: no pyplot,
@@ -15,14 +15,24 @@ import numpy as np
 from tinyconv.atomicio import atomic_write
 
 DPI = 100
-INCHES = {"curves": (9.0, 3.4), "confusion": (6.2, 5.2), "filters": (7.0, 1.9),
-          "feature_maps": (9.0, 8.4)}
-FEATURE_ROW_HEIGHTS = (1.1, 1.3, 1.1, 1.2, 1.0, 0.8, 0.8, 0.9)  # input, 6 stages, probabilities
+INCHES = {"curves": (9.0, 3.4), "confusion": (6.2, 5.2)}  # the pictures of a fixed size
 MISTAKE_COLUMNS = 10
 MISTAKE_CELL = (0.85, 1.0)   # inches per digit of the mistakes grid
 MISTAKE_HEADER = 0.45        # inches for its title
 MAX_MISTAKES = 40
+# a grid of many small pictures (maps, filters, values) is about this many times as wide as
+# tall, counted in pictures: 6 make one row, 16 two rows of 8, 120 five rows of 24
+GRID_ASPECT = 4
+FILTER_WIDTH = 7.0           # inches of filters.png; its height follows the rows of filters
+FILTER_ROW = 1.4
+FILTER_HEADER = 0.5
+FEATURE_WIDTH = 9.0          # inches of feature_maps.png; its height follows the rows
+FEATURE_IMAGE_WIDTH = 6.6    # what a row's picture may span, right of its label
+FEATURE_ROW = (0.5, 1.1)     # the least and most inches of a row of maps
+FEATURE_BARS = 0.9           # inches of the probabilities row
+FEATURE_HEADER = 0.35        # inches of the title
 INSTALL_HINT = "pip install 'tinyconv[pictures]'"
+MISSING = f"matplotlib is not installed, so no {{}} is drawn ({INSTALL_HINT})"
 
 
 def available(what, quiet=False):
@@ -32,8 +42,7 @@ def available(what, quiet=False):
         import matplotlib  # noqa: F401
     except ImportError:
         if not quiet:
-            print(f"tinyconv: matplotlib is not installed, so no {what} is drawn "
-                  f"({INSTALL_HINT})", file=sys.stderr)
+            print(f"tinyconv: {MISSING.format(what)}", file=sys.stderr)
         return False
     return True
 
@@ -167,18 +176,35 @@ def mistakes(images, labels, predicted, probability, path, total):
     return save(figure, path)
 
 
+def grid(count):
+    """(rows, columns) of a grid of count pictures, about GRID_ASPECT times as wide as tall."""
+    rows = max(1, round(np.sqrt(count / GRID_ASPECT)))
+    return rows, -(-count // rows)
+
+
+def filters_inches(count):
+    """Figure size (width, height) in inches of filters.png showing count filters."""
+    return (FILTER_WIDTH, FILTER_HEADER + grid(count)[0] * FILTER_ROW)
+
+
 def filters(weights, path, title):
-    """Write conv filters (OC, 1, K, K) side by side on one symmetric colour scale to a PNG."""
-    weights = np.asarray(weights)[:, 0]
-    limit = np.abs(weights).max()
-    figure = new_figure(INCHES["filters"])
+    """Write conv filters (OC, 1, KH, KW) in a grid, on one symmetric colour scale, to a PNG."""
+    weights = np.asarray(weights)
+    if weights.ndim != 4 or weights.shape[1] != 1:
+        raise ValueError(f"filters: expected the weight (OC, 1, KH, KW) of a convolution of one "
+                         f"input channel, found shape {weights.shape}")
+    kernels = weights[:, 0]
+    limit = np.abs(kernels).max()
+    figure = new_figure(filters_inches(len(kernels)))
     figure.suptitle(title)
-    panels = figure.subplots(1, len(weights))
-    for number, (axes, kernel) in enumerate(zip(panels, weights, strict=True)):
+    panels = np.ravel(figure.subplots(*grid(len(kernels)), squeeze=False))
+    for axes in panels[len(kernels):]:
+        axes.set_axis_off()
+    for number, (axes, kernel) in enumerate(zip(panels, kernels, strict=False)):
         image = axes.imshow(kernel, cmap="RdBu_r", vmin=-limit, vmax=limit)
         axes.set_title(f"filter {number}", fontsize=9)
         axes.set(xticks=[], yticks=[])
-    figure.colorbar(image, ax=panels, label="weight", shrink=0.9)
+    figure.colorbar(image, ax=panels.tolist(), label="weight", shrink=0.9)
     return save(figure, path)
 
 
@@ -193,36 +219,79 @@ def tiled(maps, columns):
     return mosaic
 
 
-def feature_maps(image, stages, probabilities, path, title):
-    """Write the input, each stage's maps and the class probabilities, top to bottom, to a PNG.
+def is_maps(shape):
+    """Whether activations of this shape are maps (C, H, W) rather than values ((F,), (C,1,1))."""
+    return len(shape) == 3 and tuple(shape[1:]) != (1, 1)
 
-    image (32, 32) is the network input; stages is a list of (label, activations) with
-    activations (C, H, W) or (F,), tanh outputs in [-1, 1]; probabilities (10,).
+
+def mosaic(values):
+    """Activations as one 2-D picture: maps tiled in a grid with 1-pixel gaps, other values
+    (vectors, 1x1 maps) in a grid of their own; NaN (drawn white) where nothing is."""
+    if is_maps(values.shape):
+        return tiled(values, grid(len(values))[1])
+    flat = np.ravel(values).astype(np.float64)
+    rows, columns = grid(flat.size)
+    return np.append(flat, np.full(rows * columns - flat.size, np.nan)).reshape(rows, columns)
+
+
+def describe(shape):
+    """What a row of activations holds: '6 maps 28x28' or '120 values'."""
+    if is_maps(shape):
+        return f"{shape[0]} map{'s' if shape[0] > 1 else ''} {shape[1]}x{shape[2]}"
+    return f"{int(np.prod(shape))} values"
+
+
+def feature_row_inches(shape):
+    """Height in inches of a row showing activations of this shape: its mosaic spanning
+    FEATURE_IMAGE_WIDTH, kept within FEATURE_ROW (a narrower picture where it would be taller)."""
+    height, width = mosaic(np.zeros(shape)).shape
+    return float(np.clip(FEATURE_IMAGE_WIDTH * height / width, *FEATURE_ROW))
+
+
+def feature_maps_inches(shapes):
+    """Figure size (width, height) in inches of feature_maps.png for the input's and each
+    row's activation shapes: the title, a row each, the probabilities; whole pixels at DPI."""
+    height = FEATURE_HEADER + sum(map(feature_row_inches, shapes)) + FEATURE_BARS
+    return (FEATURE_WIDTH, round(height * DPI) / DPI)
+
+
+def activation_limit(arrays):
+    """The colour scale's bound: 1 when every value lies in [-1, 1] (tanh outputs, so that
+    their colours mean the same in every picture), else the largest magnitude."""
+    return max([1.0, *(float(np.abs(values).max()) for values in arrays)])
+
+
+def feature_maps(image, rows, probabilities, path, title):
+    """Write the input, each row's activations and the class probabilities, top to bottom.
+
+    image (C, H, W) is the network input, drawn in grey levels; rows is a list of (label,
+    activations), each of any shape (maps (C, H, W), values (F,)); probabilities (V,). The
+    activations share one symmetric colour scale: [-1, 1] where every value lies in it (tanh
+    outputs), otherwise up to the largest magnitude, so a colour means one value in every row.
     """
     from matplotlib import colormaps
     diverging = colormaps["RdBu_r"].with_extremes(bad="white")
-    figure = new_figure(INCHES["feature_maps"])
+    shapes = [image.shape, *(np.shape(values) for _, values in rows)]
+    figure = new_figure(feature_maps_inches(shapes))
     figure.suptitle(title)
-    # rows: input, one per stage, probabilities; heights roughly those of their mosaics
-    panels = figure.subplots(len(stages) + 2, 1, height_ratios=FEATURE_ROW_HEIGHTS)
-    panels[0].imshow(image, cmap="gray")
-    panels[0].set_ylabel(f"input\n{image.shape[0]}x{image.shape[1]}")
-    for axes, (label, maps) in zip(panels[1:], stages, strict=False):
-        if maps.ndim == 1 or maps.shape[1:] == (1, 1):  # a vector: six rows of values
-            shape, mosaic = f"{maps.size} values", maps.reshape(6, -1)
-        else:
-            shape = f"{len(maps)} maps {maps.shape[1]}x{maps.shape[2]}"
-            mosaic = tiled(maps, min(len(maps), 8))
-        shown = axes.imshow(mosaic, cmap=diverging, vmin=-1, vmax=1)
-        axes.set_ylabel(f"{label}\n{shape}")
+    panels = figure.subplots(len(rows) + 2, 1, height_ratios=[
+        *map(feature_row_inches, shapes), FEATURE_BARS])
+    panels[0].imshow(mosaic(image), cmap=colormaps["gray"].with_extremes(bad="white"))
+    panels[0].set_ylabel(f"input\n{describe(image.shape)}")
+    limit = activation_limit([values for _, values in rows])
+    for axes, (label, values) in zip(panels[1:], rows, strict=False):
+        shown = axes.imshow(mosaic(values), cmap=diverging, vmin=-limit, vmax=limit)
+        axes.set_ylabel(f"{label}\n{describe(np.shape(values))}")
     bars = panels[-1]
     bars.bar(range(len(probabilities)), probabilities, color="tab:blue")
-    bars.set(xticks=range(len(probabilities)), ylim=(0, 1), xlabel="digit")
+    bars.set(xticks=range(len(probabilities)), ylim=(0, 1), xlabel="class")
     bars.set_ylabel("softmax\nprobabilities")
     for axes in panels:
         axes.yaxis.label.set(rotation=0, ha="right", va="center", fontsize=9)
         axes.set_anchor("W")  # images keep their aspect; all start at the labels' edge
     for axes in panels[:-1]:
         axes.set(xticks=[], yticks=[])
-    figure.colorbar(shown, ax=panels[1:-1], label="activation (tanh)", shrink=0.5, panchor=False)
+    if rows:
+        figure.colorbar(shown, ax=panels[1:-1].tolist(), label="activation", shrink=0.5,
+                        panchor=False)
     return save(figure, path)

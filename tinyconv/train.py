@@ -18,19 +18,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tinyconv import checkpoint, plots
-from tinyconv.checkpoint import CheckpointError, load_run, save_run
-from tinyconv.data import DataError, iterate_batches, load_mnist, num_batches
-from tinyconv.evaluate import evaluate
-from tinyconv.interop import (
-    CHECKPOINT_HELP,
-    TRUST_PICKLE_HELP,
-    MissingDependencyError,
-    load_model,
-)
-from tinyconv.cli import compile_notice, set_threads
-from tinyconv.kernels import BACKENDS, DeviceUnavailable
+from tinyconv import checkpoint, cli, plots
 from tinyconv.archs import LeNet5
+from tinyconv.checkpoint import load_run, save_run
+from tinyconv.data import iterate_batches, load_mnist, num_batches
+from tinyconv.evaluation import evaluate
+from tinyconv.interop import CHECKPOINT_HELP, load_model
 from tinyconv.optim import Adam, StepLR
 
 RECIPES = {
@@ -54,7 +47,8 @@ CURVES_EVERY = 10.0  # seconds
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss); the message says where and what is kept."""
+    """Training cannot go on (a non-finite loss); the message says where and what is kept.
+    The command's exit status 1: the job ran and failed."""
 
 
 # ---- the training loop
@@ -70,7 +64,7 @@ def train_epoch(model, opt, images, labels, config, epoch, quiet):
     bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{config['epochs']}",
                unit="batch", leave=False, disable=quiet, file=sys.stderr)
     loss_sum, seen, start = 0.0, 0, time.perf_counter()
-    notice = compile_notice(enabled=not quiet)
+    notice = cli.compile_notice(enabled=not quiet)
     for step, (x, y) in enumerate(bar, 1):
         loss, grads = model.loss_and_grads(x, y)
         if not math.isfinite(loss):
@@ -101,8 +95,9 @@ def redraw_curves(run_dir):
 def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
     """Run (or, with resume, continue) a training run in run_dir; returns the last metrics.
 
-    A new run starts from the weights of config["init_from"] (a tinyconv checkpoint or a
-    PyTorch file; trust_pickle lets the latter unpickle objects) when it names one.
+    A new run trains LeNet-5 from the seed's weights, or, when config["init_from"] names one,
+    the network of that checkpoint from its weights (a PyTorch file holds LeNet-5's;
+    trust_pickle lets it unpickle objects).
     """
     run_dir = Path(run_dir)
     last_path, best_path = run_dir / "last.npz", run_dir / "best.npz"
@@ -111,11 +106,12 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
         start_epoch, best = header["epoch"], header["best"]
     else:
         if last_path.exists():
-            raise TrainingError(f"{run_dir} already holds a run (last.npz): continue it with "
-                                f"--resume {run_dir}, or choose another --run-dir")
-        model = LeNet5(seed=config["seed"], device=config["device"])
+            raise ValueError(f"{run_dir} already holds a run (last.npz): continue it with "
+                             f"--resume {run_dir}, or choose another --run-dir")
         if config.get("init_from"):
-            model.load_state_dict(load_model(config["init_from"], trust_pickle)[0].state_dict())
+            model = load_model(config["init_from"], trust_pickle, config["device"])[0].train()
+        else:
+            model = LeNet5(seed=config["seed"], device=config["device"])
         opt = Adam(model, lr=config["lr"], weight_decay=config["weight_decay"])
         sched = StepLR(opt, config["lr_step"], config["lr_gamma"])
         start_epoch, best = 0, {"accuracy": -1.0, "epoch": 0}
@@ -126,8 +122,8 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise TrainingError(f"cannot make the run directory {run_dir}: "
-                            f"{exc.strerror or exc}") from None
+        raise cli.WriteError(f"cannot make the run directory {run_dir}: "
+                             f"{cli.os_reason(exc)}") from None
     metrics, draw_curves = None, plots.available("curves.png", quiet)
     drawn = -math.inf  # when curves.png was last drawn
     for epoch in range(start_epoch, config["epochs"]):
@@ -157,9 +153,9 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
             with open(run_dir / "metrics.jsonl", "a") as log:
                 log.write(json.dumps(metrics) + "\n")
         except OSError as exc:
-            raise TrainingError(f"cannot write epoch {epoch + 1}'s results in {run_dir}: "
-                                f"{exc.strerror or exc} ({exc.filename or run_dir}); the "
-                                "checkpoints written before it are intact") from None
+            raise cli.WriteError(f"cannot write epoch {epoch + 1}'s results in {run_dir}: "
+                                 f"{cli.os_reason(exc)} ({exc.filename or run_dir}); the "
+                                 "checkpoints written before it are intact") from None
         if draw_curves and (epoch + 1 == config["epochs"]
                             or time.perf_counter() - drawn >= CURVES_EVERY):
             redraw_curves(run_dir)  # the whole run so far, resumed epochs included
@@ -174,74 +170,63 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
 # ---- command line
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m tinyconv.train",
-        description="Train LeNet-5 on MNIST with tinyconv's hand-written kernels. With no "
-                    "flags: the default recipe (20 epochs, about 99.2% test accuracy) on the "
-                    "bundled MNIST, writing checkpoints to runs/<time>-<recipe>/.",
-        epilog="Examples:\n"
-               "  python -m tinyconv.train --epochs 2 --limit-train 6000   # a quick look\n"
-               "  python -m tinyconv.train --recipe report                 # the original report\n"
-               "  python -m tinyconv.train --resume runs/NAME              # continue a run\n"
-               "  python -m tinyconv.evaluate runs/NAME/best.npz           # test a checkpoint",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser():
+    parser = cli.parser(
+        "python -m tinyconv.train",
+        "Train LeNet-5 on MNIST with tinyconv's hand-written kernels. With no flags: the "
+        "default recipe (20 epochs, about 99.2% test accuracy) on the bundled MNIST, writing "
+        "checkpoints to runs/<time>-<recipe>/. The flags from --epochs to --normalize override "
+        "the recipe's settings.",
+        examples=["python -m tinyconv.train --epochs 2 --limit-train 6000   # a quick look",
+                  "python -m tinyconv.train --recipe report                 # the original report",
+                  "python -m tinyconv.train --resume runs/NAME              # continue a run",
+                  "python -m tinyconv.evaluate runs/NAME/best.npz           # test a checkpoint"],
+        failed="when training stopped at a non-finite loss (the last good checkpoint is kept)")
     recipe_help = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in recipe.items())
                             for name, recipe in RECIPES.items())
     parser.add_argument("--recipe", choices=RECIPES, default="default",
                         help=f"starting settings that the flags below override ({recipe_help})")
-    parser.add_argument("--epochs", type=int, help="passes over the training set")
-    parser.add_argument("--batch-size", type=int, help="images per Adam step")
-    parser.add_argument("--lr", type=float, help="Adam's initial learning rate")
-    parser.add_argument("--lr-step", type=int, help="multiply the lr by --lr-gamma every this "
-                        "many epochs (StepLR step_size)")
+    parser.add_argument("--epochs", type=cli.count(1), help="passes over the training set")
+    parser.add_argument("--batch-size", type=cli.count(1), help="images per Adam step")
+    parser.add_argument("--lr", type=cli.positive, help="Adam's initial learning rate")
+    parser.add_argument("--lr-step", type=cli.count(1), help="multiply the lr by --lr-gamma "
+                        "every this many epochs (StepLR step_size)")
     parser.add_argument("--lr-gamma", type=float, help="the StepLR factor")
     parser.add_argument("--weight-decay", type=float, help="Adam's L2 weight decay")
     parser.add_argument("--seed", type=int, help="initial weights, order and augmentation")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction,
                         help="random horizontal flips, p=0.5 (the report's augmentation)")
-    parser.add_argument("--translate", type=int, metavar="PIXELS",
+    parser.add_argument("--translate", type=cli.count(0), metavar="PIXELS",
                         help="random shifts of up to PIXELS in each direction (0: none)")
-    parser.add_argument("--resize", choices=("pad", "bilinear"),
-                        help="28x28 -> 32x32 by zero padding (LeNet) or bilinear (the report)")
-    parser.add_argument("--normalize", choices=("standard", "unit", "none"),
-                        help="pixel scaling: standard=(x/255-0.1307)/0.3081, unit=x/255, none")
-    parser.add_argument("--limit-train", type=int, metavar="N", help="use the first N training "
-                        "images only (quick runs)")
-    parser.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N "
-                        "test images only")
-    parser.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
-    parser.add_argument("--device", choices=BACKENDS, help="where the kernels run: cpu "
-                        "(default) or cuda, an NVIDIA GPU (pip install 'tinyconv[cuda]')")
-    parser.add_argument("--data-dir", help="directory holding the four MNIST files (default: "
-                        "TINYCONV_DATA, the bundled data/mnist, the cache, then a download)")
+    cli.add_preprocessing(parser, lambda key: "the recipe's")
+    parser.add_argument("--limit-train", type=cli.count(1), metavar="N", help="use the first N "
+                        "training images only (quick runs)")
+    parser.add_argument("--limit-test", type=cli.count(1), metavar="N", help="evaluate on the "
+                        "first N test images only")
+    cli.add_threads(parser)
+    cli.add_device(parser, default=None, note="; with --resume, the run's")
+    cli.add_data_dir(parser)
     parser.add_argument("--run-dir", help="where checkpoints and metrics.jsonl go "
                         "(default: runs/<time>-<recipe>)")
-    parser.add_argument("--init-from", metavar="PATH", help="start from these weights instead "
-                        f"of the seed's: {CHECKPOINT_HELP}; Adam starts afresh")
-    parser.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
+    parser.add_argument("--init-from", metavar="PATH", help="start from this network and its "
+                        f"weights instead of LeNet-5 from the seed's: {CHECKPOINT_HELP}; Adam "
+                        "starts afresh")
+    cli.add_trust_pickle(parser)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from "
                         "its last.npz; only --epochs, --threads, --device and --data-dir may "
                         "change")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
-    return parser.parse_args(argv)
+    return parser
 
 
 def build_config(args):
-    """The run's settings: the recipe's, overridden by the flags given, checked."""
+    """The run's settings: the recipe's, overridden by the flags given (which the parser has
+    checked)."""
     given = {k: v for k, v in vars(args).items() if v is not None and k not in
              ("recipe", "run_dir", "resume", "quiet", "trust_pickle")}
-    config = {**RECIPES[args.recipe], "recipe": args.recipe, "limit_train": None,
-              "limit_test": None, "threads": None, "device": "cpu", "data_dir": None,
-              "init_from": None, **given}
-    for key, least in (("epochs", 1), ("batch_size", 1), ("lr_step", 1), ("translate", 0),
-                       ("limit_train", 1), ("limit_test", 1)):
-        if config[key] is not None and config[key] < least:
-            raise ValueError(f"--{key.replace('_', '-')} must be at least {least}, "
-                             f"found {config[key]}")
-    if not config["lr"] > 0:
-        raise ValueError(f"--lr must be positive, found {config['lr']}")
-    return config
+    return {**RECIPES[args.recipe], "recipe": args.recipe, "limit_train": None,
+            "limit_test": None, "threads": None, "device": "cpu", "data_dir": None,
+            "init_from": None, **given}
 
 
 def resumed_config(args):
@@ -258,28 +243,25 @@ def resumed_config(args):
     return {"device": "cpu", **header["config"], **changes}  # runs before --device: cpu
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        if args.resume:
-            config, run_dir = resumed_config(args), Path(args.resume)
-        else:
-            config = build_config(args)
-            run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{args.recipe}")
-        set_threads(config["threads"])
-        if not args.quiet:
-            print(f"run {run_dir}: " + ", ".join(f"{k}={v}" for k, v in config.items()
-                                                 if v is not None), flush=True)
-        metrics = train(config, run_dir, resume=bool(args.resume), quiet=args.quiet,
-                        trust_pickle=args.trust_pickle)
-    except (TrainingError, CheckpointError, DataError, MissingDependencyError,
-            DeviceUnavailable, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+def command(args):
+    if args.resume:
+        config, run_dir = resumed_config(args), Path(args.resume)
+    else:
+        config = build_config(args)
+        run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{args.recipe}")
+    cli.set_threads(config["threads"])
+    if not args.quiet:
+        print(f"run {run_dir}: " + ", ".join(f"{k}={v}" for k, v in config.items()
+                                             if v is not None), flush=True)
+    metrics = train(config, run_dir, resume=bool(args.resume), quiet=args.quiet,
+                    trust_pickle=args.trust_pickle)
     if metrics and not args.quiet:
         print(f"done: test accuracy {100 * metrics['test_accuracy']:.2f}% after epoch "
               f"{metrics['epoch']}; checkpoints in {run_dir}")
-    return 0
+
+
+def main(argv=None):
+    return cli.run(parser(), command, argv, failed=(TrainingError,))
 
 
 if __name__ == "__main__":

@@ -1,93 +1,124 @@
 """Look inside a checkpoint: python -m tinyconv.visualize CHECKPOINT --out DIR [--help].
 
-Writes DIR/filters.png (the learned conv1 filters) and DIR/feature_maps.png (what each layer
-makes of one input: a test image, or your own with --image, prepared as predict does).
-Needs matplotlib (pip install 'tinyconv[pictures]'); --image also needs Pillow.
+Writes DIR/filters.png (the filters of the network's first Conv2d layer) and
+DIR/feature_maps.png (what the layers make of one input: a test image, or your own with
+--image, prepared as predict does). Needs matplotlib (pip install 'tinyconv[pictures]');
+--image also needs Pillow.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
-from tinyconv import plots
-from tinyconv.checkpoint import CheckpointError
-from tinyconv.data import DataError, load_mnist
+from tinyconv import cli, plots
+from tinyconv.data import load_mnist
+from tinyconv.digits import mnist_digit
+from tinyconv.evaluation import model_inputs
 from tinyconv.interop import MissingDependencyError
-from tinyconv.cli import set_threads
-from tinyconv.predict import (
-    CLASSIFIER_HELP,
-    ImageError,
-    load_classifier,
-    mnist_digit,
-    model_inputs,
-)
+from tinyconv.nn import Conv2d
 
 DEFAULTS = {"index": 0}
-# backbone output index -> what it is; each is a tanh output, so it lies in [-1, 1]
-STAGES = ((1, "conv1 + tanh"), (3, "pool + tanh"), (5, "conv2 + tanh"), (7, "pool + tanh"),
-          (9, "conv3 + tanh"), (12, "fc1 + tanh"))
+
+
+def shown_layers(model):
+    """The indices of the layers whose outputs feature_maps.png shows, each with the kinds of
+    the layers that made it from the previous row's: [(index, "Conv2d + Tanh"), ...].
+
+    A row is the output of a run of layers that ends where the shape changes: a convolution
+    and its activation (or batch norm, dropout: same-shape layers) make one row, the output
+    the next stage sees, since the values before the activation only say the same in another
+    scale. Views (Flatten) show no new values, and the last layer's output is drawn as the
+    class probabilities instead.
+    """
+    rows, kinds = [], []
+    for index, layer in enumerate(model.layers[:-1]):
+        if not layer.is_view:
+            kinds.append(type(layer).__name__)
+        following = model.layers[index + 1]
+        if kinds and (following.is_view or model.shapes[index + 2] != model.shapes[index + 1]):
+            rows.append((index, " + ".join(kinds)))
+            kinds = []
+    return rows
+
+
+def feature_rows(model, x):
+    """[(label, activations of the one input in x)] for the shown_layers of model."""
+    outputs = model.activations(x)
+    return [(f"{model.prefix}{index}\n{kinds}", outputs[index][0])
+            for index, kinds in shown_layers(model)]
+
+
+def first_conv(model):
+    """(index, layer) of the network's first Conv2d layer, or None."""
+    return next(((index, layer) for index, layer in enumerate(model.layers)
+                 if isinstance(layer, Conv2d)), None)
 
 
 def visualize(model, config, digit, name, out_dir):
-    """Write filters.png and feature_maps.png for a uint8 (28, 28) digit; returns the paths."""
+    """Write filters.png (if the network has a Conv2d layer) and feature_maps.png for a uint8
+    (28, 28) digit; returns the paths written."""
     out_dir = Path(out_dir)
     x = model_inputs(digit[None], config)
-    outputs = model.activations(x)
     probabilities = model.probabilities(x)[0]
     guess = int(probabilities.argmax())
-    stages = [(f"backbone.{index}\n{label}", outputs[index][0]) for index, label in STAGES]
     title = (f"{name}: predicted {guess} ({probabilities[guess]:.3f}); "
              "red positive, blue negative")
-    return [plots.filters(model.state_dict()["backbone.0.weight"], out_dir / "filters.png",
-                          "conv1 (backbone.0): the six learned 5x5 filters"),
-            plots.feature_maps(x[0, 0], stages, probabilities, out_dir / "feature_maps.png",
-                               title)]
+    paths = []
+    conv = first_conv(model)
+    if conv is None:
+        print(f"note: the network has no Conv2d layer, so no {out_dir / 'filters.png'} is "
+              "drawn", file=sys.stderr)
+    else:
+        index, layer = conv
+        weight = model.state_dict()[f"{model.prefix}{index}.weight"]
+        kh, kw = layer.kernel
+        paths.append(plots.filters(weight, out_dir / "filters.png",
+                                   f"{model.prefix}{index} {layer!r}: the {len(weight)} "
+                                   f"learned {kh}x{kw} filters"))
+    paths.append(plots.feature_maps(x[0], feature_rows(model, x), probabilities,
+                                    out_dir / "feature_maps.png", title))
+    return paths
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m tinyconv.visualize",
-        description="Draw a checkpoint's conv1 filters (filters.png) and the feature maps of "
-                    "every layer for one input (feature_maps.png). Needs matplotlib.")
-    parser.add_argument("checkpoint", help=CLASSIFIER_HELP)
+def parser():
+    parser = cli.parser(
+        "python -m tinyconv.visualize",
+        "Draw the filters of a checkpoint's first Conv2d layer (filters.png) and, for one "
+        "input, the feature maps of its layers and the class probabilities "
+        "(feature_maps.png). Needs matplotlib.",
+        examples=["python -m tinyconv.visualize runs/NAME/best.npz --out pictures/",
+                  "python -m tinyconv.visualize runs/NAME --image my-digit.png --out pictures/"])
+    cli.add_inference_flags(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="where the PNGs go")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--image", help="your own digit image (needs Pillow), prepared as "
-                        "python -m tinyconv.predict does")
-    source.add_argument("--index", type=int, default=DEFAULTS["index"],
+    source.add_argument("--image", metavar="FILE", help="your own digit image (needs Pillow), "
+                        "prepared as python -m tinyconv.predict does")
+    source.add_argument("--index", type=cli.count(0), default=DEFAULTS["index"],
                         help="which MNIST test image to show (default %(default)s)")
-    parser.add_argument("--data-dir", help="directory holding the MNIST files "
-                        "(default: TINYCONV_DATA, the bundled data/mnist, then the cache)")
-    parser.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
-    return parser.parse_args(argv)
+    cli.add_data_dir(parser)
+    return parser
+
+
+def command(args):
+    if not plots.available("picture", quiet=True):
+        raise MissingDependencyError(plots.MISSING.format("picture"))
+    cli.set_threads(args.threads)
+    model, config, _ = cli.classifier_from_flags(args)
+    if args.image:
+        digit, name = mnist_digit(args.image), Path(args.image).name
+    else:
+        images, labels = load_mnist("test", args.data_dir)
+        if args.index >= len(images):
+            raise ValueError(f"--index must lie in 0..{len(images) - 1}, found {args.index}")
+        digit = images[args.index]
+        name = f"test image {args.index} (a {labels[args.index]})"
+    with cli.writing(args.out):
+        paths = visualize(model, config, digit, name, args.out)
+    for path in paths:
+        print(f"wrote {path}")
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if not plots.available("picture"):
-        return 2
-    try:
-        set_threads(args.threads)
-        model, config = load_classifier(args.checkpoint)
-        if args.image:
-            digit, name = mnist_digit(args.image), Path(args.image).name
-        else:
-            images, labels = load_mnist("test", args.data_dir)
-            if not 0 <= args.index < len(images):
-                raise ValueError(f"--index must lie in 0..{len(images) - 1}, found {args.index}")
-            digit = images[args.index]
-            name = f"test image {args.index} (a {labels[args.index]})"
-    except (CheckpointError, DataError, ImageError, MissingDependencyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        paths = visualize(model, config, digit, name, args.out)
-    except OSError as exc:
-        print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    for path in paths:
-        print(f"wrote {path}")
-    return 0
+    return cli.run(parser(), command, argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ import importlib
 import importlib.util
 from types import SimpleNamespace
 
-
 KERNELS = (
     "conv2d_forward", "conv2d_backward",
     "avgpool2d_forward", "avgpool2d_backward",

@@ -5,18 +5,19 @@ OH/OW output height and width, KH/KW kernel height and width, k pooling window,
 IN/OUT linear features, V classes, P parameter count, L the length of one pass.
 
 Layout: the batch is the LAST axis of every activation: images (C,H,W,N), features (IN,N),
-logits (V,N), all C-contiguous (tinyconv.ops checks: ravel() is a view only of a contiguous
-array, and writes into the copy it makes of any other would be lost). The samples of one
+logits (V,N), all C-contiguous (the Sequential's buffers are: ravel() is a view only of a
+contiguous array, and writes into the copy it makes of any other would be lost). The samples of one
 pixel are then contiguous, and so are the (position, sample) pairs of a stretch of an image
-row: every inner loop runs over such a stretch, a vector FMA per 16 floats (AVX-512), with
+row: every inner loop runs over such a stretch, a vector FMA per 16 floats (AVX-512; 8 with
+AVX2), with
 its weights held in registers. Measured at batch 128
 against the same loops in NCHW: conv2 forward 11 ms -> 1.6 ms, conv3 forward (a 1x1 output,
 so a 1-long inner loop in NCHW) 27 ms -> 0.2 ms. Weights keep torch's layout.
 tinyconv.nn.Sequential transposes the NCHW input once per batch and the logits once back.
 
 The contract (DESIGN.md section 2): outputs first, then what the forward saved, then inputs,
-then parameters, then sizes. Kernels allocate nothing, check nothing (tinyconv.ops validates)
-and return nothing. Every backward OVERWRITES its outputs; none accumulates.
+then parameters, then sizes. Kernels allocate nothing, check nothing (tinyconv.nn checks the
+shapes when a network is built, and its inputs at each call) and return nothing. Every backward OVERWRITES its outputs; none accumulates.
 
 Determinism: every prange iteration owns the outputs it writes and sums in a fixed order, so
 results are bit-identical across runs and thread counts (no reductions across iterations).

@@ -1,0 +1,248 @@
+"""Running a registry case: its seeded values, its layer (or the loss, or Adam) on a backend
+with every output NaN first, its torch twin, and the kernel calls it makes, recorded so that
+the kernel checks (test_kernels, test_cuda) replay exactly what the layers ask for.
+
+Values are drawn in float64 but rounded to float32 first, so the float32 kernels and the
+float64 reference and torch see the same numbers. Arrays handed to a backend are batch-last
+and 64-byte aligned, as Sequential's are; results come back batch first, as torch's.
+"""
+
+import dataclasses
+import functools
+import inspect
+
+import numpy as np
+
+from tests.registry import AdamCase, Case, LossCase
+from tinyconv import interop, nn
+from tinyconv.kernels import KERNELS, cpu, get_backend, host
+from tinyconv.optim import adam_scalars
+
+
+def rel_err(ours, theirs):
+    """max |ours - theirs| over max |theirs| (absolute where theirs is all zeros), float64."""
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    assert ours.shape == theirs.shape, f"shape {ours.shape} != expected {theirs.shape}"
+    return np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30)
+
+
+def aligned(array, dtype=None):
+    """A C-contiguous, 64-byte aligned copy (in dtype, if given), as the model's arrays are."""
+    copy = host.empty(np.shape(array), dtype or array.dtype)
+    copy[...] = array
+    return copy
+
+
+def nans(shape):
+    """An aligned float32 array of NaN: an output that a kernel leaves unwritten, or adds
+    into instead of overwriting, stays NaN."""
+    array = host.empty(shape)
+    array[...] = np.nan
+    return array
+
+
+def batch_last(array):
+    """(N, ...) -> (..., N), float32, aligned: the kernels' layout."""
+    return aligned(np.moveaxis(array, 0, -1), np.float32)
+
+
+def batch_first(array):
+    """(..., N) -> (N, ...): torch's layout, for comparison."""
+    return np.moveaxis(array, -1, 0)
+
+
+# ---- seeded values (float32 numbers held in float64)
+
+
+def _normal(rng):
+    return lambda shape, scale=1.0: (scale * rng.standard_normal(shape)).astype(
+        np.float32).astype(np.float64)
+
+
+def draw(case, seed=0):
+    """(inp, params, dout) of a layer case, batch first: the input scale * N(0, 1), the
+    parameters and the upstream gradient N(0, 1) (drawn rather than the layer's init, whose
+    small weights would hide a wrong one)."""
+    normal = _normal(np.random.default_rng(seed))
+    in_shape = case.shape[1:]
+    inp = normal(case.shape, case.scale)
+    params = {name: normal(shape) for name, shape in case.layer.params(in_shape).items()}
+    dout = normal((case.shape[0], *case.layer.out_shape(in_shape)))
+    return inp, params, dout
+
+
+def draw_loss(case, seed=0):
+    """(logits (N, V), labels (N,) int64, dloss) of a loss case."""
+    rng = np.random.default_rng(seed)
+    logits = _normal(rng)((case.batch, case.classes), case.scale)
+    labels = rng.integers(0, case.classes, size=case.batch).astype(np.int64)
+    return logits, labels, np.float32(rng.uniform(0.5, 2.0))
+
+
+def draw_adam(case, seed=0):
+    """(params, m, v, grads) (P,) float32 and adam_update's scalars, of an Adam case."""
+    normal = _normal(np.random.default_rng(seed))
+    params, m, v, grads = (normal(case.size) for _ in range(4))
+    arrays = [aligned(a, np.float32) for a in (params, m, np.abs(v), grads)]
+    return (*arrays, adam_scalars(1e-2, 0.9, 0.999, 1e-8, case.weight_decay, case.step))
+
+
+# ---- running on a backend
+
+
+def run_layer(k, layer, inp, params, dout, dinp=True):
+    """One layer's forward then backward on backend k, from batch-last float32 inp (..., N),
+    params and dout; returns (Tensors, gradients). The buffers are laid out as Sequential lays
+    them: out, dinp (None when dinp is False) and the gradients NaN first; a view layer's out
+    is a reshape of inp, and its dout a reshape of dinp holding dout's values."""
+    out_shape = (*layer.out_shape(inp.shape[:-1]), inp.shape[-1])
+    if layer.is_view:
+        t = nn.Tensors(inp, inp.reshape(out_shape), nans(inp.shape))
+        t.dout = t.dinp.reshape(out_shape)
+        t.dout[...] = dout
+    else:
+        t = nn.Tensors(inp, nans(out_shape), nans(inp.shape) if dinp else None, dout)
+    grads = {name: nans(value.shape) for name, value in params.items()}
+    layer.forward(k, t, params, True)
+    layer.backward(k, t, params, grads)
+    return t, grads
+
+
+def layer_results(k, case, inp, params, dout):
+    """The case's layer on backend k in float32, from draw()'s values: {"out", "dinp" (unless
+    case.dinp is False), "d<param>"...}, batch first, keyed as torch_results."""
+    t, grads = run_layer(k, case.layer, batch_last(inp),
+                         {name: aligned(value, np.float32) for name, value in params.items()},
+                         batch_last(dout), case.dinp)
+    results = {"out": batch_first(t.out)}
+    if t.dinp is not None:
+        results["dinp"] = batch_first(t.dinp)
+    results.update((f"d{name}", grad) for name, grad in grads.items())
+    return results
+
+
+def loss_results(k, logits, labels, dloss):
+    """The loss kernels on backend k from batch-first logits (N, V): {"losses" (N,), "loss"
+    (their mean, in float64 as Sequential takes it), "probs", "dlogits" (N, V)}."""
+    batch, classes = logits.shape
+    losses, probs, dlogits = nans(batch), nans((classes, batch)), nans((classes, batch))
+    labels = aligned(labels)
+    k.softmax_xent_forward(losses, probs, batch_last(logits), labels)
+    k.softmax_xent_backward(dlogits, probs, labels, dloss)
+    return {"losses": losses, "loss": losses.mean(dtype=np.float64),
+            "probs": batch_first(probs), "dlogits": batch_first(dlogits)}
+
+
+def adam_results(k, params, m, v, grads, scalars):
+    """adam_update on backend k, in place: {"params", "m", "v"} after the step."""
+    k.adam_update(params, m, v, grads, *scalars)
+    return {"params": params, "m": m, "v": v}
+
+
+# ---- torch
+
+
+def torch_twin(layer, params):
+    """The layer's torch twin (interop.torch_layer of its spec), float64, holding params."""
+    import torch
+
+    module = interop.torch_layer(layer.spec()).double()
+    theirs = dict(module.named_parameters())
+    assert theirs.keys() == params.keys(), (
+        f"{layer!r}: torch's parameters are {list(theirs)}, ours {list(params)}")
+    with torch.no_grad():
+        for name, value in params.items():
+            assert theirs[name].shape == value.shape, (
+                f"{layer!r}: {name} is {tuple(theirs[name].shape)} in torch, ours {value.shape}")
+            theirs[name].copy_(torch.from_numpy(value))
+    return module
+
+
+def torch_results(case, inp, params, dout):
+    """torch autograd on the case's twin in float64, from draw()'s values: {"out", "dinp"
+    (unless case.dinp is False), "d<param>"...}, batch first."""
+    import torch
+
+    module = torch_twin(case.layer, params)
+    x = torch.from_numpy(inp).requires_grad_(case.dinp)
+    out = module(x)
+    out.backward(torch.from_numpy(dout))
+    results = {"out": out.detach().numpy()}
+    if case.dinp:
+        results["dinp"] = x.grad.numpy()
+    results.update((f"d{name}", param.grad.numpy()) for name, param in module.named_parameters())
+    return results
+
+
+# ---- recording the kernel calls
+
+
+class KernelSpy:
+    """A backend whose kernels call on_call(kernel, args) before they run; its array helpers
+    pass through. Records what a layer asks of the kernels, or checks it."""
+
+    def __init__(self, backend, on_call):
+        self._backend, self._on_call = backend, on_call
+
+    def __getattr__(self, name):
+        attr = getattr(self._backend, name)
+        if name not in KERNELS:
+            return attr
+
+        def call(*args):
+            self._on_call(name, args)
+            attr(*args)
+
+        return call
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Call:
+    """A kernel call as a case made it: the kernel's name and copies of its arguments taken
+    just before it ran (so its outputs are still NaN, and Adam's in-place ones as they were)."""
+
+    kernel: str
+    args: tuple
+
+    @property
+    def names(self):
+        """The kernel's argument names."""
+        return tuple(inspect.signature(getattr(cpu, self.kernel).py_func).parameters)
+
+    def copies(self):
+        """Fresh aligned copies of the array arguments (the others as they are), to run on."""
+        return [aligned(a) if isinstance(a, np.ndarray) else a for a in self.args]
+
+
+def _record_layer(k, case, seed):
+    layer_results(k, case, *draw(case, seed))
+
+
+def _record_loss(k, case, seed):
+    loss_results(k, *draw_loss(case, seed))
+
+
+def _record_adam(k, case, seed):
+    adam_results(k, *draw_adam(case, seed))
+
+
+_RECORD = {Case: _record_layer, LossCase: _record_loss, AdamCase: _record_adam}
+
+
+def recorded_calls(case, seed=0):
+    """The kernel calls, in order, that a registry case (layer, loss or Adam) makes on the CPU
+    backend: a list of Call."""
+    calls = []
+
+    def record(kernel, args):
+        calls.append(Call(kernel, tuple(aligned(a) if isinstance(a, np.ndarray) else a
+                                        for a in args)))
+
+    _RECORD[type(case)](KernelSpy(get_backend("cpu"), record), case, seed)
+    return calls
+
+
+@functools.cache
+def kernels_called(case):
+    """The names of the kernels a case calls, in order (a tuple)."""
+    return tuple(call.kernel for call in recorded_calls(case))
