@@ -246,3 +246,18 @@ def recorded_calls(case, seed=0):
 def kernels_called(case):
     """The names of the kernels a case calls, in order (a tuple)."""
     return tuple(call.kernel for call in recorded_calls(case))
+
+
+def lockstep(model, opt, module, torch_opt, x, y):
+    """One Adam step of a tinyconv model and of its torch twin on the same batch; returns
+    both mean losses."""
+    import torch
+
+    loss, grads = model.loss_and_grads(x, y)
+    opt.step(grads)
+    torch_opt.zero_grad()
+    torch_loss = torch.nn.functional.cross_entropy(module(torch.from_numpy(x)),
+                                                   torch.from_numpy(y))
+    torch_loss.backward()
+    torch_opt.step()
+    return loss, torch_loss.item()

@@ -9,17 +9,12 @@ import pytest
 import torch
 
 import tinyconv
+from tests.harness import lockstep, rel_err
 from tinyconv import archs, checkpoint, interop, nn
 from tinyconv.optim import Adam, StepLR
 
 # float32 sums in other orders than torch's (test_ops's bounds)
 FORWARD, BACKWARD = 1e-5, 1e-4
-
-
-def rel_err(ours, theirs):
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    assert ours.shape == theirs.shape, f"shape {ours.shape} != torch's {theirs.shape}"
-    return np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30)
 
 
 def odd_network(seed=0):
@@ -91,14 +86,8 @@ def test_training_steps_track_torch_for_an_odd_network():
     for step in range(10):
         x = rng.standard_normal((16, 2, 11, 10)).astype(np.float32)
         y = rng.integers(0, 4, size=16)
-        loss, grads = model.loss_and_grads(x, y)
-        opt.step(grads)
-        torch_opt.zero_grad()
-        torch_loss = torch.nn.functional.cross_entropy(module(torch.from_numpy(x)),
-                                                       torch.from_numpy(y))
-        torch_loss.backward()
-        torch_opt.step()
-        assert abs(loss - torch_loss.item()) <= 1e-4 * abs(torch_loss.item()), step
+        loss, torch_loss = lockstep(model, opt, module, torch_opt, x, y)
+        assert abs(loss - torch_loss) <= 1e-4 * abs(torch_loss), step
     for name, param in module.named_parameters():
         err = rel_err(model.params[name], param.detach().numpy())
         assert err < 1e-4, f"{name}: parameters differ from torch by {err:.3g} after 10 steps"

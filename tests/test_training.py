@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.harness import lockstep
 from tests.torch_lenet import torch_copy
 from tinyconv import LeNet5
 from tinyconv.data import iterate_batches, load_mnist
@@ -66,15 +67,9 @@ def test_fifty_adam_steps_track_torch(mnist_train):
     torch_opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     sched, torch_sched = StepLR(opt, 2, 0.5), torch.optim.lr_scheduler.StepLR(torch_opt, 2, 0.5)
     for step, (x, y) in enumerate(batches):
-        loss, grads = model.loss_and_grads(x, y)
-        opt.step(grads)
-        torch_opt.zero_grad()
-        torch_loss = torch.nn.functional.cross_entropy(module(torch.from_numpy(x)),
-                                                       torch.from_numpy(y))
-        torch_loss.backward()
-        torch_opt.step()
-        assert abs(loss - torch_loss.item()) <= 1e-4 * abs(torch_loss.item()), \
-            f"step {step}: loss {loss} vs torch {torch_loss.item()}"
+        loss, torch_loss = lockstep(model, opt, module, torch_opt, x, y)
+        assert abs(loss - torch_loss) <= 1e-4 * abs(torch_loss), \
+            f"step {step}: loss {loss} vs torch {torch_loss}"
         if step % 10 == 9:  # a short "epoch" of 10 steps, so the lr halves twice in the run
             sched.step()
             torch_sched.step()
