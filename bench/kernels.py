@@ -30,7 +30,7 @@ from bench.common import (  # noqa: E402
     timing_rows,
     write_json,
 )
-from tests.registry import CASES  # noqa: E402  (the layers' cases, as the tests run them)
+from tests.registry import KERNEL_CASES, Case  # noqa: E402  (the layers' cases, as tested)
 
 THREADS = 2
 BATCH = 128
@@ -39,19 +39,11 @@ STEPS = 10
 CHECK_RTOL = 1e-4
 SEED = 0
 
-# the registry's cases of LeNet-5's layers at batch 128 (tests/registry.py), each timed at
-# --batch-size; the loss and Adam, which are not layers, follow them
-LAYER_CASES = ("conv1", "conv2", "conv3", "pool1", "pool2", "tanh_conv1", "fc1", "fc2")
 CLASSES = 10
 
 
 def batch_last(a):
     return np.ascontiguousarray(np.moveaxis(a, 0, -1))
-
-
-# conv1's input is the image, whose gradient nobody needs: in training neither library computes
-# it (tinyconv passes dinp=None, torch's input does not require grad), and so neither does this
-NO_INPUT_GRAD = {"conv1"}
 
 
 def flops(layer, in_shape, batch):
@@ -257,9 +249,14 @@ def main(argv=None):
         print(warning)
     print(format_table_head())
     rows = []
-    cases = {name: CASES[name][1] for name in LAYER_CASES}
+    # the registry's cases of LeNet-5's layers that run kernels (tests/registry.py), each at
+    # --batch-size; conv1's input is the image, whose gradient nobody needs: in training
+    # neither library computes it (case.dinp False: tinyconv passes dinp=None, torch's input
+    # does not require grad), and so neither does this. The loss, not a layer, follows them
+    cases = {name: case for name, case in KERNEL_CASES.items()
+             if case.lenet and isinstance(case, Case)}
     for name, case in [*cases.items(), ("xent", None)]:
-        input_grad = name not in NO_INPUT_GRAD
+        input_grad = case is None or case.dinp
         if case is None:
             in_shape, work = (CLASSES,), 0
             timed = LossCase(args.batch_size, kernels, torch, args.device)
