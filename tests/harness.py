@@ -66,6 +66,8 @@ def draw(case, seed=0):
     normal = _normal(np.random.default_rng(seed))
     in_shape = case.shape[1:]
     inp = normal(case.shape, case.scale)
+    if case.grid:
+        inp = np.round(inp / case.grid) * case.grid
     params = {name: normal(shape) for name, shape in case.layer.params(in_shape).items()}
     dout = normal((case.shape[0], *case.layer.out_shape(in_shape)))
     return inp, params, dout

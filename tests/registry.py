@@ -28,6 +28,9 @@ class Case:
     layer: nn.Layer
     shape: tuple  # the input's, batch first: (N, C, H, W) or (N, F)
     scale: float = 2.0  # inputs are scale * standard normal (tanh: +-4 reaches its flat tails)
+    # above 0: inputs rounded to multiples of it, so that many are exactly 0 (ReLU's kink) or
+    # equal (ties); no finite differences there
+    grid: float = 0.0
     # False: the network's first layer, whose input gradient nobody needs (its backward gets
     # dinp None, as Sequential calls LeNet-5's conv1)
     dinp: bool = True
@@ -103,6 +106,15 @@ def _avgpool2d(layer, inp, params, dout):
 def _tanh(layer, inp, params, dout):
     out = ref.tanh_forward(inp)
     return {"out": out, "dinp": ref.tanh_backward(dout, out)}
+
+
+def _relu(layer, inp, params, dout):
+    out = ref.relu_forward(inp)
+    return {"out": out, "dinp": ref.relu_backward(dout, out)}
+
+
+def _silu(layer, inp, params, dout):
+    return {"out": ref.silu_forward(inp), "dinp": ref.silu_backward(dout, inp)}
 
 
 def _flatten(layer, inp, params, dout):
@@ -185,6 +197,20 @@ REGISTRY = {
         # a third of the inputs past the rational tanh's clamp at 7.9
         "tanh_sim_tails": Case(nn.Tanh(), (2, 3, 4, 2), scale=8.0, simulator=True),
         "tanh_sim_2d": Case(nn.Tanh(), (3, 5), simulator=True),
+    }),
+    # LeNet-5's shapes with ReLU or SiLU in place of tanh, as the report proposes
+    "ReLU": Entry(_relu, {
+        "relu_conv1": Case(nn.ReLU(), (128, 6, 28, 28), lenet=True),
+        "relu_small": Case(nn.ReLU(), (3, 7)),
+        "relu_zeros": Case(nn.ReLU(), (37, 3, 5, 2), grid=0.5),  # a fifth exactly 0
+        "relu_sim_zeros": Case(nn.ReLU(), (2, 3, 4, 2), grid=0.5, simulator=True),
+    }),
+    "SiLU": Entry(_silu, {
+        "silu_conv1": Case(nn.SiLU(), (128, 6, 28, 28), lenet=True),
+        "silu_small": Case(nn.SiLU(), (3, 7)),
+        # past -88, where e^-x overflows float32: the sigmoid must come out 0, not NaN
+        "silu_tails": Case(nn.SiLU(), (37, 50), scale=60.0),
+        "silu_sim": Case(nn.SiLU(), (2, 3, 4, 2), scale=4.0, simulator=True),
     }),
     "Flatten": Entry(_flatten, {
         "flatten_conv3": Case(nn.Flatten(), (128, 120, 1, 1), lenet=True),

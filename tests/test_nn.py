@@ -29,6 +29,13 @@ def odd_network(seed=0):
         input_shape=(2, 11, 10), seed=seed)
 
 
+def modern_network():
+    """The report's proposed activations: ReLU after the convolution, SiLU in the head."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                         nn.Linear(4 * 3 * 4, 9), nn.SiLU(), nn.Linear(9, 5),
+                         input_shape=(3, 8, 10), seed=6)
+
+
 def mlp():
     """No convolution: the input's (absent) gradient reaches Linear through a Flatten view."""
     return nn.Sequential(nn.Flatten(), nn.Linear(15, 6), nn.Tanh(), nn.Linear(6, 3),
@@ -48,7 +55,7 @@ def torch_twin(model):
     return module
 
 
-@pytest.mark.parametrize("build", [odd_network, mlp, tanh_first])
+@pytest.mark.parametrize("build", [odd_network, modern_network, mlp, tanh_first])
 def test_network_matches_its_torch_twin(build):
     model = build()
     rng = np.random.default_rng(5)

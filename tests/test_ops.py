@@ -100,7 +100,7 @@ def _size(case):
 
 # per kind, its case with the fewest input and parameter values (each costs two reference
 # runs) among those with an input gradient
-FD_CASES = {min((name for name, case in entry.cases.items() if case.dinp),
+FD_CASES = {min((name for name, case in entry.cases.items() if case.dinp and not case.grid),
                 key=lambda name: _size(entry.cases[name])): kind
             for kind, entry in REGISTRY.items()}
 

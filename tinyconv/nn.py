@@ -219,6 +219,39 @@ class Tanh(Layer):
 
 
 @_layer
+class ReLU(Layer):
+    """torch.nn.ReLU(): max(x, 0) elementwise; the gradient at exactly 0 is torch's, 0."""
+
+    def forward(self, k, t, p, training):
+        k.relu_forward(_flat(t.out), _flat(t.inp))
+
+    def backward(self, k, t, p, g):
+        # reads the forward's output: the gradient passes where it is positive
+        k.relu_backward(_flat(t.dinp), _flat(t.out), _flat(t.dout))
+
+    def onnx(self, make_node, inp, out, names):
+        return [make_node("Relu", [inp], [out])]
+
+
+@_layer
+class SiLU(Layer):
+    """torch.nn.SiLU(): x * sigmoid(x) elementwise."""
+
+    def forward(self, k, t, p, training):
+        k.silu_forward(_flat(t.out), _flat(t.inp))
+
+    def backward(self, k, t, p, g):
+        # reads the forward's input: sigmoid(x) * (1 + x * (1 - sigmoid(x)))
+        k.silu_backward(_flat(t.dinp), _flat(t.inp), _flat(t.dout))
+
+    def onnx(self, make_node, inp, out, names):
+        # opset 17 has no SiLU: x * Sigmoid(x)
+        sigmoid = f"{out}.sigmoid"
+        return [make_node("Sigmoid", [inp], [sigmoid], name=sigmoid),
+                make_node("Mul", [inp, sigmoid], [out], name=f"{out}.mul")]
+
+
+@_layer
 class Flatten(Layer):
     """torch.nn.Flatten(): (C, H, W) -> (C*H*W,), features in torch's (c, h, w) order.
 
@@ -286,7 +319,7 @@ def _fan_in_uniform(views, rng):
 
 
 # every layer kind by its name: what a spec's "kind" may say
-LAYERS = {cls.__name__: cls for cls in (Conv2d, AvgPool2d, Tanh, Flatten, Linear)}
+LAYERS = {cls.__name__: cls for cls in (Conv2d, AvgPool2d, Tanh, ReLU, SiLU, Flatten, Linear)}
 
 
 def layer_from_spec(spec, where="layer"):

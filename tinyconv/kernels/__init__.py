@@ -9,6 +9,8 @@ KERNELS = (
     "conv2d_forward", "conv2d_backward",
     "avgpool2d_forward", "avgpool2d_backward",
     "tanh_forward", "tanh_backward",
+    "relu_forward", "relu_backward",
+    "silu_forward", "silu_backward",
     "linear_forward", "linear_backward",
     "softmax_xent_forward", "softmax_xent_backward",
     "adam_update",

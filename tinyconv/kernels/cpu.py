@@ -17,7 +17,8 @@ tinyconv.nn.Sequential transposes the NCHW input once per batch and the logits o
 
 The contract (DESIGN.md section 2): outputs first, then what the forward saved, then inputs,
 then parameters, then sizes. Kernels allocate nothing, check nothing (tinyconv.nn checks the
-shapes when a network is built, and its inputs at each call) and return nothing. Every backward OVERWRITES its outputs; none accumulates.
+shapes when a network is built, and its inputs at each call) and return nothing.
+Every backward OVERWRITES its outputs; none accumulates.
 
 Determinism: every prange iteration owns the outputs it writes and sums in a fixed order, so
 results are bit-identical across runs and thread counts (no reductions across iterations).
@@ -318,6 +319,51 @@ def tanh_backward(dinp, out, dout):
     for idx in prange(flat_out.size):
         y = flat_out[idx]
         flat_dinp[idx] = flat_dout[idx] * (_ONE - y * y)
+
+
+@njit(**_JIT)
+def relu_forward(out, inp):
+    # inp (any shape, C-contiguous) -> out (same shape) = max(inp, 0); a NaN stays NaN
+    flat_out, flat_inp = out.ravel(), inp.ravel()
+    for idx in prange(flat_inp.size):
+        x = flat_inp[idx]
+        flat_out[idx] = _ZERO if x < _ZERO else x
+
+
+@njit(**_JIT)
+def relu_backward(dinp, out, dout):
+    # overwrites dinp; out is the forward's saved output, all the same shape. The gradient
+    # passes where the output is positive; at exactly 0 it is 0, as torch's
+    flat_dinp, flat_out, flat_dout = dinp.ravel(), out.ravel(), dout.ravel()
+    for idx in prange(flat_out.size):
+        flat_dinp[idx] = flat_dout[idx] if flat_out[idx] > _ZERO else _ZERO
+
+
+@njit(**_HELPER)
+def _sigmoid32(x):
+    # 1 / (1 + e^-x): exp overflows to inf for x < -88, and the quotient is then 0, as it
+    # should be
+    return _ONE / (_ONE + np.exp(-x))
+
+
+@njit(**_JIT)
+def silu_forward(out, inp):
+    # inp (any shape, C-contiguous) -> out (same shape) = inp * sigmoid(inp)
+    flat_out, flat_inp = out.ravel(), inp.ravel()
+    for idx in prange(flat_inp.size):
+        x = flat_inp[idx]
+        flat_out[idx] = x * _sigmoid32(x)
+
+
+@njit(**_JIT)
+def silu_backward(dinp, inp, dout):
+    # overwrites dinp; inp is the forward's saved input, all the same shape
+    # d (x s(x)) / dx = s(x) + x s(x) (1 - s(x)) = s(x) (1 + x (1 - s(x)))
+    flat_dinp, flat_inp, flat_dout = dinp.ravel(), inp.ravel(), dout.ravel()
+    for idx in prange(flat_inp.size):
+        x = flat_inp[idx]
+        s = _sigmoid32(x)
+        flat_dinp[idx] = flat_dout[idx] * s * (_ONE + x * (_ONE - s))
 
 
 @njit(**_JIT)

@@ -232,6 +232,73 @@ def tanh_backward(dinp, out, dout):
     _tanh_backward[_blocks(dinp.size), THREADS](dinp.ravel(), out.ravel(), dout.ravel())
 
 
+# ---- relu and silu (elementwise, on flat views)
+
+
+@cuda.jit(cache=True)
+def _relu_forward(out, inp):
+    # inp (P,) -> out (P,) = max(inp, 0); a NaN stays NaN
+    idx = cuda.grid(1)
+    if idx < out.size:
+        x = inp[idx]
+        out[idx] = _ZERO if x < _ZERO else x
+
+
+@cuda.jit(cache=True)
+def _relu_backward(dinp, out, dout):
+    # overwrites dinp (P,); out (P,) the forward's saved output: the gradient passes where it
+    # is positive, 0 at exactly 0 (torch's)
+    idx = cuda.grid(1)
+    if idx < dinp.size:
+        dinp[idx] = dout[idx] if out[idx] > _ZERO else _ZERO
+
+
+@cuda.jit(device=True, inline="always")
+def _sigmoid(x):
+    # 1 / (1 + e^-x), libdevice's expf; 0 where e^-x overflows
+    return _ONE / (_ONE + math.exp(-x))
+
+
+@cuda.jit(cache=True)
+def _silu_forward(out, inp):
+    # inp (P,) -> out (P,) = inp * sigmoid(inp)
+    idx = cuda.grid(1)
+    if idx < out.size:
+        x = inp[idx]
+        out[idx] = x * _sigmoid(x)
+
+
+@cuda.jit(cache=True)
+def _silu_backward(dinp, inp, dout):
+    # overwrites dinp (P,); inp (P,) the forward's saved input
+    # d (x s(x)) / dx = s(x) (1 + x (1 - s(x)))
+    idx = cuda.grid(1)
+    if idx < dinp.size:
+        x = inp[idx]
+        s = _sigmoid(x)
+        dinp[idx] = dout[idx] * s * (_ONE + x * (_ONE - s))
+
+
+def relu_forward(out, inp):
+    """Elementwise max(x, 0), any shape (C-contiguous)."""
+    _relu_forward[_blocks(out.size), THREADS](out.ravel(), inp.ravel())
+
+
+def relu_backward(dinp, out, dout):
+    """Overwrite dinp with dout where out > 0, else 0, out being relu_forward's output."""
+    _relu_backward[_blocks(dinp.size), THREADS](dinp.ravel(), out.ravel(), dout.ravel())
+
+
+def silu_forward(out, inp):
+    """Elementwise x * sigmoid(x), any shape (C-contiguous)."""
+    _silu_forward[_blocks(out.size), THREADS](out.ravel(), inp.ravel())
+
+
+def silu_backward(dinp, inp, dout):
+    """Overwrite dinp with silu's gradient at the forward's input inp, times dout."""
+    _silu_backward[_blocks(dinp.size), THREADS](dinp.ravel(), inp.ravel(), dout.ravel())
+
+
 # ---- linear
 
 

@@ -70,6 +70,28 @@ def tanh_backward(dout, out):
     return dout * (1 - out * out)
 
 
+def relu_forward(inp):
+    """Elementwise max(x, 0), NaN kept, as torch.relu."""
+    return np.where(inp < 0, 0, inp)
+
+
+def relu_backward(dout, out):
+    """Gradient of relu from its saved output: dout where the output is positive, else 0
+    (torch's choice at exactly 0)."""
+    return np.where(out > 0, dout, 0)
+
+
+def silu_forward(inp):
+    """Elementwise x * sigmoid(x), as torch.nn.functional.silu."""
+    return inp / (1 + np.exp(-inp))
+
+
+def silu_backward(dout, inp):
+    """Gradient of silu from its saved input: sigmoid(x) * (1 + x * (1 - sigmoid(x)))."""
+    sigmoid = 1 / (1 + np.exp(-inp))
+    return dout * sigmoid * (1 + inp * (1 - sigmoid))
+
+
 def linear_forward(inp, weight, bias):
     """y = x W^T + b with torch's (OUT, IN) weight layout, as torch.nn.functional.linear."""
     # inp (N,IN), weight (OUT,IN), bias (OUT,) -> out (N,OUT)
