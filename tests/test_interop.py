@@ -350,7 +350,7 @@ def mutate(state, change):
     ("unexpected", "missing [], unexpected ['backbone.14.weight']"),
     ("shape", "backbone.0.weight must have shape (6, 1, 5, 5), found (6, 1, 3, 3)"),
     ("integer", "backbone.13.bias must hold floats, found int64"),
-    ("nested", "expected a state_dict of LeNet-5's tensors, a checkpoint dict holding one "
+    ("nested", "expected a state_dict of the network's tensors, a checkpoint dict holding one "
                "under 'model' or 'state_dict' or 'model_state_dict', or (with --trust-pickle) "
                "a pickled module; found a dict with keys ['epoch', 'weights']"),
 ])

@@ -82,19 +82,14 @@ def save_run(path, model, opt, sched, header):
                         "schedule": sched.state_dict()})
 
 
-def load_network(path, arrays, header, device="cpu"):
-    """The network of a run checkpoint's arrays and header, on `device`."""
-    try:
-        model = build(header.get("arch", "lenet5"), header["config"]["seed"], device)
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+def load_network(arrays, header, device="cpu"):
+    """The network of a run checkpoint's arrays and header, on `device` (a KeyError or
+    ValueError for what is missing or wrong; load_run names the file)."""
+    arch = header["arch"] if header["version"] >= 2 else "lenet5"  # version 1: LeNet-5
+    model = build(arch, header["config"]["seed"], device)
     prefix = "model/"
-    state = {name[len(prefix):]: value for name, value in arrays.items()
-             if name.startswith(prefix)}
-    try:
-        model.load_state_dict(state)
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+    model.load_state_dict({name[len(prefix):]: value for name, value in arrays.items()
+                           if name.startswith(prefix)})
     return model
 
 
@@ -104,7 +99,7 @@ def load_run(path, device="cpu"):
     arrays, header = load(path)
     try:
         config = header["config"]
-        model = load_network(path, arrays, header, device)
+        model = load_network(arrays, header, device)
         opt = Adam(model)
         opt.load_state_dict({**header["adam"], "m": arrays["adam/m"], "v": arrays["adam/v"]})
         sched = StepLR(opt, config["lr_step"], config["lr_gamma"])

@@ -193,7 +193,7 @@ def classifier_from_flags(args):
     add_inference_flags: --resize and --normalize override what the checkpoint recorded, and
     for a PyTorch file, which records nothing, a note on stderr says what is used."""
     model, header = load_model(args.checkpoint, args.trust_pickle, args.device)
-    saved = preprocessing(header)
+    saved = preprocessing(header, args.checkpoint)
     config = {"resize": args.resize or saved["resize"],
               "normalize": args.normalize or saved["normalize"]}
     if header is None and not (args.resize and args.normalize):

@@ -8,7 +8,8 @@ network on labelled digits (evaluate).
 
 import numpy as np
 
-from tinyconv.data import INPUT_SIZE, iterate_batches, prepare_batch
+from tinyconv.checkpoint import CheckpointError
+from tinyconv.data import INPUT_SIZE, NUM_CLASSES, iterate_batches, prepare_batch
 from tinyconv.interop import TORCH_PREPROCESSING, load_model
 
 # what data.py's batches are: one grey channel of 32x32
@@ -16,19 +17,25 @@ MNIST_INPUT = (1, INPUT_SIZE, INPUT_SIZE)
 BATCH_SIZE = 1000
 
 
-def preprocessing(header):
+def preprocessing(header, source):
     """{"resize", "normalize"} of a run header: its training's; the report's for None (a
-    PyTorch file, which records none)."""
+    PyTorch file, which records none). A header without them is a CheckpointError naming
+    source."""
     config = TORCH_PREPROCESSING if header is None else header["config"]
+    missing = [key for key in ("resize", "normalize") if key not in config]
+    if missing:
+        raise CheckpointError(f"{source}: incomplete tinyconv checkpoint, its config records "
+                              f"no {' or '.join(missing)} (the preprocessing of its training)")
     return {key: config[key] for key in ("resize", "normalize")}
 
 
 def check_classifier(model, source):
     """The model in eval mode, once checked to take MNIST batches and give a score per class;
     a ValueError naming source otherwise."""
-    if model.input_shape != MNIST_INPUT or len(model.output_shape) != 1:
+    if (model.input_shape != MNIST_INPUT or len(model.output_shape) != 1
+            or model.output_shape[0] < NUM_CLASSES):
         raise ValueError(f"{source}: expected a network from digits {batch_shape(MNIST_INPUT)}"
-                         f" to class scores (N, classes), found one from "
+                         f" to {NUM_CLASSES} or more class scores (N, classes), found one from "
                          f"{batch_shape(model.input_shape)} to {batch_shape(model.output_shape)}")
     return model.eval()
 
@@ -43,7 +50,7 @@ def load_classifier(path, device="cpu", trust_pickle=False, arch="lenet5"):
     best.npz) or a PyTorch file (the network `arch`; it records no preprocessing, so the
     report's, TORCH_PREPROCESSING, is assumed)."""
     model, header = load_model(path, trust_pickle, device, arch)
-    return check_classifier(model, path), preprocessing(header)
+    return check_classifier(model, path), preprocessing(header, path)
 
 
 def model_inputs(digits, config):

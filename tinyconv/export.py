@@ -18,10 +18,16 @@ def onnx_metadata(header):
     if header is None:
         return {"source": "a PyTorch file; preprocessing unknown"}
     config = header["config"]
-    resize = cli.RESIZE_MEANING[config["resize"]]
-    normalize = cli.NORMALIZE_MEANING[config["normalize"]]
-    return {"source": "tinyconv", "epoch": str(header["epoch"]), "recipe": config["recipe"],
-            "input": f"28x28 digits to 32x32 by {resize}; pixels {normalize}"}
+    metadata = {"source": "tinyconv", "epoch": str(header.get("epoch", "unknown")),
+                "recipe": str(config.get("recipe", "unknown"))}
+    if config.get("resize") in cli.RESIZE_MEANING and \
+            config.get("normalize") in cli.NORMALIZE_MEANING:
+        resize = cli.RESIZE_MEANING[config["resize"]]
+        normalize = cli.NORMALIZE_MEANING[config["normalize"]]
+        metadata["input"] = f"28x28 digits to 32x32 by {resize}; pixels {normalize}"
+    else:
+        metadata["input"] = "preprocessing unknown (the run recorded none)"
+    return metadata
 
 
 def parser():

@@ -109,7 +109,7 @@ def _find_state_dict(torch, content, path):
         for key in STATE_KEYS:
             if key in content:
                 return _find_state_dict(torch, content[key], path)
-    raise CheckpointError(f"{path}: expected a state_dict of LeNet-5's tensors, a checkpoint "
+    raise CheckpointError(f"{path}: expected a state_dict of the network's tensors, a checkpoint "
                           f"dict holding one under {' or '.join(map(repr, STATE_KEYS))}, or "
                           f"(with --trust-pickle) a pickled module; found {_describe(content)}")
 
@@ -175,7 +175,7 @@ def read_torch_state(path, trust_pickle=False, anchor="backbone.0.weight"):
 
 def load_torch_into(model, path, trust_pickle=False):
     """Copy a PyTorch file's weights into a Sequential and return it; errors name the file."""
-    state = read_torch_state(path, trust_pickle, anchor=next(iter(model.state_dict())))
+    state = read_torch_state(path, trust_pickle, anchor=next(iter(model.param_shapes), ""))
     try:
         model.load_state_dict(state)
     except ValueError as exc:
@@ -208,7 +208,10 @@ def load(path, device="cpu", trust_pickle=False, arch="lenet5"):
 def torch_layer(spec):
     """The torch.nn module a layer spec describes: its kind is torch.nn's class name and its
     arguments are that class's, so the twin exists by construction."""
+    from tinyconv.nn import layer_from_spec
+
     torch = _require("torch", "building a torch twin", TORCH_INSTALL)
+    layer_from_spec(spec)  # a kind and arguments of tinyconv's, or a ValueError saying why
     arguments = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()
                  if k != "kind"}
     return getattr(torch.nn, spec["kind"])(**arguments)

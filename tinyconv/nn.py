@@ -50,24 +50,31 @@ class Tensors:
 
 def _flat(array):
     """A contiguous array as a 1-D view: the elementwise kernels take any rank, but Numba
-    compiles them once per rank (fed 4-D and 2-D arrays, tanh compiled four times: 0.8 s more
-    of the cold start)."""
+    compiles them once per rank, and each compile lengthens the cold start."""
     return array.reshape(-1)
 
 
+def _is_count(value, least=1):
+    """Whether value is an int (Python's or numpy's, not a bool) of at least `least`."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= least
+
+
 def _pair(value, name):
-    """An int or a pair of ints as a tuple (kh, kw) of positive ints."""
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in pair):
+    """An int or a pair of ints as a tuple (kh, kw) of positive Python ints."""
+    pair = (value, value) if _is_count(value, least=-math.inf) else value
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(map(_is_count, pair)):
         raise ValueError(f"{name} must be a positive int or a pair of them, found {value!r}")
     return tuple(int(v) for v in pair)
 
 
 def _positive(layer, **values):
+    """Check that each named field of a layer is a positive int, and store it as a Python
+    int (numpy's would reach the spec's JSON and the allocators)."""
     for name, value in values.items():
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        if not _is_count(value):
             raise ValueError(f"{type(layer).__name__}: {name} must be a positive int, "
                              f"found {value!r}")
+        object.__setattr__(layer, name, int(value))
 
 
 class Layer:
@@ -111,6 +118,7 @@ class Layer:
         return f"{type(self).__name__}({', '.join(map(repr, values))})"
 
     def _expect(self, in_shape, rank, what):
+        """Raise ShapeError unless the input has `rank` dimensions, as `what` describes."""
         if len(in_shape) != rank:
             raise ShapeError(f"needs an input {what}, found {tuple(in_shape)}")
 
@@ -139,7 +147,9 @@ class Conv2d(Layer):
 
     @property
     def kernel(self):
-        return _pair(self.kernel_size, "kernel_size")
+        """(kh, kw), whichever way kernel_size was given."""
+        k = self.kernel_size
+        return (k, k) if isinstance(k, int) else k
 
     def out_shape(self, in_shape):
         (kh, kw), c = self.kernel, self.in_channels
@@ -334,7 +344,7 @@ def layer_from_spec(spec, where="layer"):
     args = {k: v for k, v in spec.items() if k != "kind"}
     try:
         return LAYERS[kind](**args)
-    except TypeError as exc:  # a missing or unexpected argument
+    except TypeError as exc:  # a missing or unexpected argument (bad values: ValueError)
         names = [f.name for f in dataclasses.fields(LAYERS[kind])]
         raise ValueError(f"{where}: {kind} takes the arguments {names}, found {sorted(args)} "
                          f"({exc})") from None
@@ -378,12 +388,12 @@ class _Buffers:
     Views into the model's two arenas (activations, gradients), shared by all batch sizes. A
     view layer's output is a reshape of its input. Elementwise layers get buffers of their own:
     run in place (out is inp) they would be correct, but the compiler then cannot rule out
-    overlap and drops to a scalar loop, 7x slower (measured on tanh). Gradient buffers wait for
+    overlap and drops to a scalar loop, several times slower. Gradient buffers wait for
     the first backward, so evaluation never pays for them.
     """
 
     def __init__(self, model, batch, acts_arena, grads_arena):
-        self.model, self.batch, self.grads_arena = model, batch, grads_arena
+        self.model, self.grads_arena = model, grads_arena
         self.shapes = [(*shape, batch) for shape in model.shapes]
         self.acts = self._chain(acts_arena, with_input=True)
         self.tensors = [Tensors(*self.acts[i:i + 2]) for i in range(len(model.layers))]
@@ -447,6 +457,13 @@ class Sequential:
                                  f"found {type(layer).__name__}")
         if not layers:
             raise ValueError("Sequential: needs at least one layer")
+        if (not isinstance(input_shape, (tuple, list)) or not input_shape
+                or not all(map(_is_count, input_shape))):
+            raise ValueError(f"Sequential: input_shape must be the input's positive sides "
+                             f"without the batch, (C, H, W) or (F,), found {input_shape!r}")
+        if not isinstance(prefix, str) or prefix and not prefix.endswith("."):
+            raise ValueError(f"Sequential: prefix must be a string ending in '.' (as "
+                             f"'backbone.'), or '', found {prefix!r}")
         self.layers, self.prefix, self.name = tuple(layers), prefix, name
         self.input_shape = tuple(int(side) for side in input_shape)
         self.seed, self.device = seed, device
@@ -635,6 +652,7 @@ class Sequential:
         return x
 
     def _title(self):
+        """What error messages call this network: its name, or Sequential."""
         return self.name or "Sequential"
 
     def _run_forward(self, x, training):
@@ -654,6 +672,7 @@ class Sequential:
         return buf
 
     def _batch_first(self, array):
+        """A host copy of a batch-last array, batch first: (..., N) -> (N, ...)."""
         return np.moveaxis(self.kernels.to_host(array), -1, 0).copy()
 
     def forward(self, x):
@@ -725,4 +744,5 @@ class Sequential:
 
 
 def _dims(shape):
+    """A shape's sides for messages: (1, 32, 32) -> '1, 32, 32'."""
     return ", ".join(map(str, shape))

@@ -22,7 +22,7 @@ from tinyconv import checkpoint, cli, plots
 from tinyconv.archs import LeNet5
 from tinyconv.checkpoint import load_run, save_run
 from tinyconv.data import iterate_batches, load_mnist, num_batches
-from tinyconv.evaluation import evaluate
+from tinyconv.evaluation import check_classifier, evaluate
 from tinyconv.interop import CHECKPOINT_HELP, load_model
 from tinyconv.optim import Adam, StepLR
 
@@ -109,7 +109,8 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
             raise ValueError(f"{run_dir} already holds a run (last.npz): continue it with "
                              f"--resume {run_dir}, or choose another --run-dir")
         if config.get("init_from"):
-            model = load_model(config["init_from"], trust_pickle, config["device"])[0].train()
+            model = load_model(config["init_from"], trust_pickle, config["device"])[0]
+            model = check_classifier(model, config["init_from"]).train()
         else:
             model = LeNet5(seed=config["seed"], device=config["device"])
         opt = Adam(model, lr=config["lr"], weight_decay=config["weight_decay"])
