@@ -13,6 +13,7 @@ import pytest
 from tinyconv import LeNet5, atomicio, checkpoint, cli, evaluate, export, predict, train, visualize
 from tinyconv.evaluation import evaluate as evaluate_model
 from tinyconv.nn import Sequential
+from tinyconv.optim import Adam, StepLR
 
 QUICK = ["--limit-train", "640", "--limit-test", "200", "--batch-size", "64", "--quiet"]
 
@@ -400,3 +401,19 @@ def test_checkpoint_write_failure_stops_with_the_path(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error: cannot write epoch 1's results in" in err and "Is a directory" in err
     assert (run / "last.npz").exists()  # what was written before the failure is whole
+
+
+def test_a_run_without_its_preprocessing_is_one_line(tmp_path, capsys):
+    # save_run takes any header: one whose config lacks resize and normalize cannot be fed
+    model = LeNet5()
+    opt = Adam(model)
+    path = tmp_path / "bare.npz"
+    checkpoint.save_run(path, model, opt, StepLR(opt, 1),
+                        {"epoch": 1, "config": {"seed": 0, "lr_step": 1, "lr_gamma": 0.5}})
+    assert evaluate.main([str(path), "--limit", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {path}: incomplete tinyconv checkpoint, its config records no "
+                   "resize or normalize (the preprocessing of its training)\n")
+    out = tmp_path / "bare.onnx"
+    assert export.main([str(path), "--onnx", str(out)]) == 0  # exporting needs none of it
+    assert out.exists()

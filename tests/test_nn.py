@@ -130,6 +130,16 @@ def test_spec_is_json_and_rebuilds_the_same_network():
     assert archs.build(archs.ARCHS["lenet5"]).spec() == archs.ARCHS["lenet5"]
 
 
+def test_numpy_sizes_become_python_ints():
+    # a spec must dump to JSON, and numba-cuda's allocator takes no numpy integer
+    layers = [nn.Conv2d(np.int64(1), np.int32(2), (np.int64(3), 3)), nn.AvgPool2d(np.int64(2)),
+              nn.Flatten(), nn.Linear(np.int64(8), np.int64(3))]
+    model = nn.Sequential(*layers, input_shape=(np.int64(1), 6, 6))
+    json.dumps(model.spec())
+    assert all(type(side) is int for shape in model.shapes for side in shape)
+    assert type(model.param_count) is int
+
+
 def test_summary_lists_every_layer_with_its_output_and_parameters():
     lines = odd_network().summary().splitlines()
     assert len(lines) == 1 + 1 + 9 + 1  # header, input, nine layers, total

@@ -34,6 +34,21 @@ BAD_NETWORKS = {
     "not a layer": (build(nn.Flatten(), "Linear(64, 3)"),
                     "Sequential: layer 1 must be a tinyconv.nn layer, found str"),
     "no layers": (build(), "Sequential: needs at least one layer"),
+    "input shape a number": (build(nn.Tanh(), input_shape=5),
+                             "Sequential: input_shape must be the input's positive sides without "
+                             "the batch, (C, H, W) or (F,), found 5"),
+    "input shape zero": (build(nn.Tanh(), input_shape=(0, 3)), "found (0, 3)"),
+    "prefix without a dot": (lambda: nn.Sequential(nn.Tanh(), input_shape=(3,),
+                                                   prefix="backbone"),
+                             "Sequential: prefix must be a string ending in '.' (as "
+                             "'backbone.'), or '', found 'backbone'"),
+    "bool kernel": (lambda: nn.Conv2d(1, 2, True),
+                    "Conv2d: kernel_size must be a positive int or a pair of them, found True"),
+    "null kernel in a spec": (lambda: nn.Sequential.from_spec(
+        {"input_shape": [1, 4, 4], "layers": [{"kind": "Conv2d", "in_channels": 1,
+                                               "out_channels": 2, "kernel_size": None}]}),
+        "architecture spec, layer 0: Conv2d: kernel_size must be a positive int or a pair of "
+        "them, found None"),
     "zero channels": (lambda: nn.Conv2d(1, 0, 3),
                       "Conv2d: out_channels must be a positive int, found 0"),
     "bad kernel": (lambda: nn.Conv2d(1, 2, (3, 0)),
