@@ -371,3 +371,12 @@ def test_curves_are_redrawn_after_the_first_and_last_epoch_and_every_so_often(
                        "--run-dir", run]) == 0
     assert train.main(["--resume", run, "--epochs", "6", "--quiet"]) == 0
     assert epochs == drawn
+
+
+def test_evaluate_needs_a_score_per_digit(tmp_path, capsys):
+    # visualize and predict show a 4-class network's guesses; evaluate meets labels up to 9
+    path = tmp_path / "four.npz"
+    custom_checkpoint(path, [Flatten(), Linear(32 * 32, 4)])
+    assert evaluate.main([str(path), "--limit", "20"]) == 2
+    assert capsys.readouterr().err == (f"error: {path}: MNIST's labels need 10 class scores, "
+                                       "the network gives 4\n")

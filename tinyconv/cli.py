@@ -188,7 +188,7 @@ def add_inference_flags(parser):
                                           f"file the report's, {TORCH_PREPROCESSING[key]}")
 
 
-def classifier_from_flags(args):
+def classifier_from_flags(args, labelled=False):
     """(model in eval mode, {"resize", "normalize"}, run header or None) for the flags of
     add_inference_flags: --resize and --normalize override what the checkpoint recorded, and
     for a PyTorch file, which records nothing, a note on stderr says what is used."""
@@ -200,7 +200,7 @@ def classifier_from_flags(args):
         print(f"note: a PyTorch file records no preprocessing; using --resize "
               f"{config['resize']} --normalize {config['normalize']} (the report's where not "
               "given)", file=sys.stderr)
-    return check_classifier(model, args.checkpoint), config, header
+    return check_classifier(model, args.checkpoint, labelled), config, header
 
 
 # ---- running

@@ -68,7 +68,7 @@ def parser():
 
 def command(args):
     cli.set_threads(args.threads)
-    model, config, header = cli.classifier_from_flags(args)
+    model, config, header = cli.classifier_from_flags(args, labelled=True)
     images, labels = load_mnist("test", args.data_dir)
     images, labels = images[:args.limit], labels[:args.limit]
     notice = cli.compile_notice()

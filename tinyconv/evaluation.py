@@ -29,14 +29,17 @@ def preprocessing(header, source):
     return {key: config[key] for key in ("resize", "normalize")}
 
 
-def check_classifier(model, source):
-    """The model in eval mode, once checked to take MNIST batches and give a score per class;
-    a ValueError naming source otherwise."""
-    if (model.input_shape != MNIST_INPUT or len(model.output_shape) != 1
-            or model.output_shape[0] < NUM_CLASSES):
+def check_classifier(model, source, labelled=False):
+    """The model in eval mode, once checked to take MNIST batches and give a score per class,
+    and, when it is to meet MNIST's labels (labelled: evaluate, train), one for each of the
+    10 digits; a ValueError naming source otherwise."""
+    if model.input_shape != MNIST_INPUT or len(model.output_shape) != 1:
         raise ValueError(f"{source}: expected a network from digits {batch_shape(MNIST_INPUT)}"
-                         f" to {NUM_CLASSES} or more class scores (N, classes), found one from "
+                         f" to class scores (N, classes), found one from "
                          f"{batch_shape(model.input_shape)} to {batch_shape(model.output_shape)}")
+    if labelled and model.output_shape[0] < NUM_CLASSES:
+        raise ValueError(f"{source}: MNIST's labels need {NUM_CLASSES} class scores, the "
+                         f"network gives {model.output_shape[0]}")
     return model.eval()
 
 

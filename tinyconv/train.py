@@ -110,7 +110,7 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
                              f"--resume {run_dir}, or choose another --run-dir")
         if config.get("init_from"):
             model = load_model(config["init_from"], trust_pickle, config["device"])[0]
-            model = check_classifier(model, config["init_from"]).train()
+            model = check_classifier(model, config["init_from"], labelled=True).train()
         else:
             model = LeNet5(seed=config["seed"], device=config["device"])
         opt = Adam(model, lr=config["lr"], weight_decay=config["weight_decay"])
