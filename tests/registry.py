@@ -103,6 +103,11 @@ def _avgpool2d(layer, inp, params, dout):
     return {"out": ref.avgpool2d_forward(inp, k), "dinp": ref.avgpool2d_backward(dout, k)}
 
 
+def _maxpool2d(layer, inp, params, dout):
+    k = layer.kernel_size
+    return {"out": ref.maxpool2d_forward(inp, k), "dinp": ref.maxpool2d_backward(dout, inp, k)}
+
+
 def _tanh(layer, inp, params, dout):
     out = ref.tanh_forward(inp)
     return {"out": out, "dinp": ref.tanh_backward(dout, out)}
@@ -189,6 +194,18 @@ REGISTRY = {
         "pool_tiny": _pool(1, 2, 6, 3, 3, simulator=True),
         **_RANDOM["AvgPool2d"],
         "pool_sim": _pool(2, 2, 4, 6, simulator=True),
+    }),
+    # ties on purpose: grid 0.5 makes equal maxima common, grid 10 makes every value 0
+    "MaxPool2d": Entry(_maxpool2d, {
+        "maxpool1": Case(nn.MaxPool2d(2), (128, 6, 28, 28), lenet=True),
+        "maxpool2": Case(nn.MaxPool2d(2), (128, 16, 10, 10), lenet=True),
+        "maxpool_small": Case(nn.MaxPool2d(2), (2, 3, 4, 6)),
+        "maxpool_k3_batch37": Case(nn.MaxPool2d(3), (37, 5, 9, 6)),
+        "maxpool_batch1": Case(nn.MaxPool2d(2), (1, 1, 4, 6)),
+        "maxpool_ties": Case(nn.MaxPool2d(2), (37, 4, 6, 8), scale=1.0, grid=0.5),
+        "maxpool_all_equal": Case(nn.MaxPool2d(3), (5, 2, 6, 9), scale=1.0, grid=10.0),
+        "maxpool_sim_ties": Case(nn.MaxPool2d(2), (2, 2, 4, 6), scale=1.0, grid=0.5,
+                                 simulator=True),
     }),
     "Tanh": Entry(_tanh, {
         "tanh_conv1": Case(nn.Tanh(), (128, 6, 28, 28), lenet=True),

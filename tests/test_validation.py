@@ -59,7 +59,7 @@ BAD_NETWORKS = {
         {"input_shape": [4], "layers": [{"kind": "Linear", "in_features": 4,
                                          "out_features": 2}, {"kind": "Softmax"}]}),
         "architecture spec, layer 1: unknown layer kind 'Softmax', expected one of Conv2d, "
-        "AvgPool2d, Tanh, ReLU, SiLU, Flatten, Linear"),
+        "AvgPool2d, MaxPool2d, Tanh, ReLU, SiLU, Flatten, Linear"),
     "wrong argument": (lambda: nn.Sequential.from_spec(
         {"input_shape": [4], "layers": [{"kind": "Linear", "in_features": 4, "out": 2}]}),
         "architecture spec, layer 0: Linear takes the arguments ['in_features', "

@@ -180,12 +180,9 @@ class Conv2d(Layer):
 
 
 @_layer
-class AvgPool2d(Layer):
-    """torch.nn.AvgPool2d(kernel_size): the mean of each k x k window, stride k.
-
-    Height and width must be multiples of k (torch drops the remainder; here it is an error).
-    https://pytorch.org/docs/stable/generated/torch.nn.AvgPool2d.html
-    """
+class _Pool2d(Layer):
+    """What the pooling kinds share: non-overlapping k x k windows, stride k. Height and width
+    must be multiples of k (torch drops the remainder; here it is an error)."""
 
     kernel_size: int
 
@@ -201,6 +198,14 @@ class AvgPool2d(Layer):
                              f"{tuple(in_shape)}")
         return (channels, height // k, width // k)
 
+
+@_layer
+class AvgPool2d(_Pool2d):
+    """torch.nn.AvgPool2d(kernel_size): the mean of each k x k window, stride k.
+
+    https://pytorch.org/docs/stable/generated/torch.nn.AvgPool2d.html
+    """
+
     def forward(self, k, t, p, training):
         k.avgpool2d_forward(t.out, t.inp, self.kernel_size)
 
@@ -211,6 +216,28 @@ class AvgPool2d(Layer):
     def onnx(self, make_node, inp, out, names):
         k = self.kernel_size
         return [make_node("AveragePool", [inp], [out], kernel_shape=[k, k], strides=[k, k])]
+
+
+@_layer
+class MaxPool2d(_Pool2d):
+    """torch.nn.MaxPool2d(kernel_size): the largest of each k x k window, stride k.
+
+    The backward sends a window's gradient to its largest element, the first in row-major
+    order where several are equal (as after a ReLU), as torch does. It finds that element
+    again from the saved input rather than keeping indices: no buffer, and the same scan.
+    https://pytorch.org/docs/stable/generated/torch.nn.MaxPool2d.html
+    """
+
+    def forward(self, k, t, p, training):
+        k.maxpool2d_forward(t.out, t.inp, self.kernel_size)
+
+    def backward(self, k, t, p, g):
+        # reads the forward's input, to find each window's maximum again
+        k.maxpool2d_backward(t.dinp, t.inp, t.dout, self.kernel_size)
+
+    def onnx(self, make_node, inp, out, names):
+        k = self.kernel_size
+        return [make_node("MaxPool", [inp], [out], kernel_shape=[k, k], strides=[k, k])]
 
 
 @_layer
@@ -329,7 +356,8 @@ def _fan_in_uniform(views, rng):
 
 
 # every layer kind by its name: what a spec's "kind" may say
-LAYERS = {cls.__name__: cls for cls in (Conv2d, AvgPool2d, Tanh, ReLU, SiLU, Flatten, Linear)}
+LAYERS = {cls.__name__: cls for cls in (Conv2d, AvgPool2d, MaxPool2d, Tanh, ReLU, SiLU, Flatten,
+                                        Linear)}
 
 
 def layer_from_spec(spec, where="layer"):

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 KERNELS = (
     "conv2d_forward", "conv2d_backward",
     "avgpool2d_forward", "avgpool2d_backward",
+    "maxpool2d_forward", "maxpool2d_backward",
     "tanh_forward", "tanh_backward",
     "relu_forward", "relu_backward",
     "silu_forward", "silu_backward",

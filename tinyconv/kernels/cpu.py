@@ -303,6 +303,46 @@ def avgpool2d_backward(dinp, dout, k):
 
 
 @njit(**_JIT)
+def maxpool2d_forward(out, inp, k):
+    # inp (C,H,W,N), H and W divisible by k -> out (C,H/k,W/k,N): max of each k x k window; a
+    # NaN in a window makes its max NaN, as torch's
+    C, OH, OW, N = out.shape
+    for row in prange(C * OH):
+        c, i = row // OH, row % OH
+        for j in range(OW):
+            acc = out[c, i, j]
+            acc[:] = inp[c, i * k, j * k]
+            for a in range(k):
+                for b in range(k):
+                    src = inp[c, i * k + a, j * k + b]
+                    for n in range(N):
+                        v = src[n]
+                        if v > acc[n] or v != v:
+                            acc[n] = v
+
+
+@njit(**_JIT)
+def maxpool2d_backward(dinp, inp, dout, k):
+    # overwrites dinp (C,H,W,N); inp (C,H,W,N) the forward's saved input, dout (C,H/k,W/k,N)
+    # Each window's gradient goes to its largest element, the first in row-major order among
+    # equal ones (torch's), found again from the input rather than saved by the forward; the
+    # window's other elements get 0
+    C, OH, OW, N = dout.shape
+    for row in prange(C * OH):
+        c, i = row // OH, row % OH
+        for j in range(OW):
+            for n in range(N):
+                best, best_a, best_b = inp[c, i * k, j * k, n], 0, 0
+                for a in range(k):
+                    for b in range(k):
+                        v = inp[c, i * k + a, j * k + b, n]
+                        if v > best or v != v:  # torch's rule, NaN included
+                            best, best_a, best_b = v, a, b
+                        dinp[c, i * k + a, j * k + b, n] = _ZERO
+                dinp[c, i * k + best_a, j * k + best_b, n] = dout[c, i, j, n]
+
+
+@njit(**_JIT)
 def tanh_forward(out, inp):
     # inp (any shape, C-contiguous) -> out (same shape); out may be inp (in place)
     flat_out, flat_inp = out.ravel(), inp.ravel()

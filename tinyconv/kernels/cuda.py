@@ -201,6 +201,59 @@ def avgpool2d_backward(dinp, dout, k):
     _avgpool2d_backward[_blocks(dinp.size), THREADS](dinp, dout, k)
 
 
+# ---- maxpool2d
+
+
+@cuda.jit(device=True, inline="always")
+def _window_max(inp, c, i, j, n, k):
+    # (value, a, b) of the largest element of window (i, j), the first in row-major order
+    # among equal ones, a NaN taking over as in torch's kernel
+    best, best_a, best_b = inp[c, i * k, j * k, n], 0, 0
+    for a in range(k):
+        for b in range(k):
+            v = inp[c, i * k + a, j * k + b, n]
+            if v > best or v != v:
+                best, best_a, best_b = v, a, b
+    return best, best_a, best_b
+
+
+@cuda.jit(cache=True)
+def _maxpool2d_forward(out, inp, k):
+    # inp (C,H,W,N), H and W divisible by k -> out (C,H/k,W/k,N): max of each k x k window
+    idx = cuda.grid(1)
+    if idx >= out.size:
+        return
+    C, OH, OW, N = out.shape
+    c, i, j, n = _unravel4(idx, OH, OW, N)
+    out[c, i, j, n] = _window_max(inp, c, i, j, n, k)[0]
+
+
+@cuda.jit(cache=True)
+def _maxpool2d_backward(dinp, inp, dout, k):
+    # overwrites dinp (C,H,W,N); inp (C,H,W,N) the forward's saved input, dout (C,H/k,W/k,N):
+    # a thread per input pixel, which gets its window's gradient if it is the window's chosen
+    # maximum, else 0
+    idx = cuda.grid(1)
+    if idx >= dinp.size:
+        return
+    C, H, W, N = dinp.shape
+    c, h, x, n = _unravel4(idx, H, W, N)
+    i, j = h // k, x // k
+    _, best_a, best_b = _window_max(inp, c, i, j, n, k)
+    chosen = h - i * k == best_a and x - j * k == best_b
+    dinp[c, h, x, n] = dout[c, i, j, n] if chosen else _ZERO
+
+
+def maxpool2d_forward(out, inp, k):
+    """Max over non-overlapping k x k windows (torch.nn.functional.max_pool2d(x, k))."""
+    _maxpool2d_forward[_blocks(out.size), THREADS](out, inp, k)
+
+
+def maxpool2d_backward(dinp, inp, dout, k):
+    """Overwrite dinp with the gradient of maxpool2d_forward, routed as torch routes it."""
+    _maxpool2d_backward[_blocks(dinp.size), THREADS](dinp, inp, dout, k)
+
+
 # ---- tanh (elementwise, on flat views)
 
 

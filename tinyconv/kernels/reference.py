@@ -60,6 +60,31 @@ def avgpool2d_backward(dout, k):
     return np.repeat(np.repeat(dout, k, axis=2), k, axis=3) / (k * k)
 
 
+def maxpool2d_forward(inp, k):
+    """Max over non-overlapping k x k windows, as torch.nn.functional.max_pool2d(x, k)."""
+    # inp (N,C,H,W) with H, W divisible by k -> out (N,C,H/k,W/k)
+    return _windows(inp, k).max(axis=-1)
+
+
+def maxpool2d_backward(dout, inp, k):
+    """Gradient of maxpool2d_forward: each window's gradient goes to its largest element, the
+    first in row-major order where several are equal (torch's choice)."""
+    # dout (N,C,OH,OW), inp (N,C,OH*k,OW*k) saved by the forward -> dinp like inp
+    N, C, OH, OW = dout.shape
+    windows = _windows(inp, k)  # (N,C,OH,OW,k*k)
+    first_max = np.argmax(windows, axis=-1)  # the first of equal maxima
+    onehot = np.arange(k * k) == first_max[..., None]
+    routed = onehot * dout[..., None]  # (N,C,OH,OW,k*k)
+    return routed.reshape(N, C, OH, OW, k, k).transpose(0, 1, 2, 4, 3, 5).reshape(inp.shape)
+
+
+def _windows(inp, k):
+    """(N,C,H,W) -> (N,C,H/k,W/k,k*k): each window's values in row-major order."""
+    N, C, H, W = inp.shape
+    return inp.reshape(N, C, H // k, k, W // k, k).transpose(0, 1, 2, 4, 3, 5).reshape(
+        N, C, H // k, W // k, k * k)
+
+
 def tanh_forward(inp):
     """Elementwise tanh."""
     return np.tanh(inp)
