@@ -330,6 +330,8 @@ def maxpool2d_backward(dinp, inp, dout, k):
     C, OH, OW, N = dout.shape
     for row in prange(C * OH):
         c, i = row // OH, row % OH
+        for a in range(k):  # the row's windows zeroed first, whole rows at a time
+            dinp[c, i * k + a] = _ZERO
         for j in range(OW):
             for n in range(N):
                 best, best_a, best_b = inp[c, i * k, j * k, n], 0, 0
@@ -338,7 +340,6 @@ def maxpool2d_backward(dinp, inp, dout, k):
                         v = inp[c, i * k + a, j * k + b, n]
                         if v > best or v != v:  # torch's rule, NaN included
                             best, best_a, best_b = v, a, b
-                        dinp[c, i * k + a, j * k + b, n] = _ZERO
                 dinp[c, i * k + best_a, j * k + best_b, n] = dout[c, i, j, n]
 
 
