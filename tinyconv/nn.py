@@ -224,7 +224,8 @@ class MaxPool2d(_Pool2d):
 
     The backward sends a window's gradient to its largest element, the first in row-major
     order where several are equal (as after a ReLU), as torch does. It finds that element
-    again from the saved input rather than keeping indices: no buffer, and the same scan.
+    again from the saved input and output (the first element equal to the window's maximum)
+    rather than keeping indices: no buffer of its own.
     https://pytorch.org/docs/stable/generated/torch.nn.MaxPool2d.html
     """
 
@@ -232,8 +233,8 @@ class MaxPool2d(_Pool2d):
         k.maxpool2d_forward(t.out, t.inp, self.kernel_size)
 
     def backward(self, k, t, p, g):
-        # reads the forward's input, to find each window's maximum again
-        k.maxpool2d_backward(t.dinp, t.inp, t.dout, self.kernel_size)
+        # reads the forward's output and input: where each window's maximum lies
+        k.maxpool2d_backward(t.dinp, t.out, t.inp, t.dout, self.kernel_size)
 
     def onnx(self, make_node, inp, out, names):
         k = self.kernel_size

@@ -322,25 +322,31 @@ def maxpool2d_forward(out, inp, k):
 
 
 @njit(**_JIT)
-def maxpool2d_backward(dinp, inp, dout, k):
-    # overwrites dinp (C,H,W,N); inp (C,H,W,N) the forward's saved input, dout (C,H/k,W/k,N)
-    # Each window's gradient goes to its largest element, the first in row-major order among
-    # equal ones (torch's), found again from the input rather than saved by the forward; the
-    # window's other elements get 0
+def maxpool2d_backward(dinp, out, inp, dout, k):
+    # overwrites dinp (C,H,W,N); out (C,H/k,W/k,N) and inp (C,H,W,N) saved by the forward,
+    # dout (C,H/k,W/k,N). Each window's gradient goes to the first of its elements, in
+    # row-major order, that equals its maximum out (the first NaN of a window holding one):
+    # torch's choice among equal maxima. So that every loop runs over the samples, vectorised,
+    # the gradient not yet routed waits in the window's last dinp row, which a hit empties
     C, OH, OW, N = dout.shape
+    last = k * k - 1
     for row in prange(C * OH):
         c, i = row // OH, row % OH
-        for a in range(k):  # the row's windows zeroed first, whole rows at a time
-            dinp[c, i * k + a] = _ZERO
         for j in range(OW):
-            for n in range(N):
-                best, best_a, best_b = inp[c, i * k, j * k, n], 0, 0
-                for a in range(k):
-                    for b in range(k):
-                        v = inp[c, i * k + a, j * k + b, n]
-                        if v > best or v != v:  # torch's rule, NaN included
-                            best, best_a, best_b = v, a, b
-                dinp[c, i * k + best_a, j * k + best_b, n] = dout[c, i, j, n]
+            top, left, peak = i * k, j * k, out[c, i, j]
+            waiting = dinp[c, top + k - 1, left + k - 1]  # (N,): the last position's row
+            waiting[:] = dout[c, i, j]
+            for p in range(last):
+                src, dst = inp[c, top + p // k, left + p % k], dinp[c, top + p // k, left + p % k]
+                for n in range(N):
+                    x, held = src[n], waiting[n]
+                    hit = x == peak[n] or x != x
+                    dst[n] = held if hit else _ZERO
+                    waiting[n] = _ZERO if hit else held
+            src = inp[c, top + k - 1, left + k - 1]
+            for n in range(N):  # the last position keeps what still waits if it is the maximum
+                x = src[n]
+                waiting[n] = waiting[n] if x == peak[n] or x != x else _ZERO
 
 
 @njit(**_JIT)

@@ -206,15 +206,14 @@ def avgpool2d_backward(dinp, dout, k):
 
 @cuda.jit(device=True, inline="always")
 def _window_max(inp, c, i, j, n, k):
-    # (value, a, b) of the largest element of window (i, j), the first in row-major order
-    # among equal ones, a NaN taking over as in torch's kernel
-    best, best_a, best_b = inp[c, i * k, j * k, n], 0, 0
+    # the largest element of window (i, j), a NaN taking over as in torch's kernel
+    best = inp[c, i * k, j * k, n]
     for a in range(k):
         for b in range(k):
             v = inp[c, i * k + a, j * k + b, n]
             if v > best or v != v:
-                best, best_a, best_b = v, a, b
-    return best, best_a, best_b
+                best = v
+    return best
 
 
 @cuda.jit(cache=True)
@@ -225,22 +224,27 @@ def _maxpool2d_forward(out, inp, k):
         return
     C, OH, OW, N = out.shape
     c, i, j, n = _unravel4(idx, OH, OW, N)
-    out[c, i, j, n] = _window_max(inp, c, i, j, n, k)[0]
+    out[c, i, j, n] = _window_max(inp, c, i, j, n, k)
 
 
 @cuda.jit(cache=True)
-def _maxpool2d_backward(dinp, inp, dout, k):
-    # overwrites dinp (C,H,W,N); inp (C,H,W,N) the forward's saved input, dout (C,H/k,W/k,N):
-    # a thread per input pixel, which gets its window's gradient if it is the window's chosen
-    # maximum, else 0
+def _maxpool2d_backward(dinp, out, inp, dout, k):
+    # overwrites dinp (C,H,W,N); out (C,H/k,W/k,N) and inp (C,H,W,N) saved by the forward,
+    # dout (C,H/k,W/k,N): a thread per input pixel, which gets its window's gradient if it is
+    # the window's first element (row-major) equal to the maximum (or the first NaN), else 0
     idx = cuda.grid(1)
     if idx >= dinp.size:
         return
     C, H, W, N = dinp.shape
     c, h, x, n = _unravel4(idx, H, W, N)
     i, j = h // k, x // k
-    _, best_a, best_b = _window_max(inp, c, i, j, n, k)
-    chosen = h - i * k == best_a and x - j * k == best_b
+    peak = out[c, i, j, n]
+    first = k * k  # the first position holding the maximum
+    for p in range(k * k - 1, -1, -1):
+        v = inp[c, i * k + p // k, j * k + p % k, n]
+        if v == peak or v != v:
+            first = p
+    chosen = (h - i * k) * k + (x - j * k) == first
     dinp[c, h, x, n] = dout[c, i, j, n] if chosen else _ZERO
 
 
@@ -249,9 +253,9 @@ def maxpool2d_forward(out, inp, k):
     _maxpool2d_forward[_blocks(out.size), THREADS](out, inp, k)
 
 
-def maxpool2d_backward(dinp, inp, dout, k):
+def maxpool2d_backward(dinp, out, inp, dout, k):
     """Overwrite dinp with the gradient of maxpool2d_forward, routed as torch routes it."""
-    _maxpool2d_backward[_blocks(dinp.size), THREADS](dinp, inp, dout, k)
+    _maxpool2d_backward[_blocks(dinp.size), THREADS](dinp, out, inp, dout, k)
 
 
 # ---- tanh (elementwise, on flat views)
