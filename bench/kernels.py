@@ -116,10 +116,10 @@ class LayerCase(Side):
         self.g = {name: k.empty(value.shape) for name, value in params.items()}
 
     def forward(self):
-        self.layer.forward(self.kernels, self.t, self.p, True)
+        self.layer.forward(self.kernels, self.t, self.p, self.run)
 
     def backward(self):
-        self.layer.backward(self.kernels, self.t, self.p, self.g)
+        self.layer.backward(self.kernels, self.t, self.p, self.g, self.run)
 
     def torch_forward(self):
         return self.module(self.t_inp)

@@ -13,9 +13,9 @@ import inspect
 
 import numpy as np
 
-from tests.registry import AdamCase, Case, LossCase
+from tests.registry import REGISTRY, AdamCase, Case, LossCase
 from tinyconv import interop, nn
-from tinyconv.kernels import KERNELS, cpu, get_backend, host
+from tinyconv.kernels import KERNELS, get_backend, host
 from tinyconv.optim import adam_scalars
 
 
@@ -60,17 +60,23 @@ def _normal(rng):
 
 
 def draw(case, seed=0):
-    """(inp, params, dout) of a layer case, batch first: the input scale * N(0, 1), the
+    """(inp, state, dout) of a layer case, batch first: the input scale * N(0, 1), the
     parameters and the upstream gradient N(0, 1) (drawn rather than the layer's init, whose
-    small weights would hide a wrong one)."""
-    normal = _normal(np.random.default_rng(seed))
+    small weights would hide a wrong one), and its buffers as a few steps into training
+    would leave them (floats in [0.5, 1.5], positive as a variance must be; counts 3). state
+    holds the parameters then the buffers, by their local names."""
+    rng = np.random.default_rng(seed)
+    normal = _normal(rng)
     in_shape = case.shape[1:]
     inp = normal(case.shape, case.scale)
     if case.grid:
         inp = np.round(inp / case.grid) * case.grid
-    params = {name: normal(shape) for name, shape in case.layer.params(in_shape).items()}
+    state = {name: normal(shape) for name, shape in case.layer.params(in_shape).items()}
     dout = normal((case.shape[0], *case.layer.out_shape(in_shape)))
-    return inp, params, dout
+    for name, (shape, dtype) in case.layer.buffers(in_shape).items():
+        state[name] = (rng.uniform(0.5, 1.5, shape).astype(np.float32).astype(np.float64)
+                       if np.dtype(dtype).kind == "f" else np.full(shape, 3, dtype))
+    return inp, state, dout
 
 
 def draw_loss(case, seed=0):
@@ -92,34 +98,43 @@ def draw_adam(case, seed=0):
 # ---- running on a backend
 
 
-def run_layer(k, layer, inp, params, dout, dinp=True):
-    """One layer's forward then backward on backend k, from batch-last float32 inp (..., N),
-    params and dout; returns (Tensors, gradients). The buffers are laid out as Sequential lays
-    them: out, dinp (None when dinp is False) and the gradients NaN first; a view layer's out
-    is a reshape of inp, and its dout a reshape of dinp holding dout's values."""
-    out_shape = (*layer.out_shape(inp.shape[:-1]), inp.shape[-1])
+def run_layer(k, layer, inp, state, dout, dinp=True, training=True):
+    """One layer's forward then backward on backend k in training mode (or eval), from
+    batch-last float32 inp (..., N), its state (parameters and buffers, which it may update)
+    and dout; returns (Tensors, gradients). The buffers are laid out as Sequential lays
+    them: out, dinp (None when dinp is False), the workspace and the gradients NaN first; a
+    view layer's out is a reshape of inp, and its dout a reshape of dinp holding dout's
+    values."""
+    in_shape, batch = inp.shape[:-1], inp.shape[-1]
+    out_shape = (*layer.out_shape(in_shape), batch)
     if layer.is_view:
         t = nn.Tensors(inp, inp.reshape(out_shape), nans(inp.shape))
         t.dout = t.dinp.reshape(out_shape)
         t.dout[...] = dout
     else:
         t = nn.Tensors(inp, nans(out_shape), nans(inp.shape) if dinp else None, dout)
-    grads = {name: nans(value.shape) for name, value in params.items()}
-    layer.forward(k, t, params, True)
-    layer.backward(k, t, params, grads)
+    work = {**layer.workspace(in_shape, batch), **layer.grad_workspace(in_shape, batch)}
+    t.work = {name: nans(shape) for name, shape in work.items()}
+    grads = {name: nans(shape) for name, shape in layer.params(in_shape).items()}
+    run = nn.Pass(training)
+    layer.forward(k, t, state, run)
+    layer.backward(k, t, state, grads, run)
     return t, grads
 
 
-def layer_results(k, case, inp, params, dout):
+def layer_results(k, case, inp, state, dout):
     """The case's layer on backend k in float32, from draw()'s values: {"out", "dinp" (unless
-    case.dinp is False), "d<param>"...}, batch first, keyed as torch_results."""
-    t, grads = run_layer(k, case.layer, batch_last(inp),
-                         {name: aligned(value, np.float32) for name, value in params.items()},
-                         batch_last(dout), case.dinp)
+    case.dinp is False), "d<param>"..., each buffer after the pass}, batch first, keyed as
+    torch_results."""
+    state = {name: aligned(value, np.float32 if value.dtype.kind == "f" else None)
+             for name, value in state.items()}
+    t, grads = run_layer(k, case.layer, batch_last(inp), state, batch_last(dout), case.dinp,
+                         case.training)
     results = {"out": batch_first(t.out)}
     if t.dinp is not None:
         results["dinp"] = batch_first(t.dinp)
     results.update((f"d{name}", grad) for name, grad in grads.items())
+    results.update((name, state[name]) for name in case.layer.buffers(case.shape[1:]))
     return results
 
 
@@ -144,28 +159,31 @@ def adam_results(k, params, m, v, grads, scalars):
 # ---- torch
 
 
-def torch_twin(layer, params):
-    """The layer's torch twin (interop.torch_layer of its spec), float64, holding params."""
+def torch_twin(layer, state):
+    """The layer's torch twin (its registry entry's, else interop.torch_layer of its spec),
+    float parts in float64, holding state (parameters and buffers)."""
     import torch
 
-    module = interop.torch_layer(layer.spec()).double()
-    theirs = dict(module.named_parameters())
-    assert theirs.keys() == params.keys(), (
-        f"{layer!r}: torch's parameters are {list(theirs)}, ours {list(params)}")
+    make = REGISTRY[type(layer).__name__].twin or interop.torch_layer
+    module = make(layer.spec()).double()
+    theirs = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    assert theirs.keys() == state.keys(), (
+        f"{layer!r}: torch's state is {list(theirs)}, ours {list(state)}")
     with torch.no_grad():
-        for name, value in params.items():
+        for name, value in state.items():
             assert theirs[name].shape == value.shape, (
                 f"{layer!r}: {name} is {tuple(theirs[name].shape)} in torch, ours {value.shape}")
-            theirs[name].copy_(torch.from_numpy(value))
+            theirs[name].copy_(torch.from_numpy(np.asarray(value)))
     return module
 
 
-def torch_results(case, inp, params, dout):
-    """torch autograd on the case's twin in float64, from draw()'s values: {"out", "dinp"
-    (unless case.dinp is False), "d<param>"...}, batch first."""
+def torch_results(case, inp, state, dout):
+    """torch autograd on the case's twin in float64 in the case's mode, from draw()'s values:
+    {"out", "dinp" (unless case.dinp is False), "d<param>"..., each buffer after the pass},
+    batch first."""
     import torch
 
-    module = torch_twin(case.layer, params)
+    module = torch_twin(case.layer, state).train(case.training)
     x = torch.from_numpy(inp).requires_grad_(case.dinp)
     out = module(x)
     out.backward(torch.from_numpy(dout))
@@ -173,6 +191,7 @@ def torch_results(case, inp, params, dout):
     if case.dinp:
         results["dinp"] = x.grad.numpy()
     results.update((f"d{name}", param.grad.numpy()) for name, param in module.named_parameters())
+    results.update((name, value.numpy()) for name, value in module.named_buffers())
     return results
 
 
@@ -209,7 +228,8 @@ class Call:
     @property
     def names(self):
         """The kernel's argument names."""
-        return tuple(inspect.signature(getattr(cpu, self.kernel).py_func).parameters)
+        kernel = getattr(get_backend("cpu"), self.kernel)
+        return tuple(inspect.signature(kernel.py_func).parameters)
 
     def copies(self):
         """Fresh aligned copies of the array arguments (the others as they are), to run on."""

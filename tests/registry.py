@@ -36,6 +36,7 @@ class Case:
     dinp: bool = True
     lenet: bool = False  # one of LeNet-5's layers at its training batch (GPU checks, bench)
     simulator: bool = False  # small enough for the CUDA simulator: a few blocks a kernel
+    training: bool = True  # the mode of the forward (BatchNorm, Dropout: eval differs)
 
     def at_batch(self, n):
         """The same case at batch n (the kernel properties run at 32 and 37)."""
@@ -86,54 +87,138 @@ TOLERANCE = {
 
 @dataclass(frozen=True)
 class Entry:
-    # reference(layer, inp, params, dout) -> {"out", "dinp", "d<param>"...}, batch first, NumPy
+    # reference(case, inp, state, dout) -> {"out", "dinp", "d<param>"..., each buffer after
+    # the pass}, batch first, NumPy; state holds the parameters and buffers by local name
     reference: object
     cases: dict = field(default_factory=dict)  # case name -> Case
     tolerance: dict = field(default_factory=lambda: dict(TOLERANCE))
+    # twin(spec) -> the torch module to check against, where interop.torch_layer's cannot be
+    twin: object = None
 
 
-def _conv2d(layer, inp, params, dout):
-    dinp, dweight, dbias = ref.conv2d_backward(dout, inp, params["weight"])
-    return {"out": ref.conv2d_forward(inp, params["weight"], params["bias"]), "dinp": dinp,
-            "dweight": dweight, "dbias": dbias}
+def _conv2d(case, inp, params, dout):
+    pad = case.layer.padding
+    padded = ref.pad2d_forward(inp, pad)
+    dpadded, dweight, dbias = ref.conv2d_backward(dout, padded, params["weight"])
+    return {"out": ref.conv2d_forward(padded, params["weight"], params["bias"]),
+            "dinp": ref.pad2d_backward(dpadded, pad), "dweight": dweight, "dbias": dbias}
 
 
-def _avgpool2d(layer, inp, params, dout):
-    k = layer.kernel_size
+def _avgpool2d(case, inp, params, dout):
+    k = case.layer.kernel_size
     return {"out": ref.avgpool2d_forward(inp, k), "dinp": ref.avgpool2d_backward(dout, k)}
 
 
-def _maxpool2d(layer, inp, params, dout):
-    k = layer.kernel_size
+def _maxpool2d(case, inp, params, dout):
+    k = case.layer.kernel_size
     return {"out": ref.maxpool2d_forward(inp, k), "dinp": ref.maxpool2d_backward(dout, inp, k)}
 
 
-def _tanh(layer, inp, params, dout):
+def _tanh(case, inp, params, dout):
     out = ref.tanh_forward(inp)
     return {"out": out, "dinp": ref.tanh_backward(dout, out)}
 
 
-def _relu(layer, inp, params, dout):
+def _relu(case, inp, params, dout):
     out = ref.relu_forward(inp)
     return {"out": out, "dinp": ref.relu_backward(dout, out)}
 
 
-def _silu(layer, inp, params, dout):
+def _silu(case, inp, params, dout):
     return {"out": ref.silu_forward(inp), "dinp": ref.silu_backward(dout, inp)}
 
 
-def _flatten(layer, inp, params, dout):
+def _flatten(case, inp, params, dout):
     return {"out": inp.reshape(len(inp), -1), "dinp": dout.reshape(inp.shape)}
 
 
-def _linear(layer, inp, params, dout):
+def _batchnorm(case, inp, state, dout):
+    layer, count = case.layer, inp.size // inp.shape[1]
+    weight, bias = state["weight"], state["bias"]
+    mean, var = state["running_mean"], state["running_var"]
+    running = {name: state[name] for name in ("running_mean", "running_var")}
+    tracked = state["num_batches_tracked"]
+    if case.training:
+        out, mean, var = ref.batchnorm_forward(inp, weight, bias, layer.eps)
+        running = dict(zip(running, ref.batchnorm_running_update(
+            *running.values(), mean, var, count, layer.momentum), strict=True))
+        tracked = tracked + 1
+    else:
+        out = ref.batchnorm_eval_forward(inp, mean, var, weight, bias, layer.eps)
+    dinp, dweight, dbias = ref.batchnorm_backward(dout, inp, mean, var, weight, layer.eps,
+                                                  case.training)
+    return {"out": out, "dinp": dinp, "dweight": dweight, "dbias": dbias, **running,
+            "num_batches_tracked": tracked}
+
+
+def _dropout_keep(layer, shape):
+    """The mask (N, ...) of a Dropout on a batch of this shape as the harness runs it
+    (nn.Pass(True): seed 0, step 0): the hash of each element's index in the batch-last
+    buffer."""
+    n, rest = shape[0], shape[1:]
+    bits = ref.dropout_bits(int(np.prod(shape)), 0, 0).reshape(*rest, n)
+    return np.moveaxis(bits >= ref.dropout_threshold(layer.p), -1, 0)
+
+
+def _dropout(case, inp, state, dout):
+    if not case.training:
+        return {"out": inp, "dinp": dout}
+    keep, p = _dropout_keep(case.layer, inp.shape), case.layer.p
+    return {"out": ref.dropout_forward(inp, keep, p), "dinp": ref.dropout_backward(dout, keep, p)}
+
+
+def _dropout_twin(spec):
+    """torch's dropout maths, x * mask / (1 - p), on tinyconv's hashed mask, since torch's
+    own draws another; the identity in eval mode, as torch.nn.Dropout."""
+    import torch
+
+    layer = nn.layer_from_spec(spec)
+
+    class HashedDropout(torch.nn.Module):
+        def forward(self, x):
+            if not self.training:
+                return x
+            keep = torch.from_numpy(_dropout_keep(layer, tuple(x.shape))).to(x.dtype)
+            return x * keep * (1 / (1 - layer.p) if layer.p < 1 else 0.0)
+
+    return HashedDropout()
+
+
+def _residual(case, inp, state, dout):
+    # the body's layers through their own adapters, as a chain, then the skip: the outputs
+    # forward first (a zero dout), then the gradients backward from dout
+    body = [(replace(case, layer=layer), f"body.{j}.") for j, layer in enumerate(case.layer.body)]
+
+    def adapter(j, x, grad):
+        layer_case, head = body[j]
+        local = {name[len(head):]: value for name, value in state.items()
+                 if name.startswith(head)}
+        layer_case = replace(layer_case, shape=x.shape)
+        return REGISTRY[type(layer_case.layer).__name__].reference(layer_case, x, local, grad)
+
+    outs = [inp]
+    for j, (layer_case, _) in enumerate(body):
+        out_shape = (len(inp), *layer_case.layer.out_shape(outs[j].shape[1:]))
+        outs.append(adapter(j, outs[j], np.zeros(out_shape))["out"])
+    grad, results = dout, {}
+    for j in reversed(range(len(body))):
+        got = adapter(j, outs[j], grad)
+        grad = got.pop("dinp")
+        del got["out"]
+        head = body[j][1]
+        results.update((f"d{head}{name[1:]}" if name.startswith("d") else f"{head}{name}", value)
+                       for name, value in got.items())
+    return {"out": inp + outs[-1], "dinp": dout + grad, **results}
+
+
+def _linear(case, inp, params, dout):
     dinp, dweight, dbias = ref.linear_backward(dout, inp, params["weight"])
     return {"out": ref.linear_forward(inp, params["weight"], params["bias"]), "dinp": dinp,
             "dweight": dweight, "dbias": dbias}
 
 
-def _conv(N, C, H, W, OC, KH, KW, **flags):
-    return Case(nn.Conv2d(C, OC, (KH, KW)), (N, C, H, W), **flags)
+def _conv(N, C, H, W, OC, KH, KW, padding=0, **flags):
+    return Case(nn.Conv2d(C, OC, (KH, KW), padding), (N, C, H, W), **flags)
 
 
 def _pool(N, C, H, W, k=2, **flags):
@@ -183,6 +268,17 @@ REGISTRY = {
         "conv_sim_k_eq_input": _conv(2, 2, 3, 3, 2, 3, 3, simulator=True),
         "conv_sim_long_sums": _conv(2, 1, 10, 10, 1, 2, 2, simulator=True),  # 162-term sums
         "conv_sim_no_dinp": _conv(2, 2, 4, 4, 2, 2, 2, dinp=False, simulator=True),
+        # zero padding: a residual block's 3x3 (its LeNet-sized row for the bench), every
+        # padding up to the kernel's side less one, rectangular kernels, the first layer
+        "conv_pad1_3x3": _conv(128, 16, 10, 10, 16, 3, 3, padding=1, lenet=True),
+        "conv_pad2_5x5": _conv(37, 3, 9, 7, 5, 5, 5, padding=2),
+        "conv_pad4_5x5": _conv(2, 2, 3, 4, 3, 5, 5, padding=4),  # smaller than the kernel
+        "conv_pad1_rect": _conv(3, 2, 6, 5, 4, 2, 5, padding=1),
+        "conv_pad_batch1": _conv(1, 1, 5, 5, 2, 3, 3, padding=1),
+        "conv_pad_no_dinp": _conv(4, 1, 8, 8, 3, 3, 3, padding=2, dinp=False),
+        "conv_sim_pad": _conv(2, 2, 4, 3, 2, 3, 3, padding=1, simulator=True),
+        "conv_sim_pad_no_dinp": _conv(1, 1, 3, 3, 2, 2, 2, padding=1, dinp=False,
+                                      simulator=True),
     }),
     "AvgPool2d": Entry(_avgpool2d, {
         "pool1": _pool(128, 6, 28, 28, lenet=True),
@@ -228,6 +324,64 @@ REGISTRY = {
         # past -88, where e^-x overflows float32: the sigmoid must come out 0, not NaN
         "silu_tails": Case(nn.SiLU(), (37, 50), scale=60.0),
         "silu_sim": Case(nn.SiLU(), (2, 3, 4, 2), scale=4.0, simulator=True),
+    }),
+    # training mode (batch statistics, the running ones updated) and eval mode (the running
+    # ones); channels from 1 to 64, a channel's values from 2 to 100,352 (conv1's)
+    "BatchNorm2d": Entry(_batchnorm, {
+        "bn2d_conv1": Case(nn.BatchNorm2d(6), (128, 6, 28, 28), lenet=True),
+        "bn2d_conv2": Case(nn.BatchNorm2d(16), (128, 16, 10, 10), lenet=True),
+        "bn2d_eval": Case(nn.BatchNorm2d(6), (37, 6, 5, 3), training=False),
+        "bn2d_odd": Case(nn.BatchNorm2d(5), (37, 5, 7, 3), scale=3.0),
+        "bn2d_one_channel": Case(nn.BatchNorm2d(1), (3, 1, 4, 6)),
+        "bn2d_c64": Case(nn.BatchNorm2d(64), (3, 64, 2, 2)),
+        "bn2d_batch1": Case(nn.BatchNorm2d(3), (1, 3, 2, 2)),
+        "bn2d_eps_momentum": Case(nn.BatchNorm2d(4, eps=1e-3, momentum=0.3), (5, 4, 3, 3)),
+        "bn2d_no_dinp": Case(nn.BatchNorm2d(2), (4, 2, 5, 5), dinp=False),
+        "bn2d_sim": Case(nn.BatchNorm2d(3), (2, 3, 4, 5), simulator=True),
+        "bn2d_sim_long_sums": Case(nn.BatchNorm2d(2), (3, 2, 10, 10), simulator=True),
+        "bn2d_sim_eval": Case(nn.BatchNorm2d(3), (2, 3, 2, 3), training=False, simulator=True),
+        "bn2d_sim_no_dinp": Case(nn.BatchNorm2d(2), (2, 2, 3, 3), dinp=False,
+                                 simulator=True),
+    }),
+    "BatchNorm1d": Entry(_batchnorm, {
+        "bn1d_fc1": Case(nn.BatchNorm1d(84), (128, 84), lenet=True),
+        "bn1d_batch2": Case(nn.BatchNorm1d(3), (2, 3)),  # the fewest values training takes
+        "bn1d_batch37": Case(nn.BatchNorm1d(33), (37, 33), scale=5.0),
+        "bn1d_length": Case(nn.BatchNorm1d(4), (5, 4, 6)),  # (N, C, L), as torch's
+        "bn1d_eval_batch1": Case(nn.BatchNorm1d(7), (1, 7), training=False),
+        "bn1d_no_dinp": Case(nn.BatchNorm1d(5), (6, 5), dinp=False),
+        "bn1d_sim": Case(nn.BatchNorm1d(5), (130, 5), simulator=True),
+        "bn1d_sim_eval": Case(nn.BatchNorm1d(3), (2, 3), training=False, simulator=True),
+        "bn1d_sim_no_dinp": Case(nn.BatchNorm1d(2), (3, 2), dinp=False, simulator=True),
+    }),
+    # the mask is tinyconv's hash (seed 0, step 0 here): torch's maths on it (_dropout_twin)
+    "Dropout": Entry(_dropout, {
+        "dropout_conv1": Case(nn.Dropout(0.5), (128, 6, 28, 28), lenet=True),
+        "dropout_fc": Case(nn.Dropout(0.3), (37, 84)),
+        "dropout_p0": Case(nn.Dropout(0.0), (3, 5, 2)),
+        "dropout_p1": Case(nn.Dropout(1.0), (3, 5, 2)),
+        "dropout_eval": Case(nn.Dropout(0.5), (4, 3, 5, 2), training=False),
+        "dropout_sim": Case(nn.Dropout(0.25), (2, 3, 4, 5), simulator=True),
+        "dropout_sim_eval": Case(nn.Dropout(0.25), (2, 7), training=False, simulator=True),
+    }, twin=_dropout_twin),
+    # bodies that keep the shape: padded convs with batch norm (a ResNet block), an MLP's,
+    # one starting with a view, a first layer's; the skip's sum is the add kernel
+    "Residual": Entry(_residual, {
+        # (the ReLU before the batch norm: after a conv, a batch norm makes the conv's bias
+        # gradient 0 up to rounding, where a relative error says nothing)
+        "residual_block": Case(nn.Residual(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                                           nn.BatchNorm2d(16)), (128, 16, 10, 10), lenet=True),
+        "residual_odd": Case(nn.Residual(nn.Conv2d(3, 3, 3, padding=1),
+                                         nn.Conv2d(3, 3, (1, 1)), nn.Tanh()), (37, 3, 7, 4)),
+        "residual_mlp": Case(nn.Residual(nn.Linear(7, 5), nn.SiLU(), nn.Linear(5, 7)), (5, 7)),
+        "residual_eval": Case(nn.Residual(nn.BatchNorm1d(6), nn.Tanh()), (3, 6),
+                              training=False),
+        "residual_view_first": Case(nn.Residual(nn.Flatten(), nn.Linear(6, 6)), (4, 6)),
+        "residual_nested": Case(nn.Residual(nn.Residual(nn.Linear(4, 4)), nn.ReLU()), (3, 4)),
+        "residual_no_dinp": Case(nn.Residual(nn.Conv2d(2, 2, 3, padding=1)), (2, 2, 4, 4),
+                                 dinp=False),
+        "residual_sim": Case(nn.Residual(nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(),
+                                         nn.BatchNorm2d(2)), (2, 2, 3, 4), simulator=True),
     }),
     "Flatten": Entry(_flatten, {
         "flatten_conv3": Case(nn.Flatten(), (128, 120, 1, 1), lenet=True),

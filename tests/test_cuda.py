@@ -28,7 +28,7 @@ import pytest
 from tests.harness import KernelSpy, recorded_calls, rel_err
 from tests.registry import KERNEL_CASES
 from tinyconv import LeNet5, checkpoint, nn
-from tinyconv.kernels import DeviceUnavailable, cpu, get_backend
+from tinyconv.kernels import DeviceUnavailable, get_backend
 from tinyconv.optim import Adam, StepLR
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ def run_both(call):
     the CUDA backend, each from its own copy of the arguments; {argument: (cpu array, cuda
     array copied to the host)} for every array argument."""
     on_cpu = call.copies()
-    getattr(cpu, call.kernel)(*on_cpu)
+    getattr(get_backend("cpu"), call.kernel)(*on_cpu)
     on_device = [cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in call.args]
     getattr(get_backend("cuda"), call.kernel)(*on_device)
     return {name: (ours, theirs.copy_to_host()) for name, ours, theirs

@@ -11,6 +11,7 @@ gets checked.
 import dataclasses
 import functools
 import re
+import sys
 
 import numba
 import numpy as np
@@ -21,10 +22,12 @@ from numba.core.registry import CPUDispatcher
 from tests.harness import draw, layer_results, recorded_calls
 from tests.registry import KERNEL_CASES, REGISTRY
 from tinyconv import LeNet5
-from tinyconv.kernels import KERNELS, cpu, get_backend, host
+from tinyconv.kernels import KERNELS, get_backend, host
 from tinyconv.kernels.host import ALIGNMENT, to_batch_last
 from tinyconv.nn import _Arena
 from tinyconv.optim import Adam
+
+CPU = get_backend("cpu")
 
 
 @functools.cache
@@ -49,7 +52,7 @@ def replay(call, offset=0, threads=None):
     previous = numba.get_num_threads()
     numba.set_num_threads(threads or previous)
     try:
-        getattr(cpu, call.kernel)(*args)
+        getattr(CPU, call.kernel)(*args)
     finally:
         numba.set_num_threads(previous)
     return {name: a for name, a in zip(call.names, args, strict=True)
@@ -135,7 +138,8 @@ def double_math_lines(fresh):
 def parallel_callees(kernel):
     """The parallel kernels a kernel calls, compiled apart and not inlined (conv2d_backward's
     and linear_backward's input and parameter parts)."""
-    callees = (getattr(cpu, name, None) for name in kernel.py_func.__code__.co_names)
+    module = sys.modules[kernel.py_func.__module__]  # cpu.py or cpu_blocks.py
+    callees = (getattr(module, name, None) for name in kernel.py_func.__code__.co_names)
     return [callee for callee in callees if isinstance(callee, CPUDispatcher)
             and callee.targetoptions.get("parallel")]
 
@@ -144,7 +148,7 @@ def compiled_parts(calls):
     """{(name, signature): fresh compilation} of each piece of code behind calls of one
     kernel: the kernel at each signature it is called with, and its parallel callees at each
     signature they have been compiled for (compiling the kernel afresh compiles them)."""
-    kernel = getattr(cpu, calls[0].kernel)
+    kernel = getattr(CPU, calls[0].kernel)
     parts = {(kernel, signature(call.args)): None for call in calls}
     parts = {part: compile_afresh(*part) for part in parts}
     parts.update(((callee, sig), compile_afresh(callee, sig))
@@ -161,7 +165,7 @@ def test_no_float64_arithmetic(kernel):
         hits = double_math_lines(fresh)
         assert not hits, f"{name}{sig} computes in float64: {hits[:3]}"
     # the code a kernel calls is scanned too, not only its own
-    missed = {callee.__name__ for callee in parallel_callees(getattr(cpu, kernel))}
+    missed = {callee.__name__ for callee in parallel_callees(getattr(CPU, kernel))}
     missed -= {name for name, _ in parts}
     assert not missed, f"{kernel}: the scan misses the kernels it calls: {missed}"
 

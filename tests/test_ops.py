@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from tests.harness import draw, draw_loss, layer_results, loss_results, rel_err, torch_results
 from tests.registry import CASES, LOSS_CASES, REGISTRY, TOLERANCE
-from tinyconv.kernels import cpu, get_backend
+from tinyconv.kernels import get_backend
 from tinyconv.kernels import reference as ref
 from tinyconv.optim import adam_scalars
 
@@ -42,7 +42,7 @@ def check(case, impl, got, expected, tolerance=TOLERANCE):
 def test_reference_float64_matches_torch(name):
     kind, case = CASES[name]
     inp, params, dout = draw(case)
-    got = REGISTRY[kind].reference(case.layer, inp, params, dout)
+    got = REGISTRY[kind].reference(case, inp, params, dout)
     if not case.dinp:
         del got["dinp"]
     check(name, "reference", got, torch_results(case, inp, params, dout),
@@ -99,9 +99,11 @@ def _size(case):
 
 
 # per kind, its case with the fewest input and parameter values (each costs two reference
-# runs) among those with an input gradient
+# runs) among those with an input gradient, at least 20 where there are such: batch norm
+# over two values per channel has an input gradient of almost 0, where central differences
+# measure only their own rounding
 FD_CASES = {min((name for name, case in entry.cases.items() if case.dinp and not case.grid),
-                key=lambda name: _size(entry.cases[name])): kind
+                key=lambda name: (_size(entry.cases[name]) < 20, _size(entry.cases[name]))): kind
             for kind, entry in REGISTRY.items()}
 
 
@@ -127,12 +129,13 @@ def test_reference_matches_finite_differences(name):
     kind, case = CASES[name]
     reference = REGISTRY[kind].reference
     inp, params, dout = draw(case, seed=7)
-    got = reference(case.layer, inp, params, dout)
+    got = reference(case, inp, params, dout)
 
     def objective():  # the scalar whose gradient the backward computes: <out, dout>
-        return float(np.sum(reference(case.layer, inp, params, dout)["out"] * dout))
+        return float(np.sum(reference(case, inp, params, dout)["out"] * dout))
 
-    for key, numeric in finite_differences(objective, {"inp": inp, **params}).items():
+    wrt = {"inp": inp, **{name: params[name] for name in case.layer.params(case.shape[1:])}}
+    for key, numeric in finite_differences(objective, wrt).items():
         err = rel_err(got[f"d{key}"], numeric)
         assert err < 1e-7, f"{name}: d{key} differs from finite differences by {err:.3g}"
 
@@ -171,7 +174,7 @@ def test_adam_matches_torch(impl, weight_decay):
         opt.step()
         args = (lr, 0.9, 0.999, 1e-8, weight_decay, step)
         if impl == "kernel":
-            cpu.adam_update(ours, m, v, grads[step - 1], *adam_scalars(*args))
+            CPU.adam_update(ours, m, v, grads[step - 1], *adam_scalars(*args))
         else:
             ours, m, v = ref.adam_update(ours, m, v, grads[step - 1], *args)
         state = opt.state[theirs]

@@ -11,7 +11,7 @@ from onnx import helper
 from tests.harness import kernels_called
 from tests.registry import ADAM_CASES, CASES, KERNEL_CASES, LOSS_CASES, REGISTRY
 from tinyconv import nn
-from tinyconv.kernels import KERNELS, cpu
+from tinyconv.kernels import KERNELS, get_backend
 
 # what calls kernels, in groups: each layer kind's cases, the loss's and Adam's
 GROUPS = {**{kind: list(entry.cases.values()) for kind, entry in REGISTRY.items()},
@@ -85,7 +85,7 @@ def test_kernels_have_cuda_twins_with_the_same_signature(group):
 
     for kernel in sorted({k for case in GROUPS[group] for k in kernels_called(case)}):
         assert hasattr(cuda, kernel), f"{group}: {kernel} has no twin in kernels/cuda.py"
-        ours = inspect.signature(getattr(cpu, kernel).py_func)
+        ours = inspect.signature(getattr(get_backend("cpu"), kernel).py_func)
         theirs = inspect.signature(getattr(cuda, kernel))
         assert theirs == ours, f"{group}: cuda.{kernel}{theirs} differs from cpu's {ours}"
 

@@ -6,6 +6,7 @@ install. Names are torch's (LeNet-5's are the report module's, `backbone.0.weigh
 `backbone.13.bias`), so a state_dict moves between the two libraries unchanged.
 """
 
+import functools
 import importlib
 import pickle
 import re
@@ -207,14 +208,32 @@ def load(path, device="cpu", trust_pickle=False, arch="lenet5"):
 
 def torch_layer(spec):
     """The torch.nn module a layer spec describes: its kind is torch.nn's class name and its
-    arguments are that class's, so the twin exists by construction."""
+    arguments are that class's, so the twin exists by construction; a Residual, which
+    torch.nn lacks, is a module holding its body as a torch.nn.Sequential named body."""
     from tinyconv.nn import layer_from_spec
 
     torch = _require("torch", "building a torch twin", TORCH_INSTALL)
     layer_from_spec(spec)  # a kind and arguments of tinyconv's, or a ValueError saying why
+    if spec["kind"] == "Residual":
+        return _torch_residual(torch)(*(torch_layer(layer) for layer in spec["body"]))
     arguments = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()
                  if k != "kind"}
     return getattr(torch.nn, spec["kind"])(**arguments)
+
+
+@functools.cache
+def _torch_residual(torch):
+    """The torch twin of nn.Residual: y = x + body(x)."""
+
+    class Residual(torch.nn.Module):
+        def __init__(self, *body):
+            super().__init__()
+            self.body = torch.nn.Sequential(*body)
+
+        def forward(self, x):
+            return x + self.body(x)
+
+    return Residual
 
 
 def torch_module(spec):

@@ -7,11 +7,18 @@ arguments, so its spec rebuilds it here and in torch) plus a few small methods, 
   params(in_shape)      {name: shape} of its float32 parameters, in torch's order
   buffers(in_shape)     {name: (shape, dtype)} of its state that is not trained (BatchNorm's
                         running statistics): saved in state_dict, never seen by the optimizer
+  workspace(in_shape, batch)       {name: shape} of float32 arrays of its own for one batch
+  grad_workspace(in_shape, batch)  (a padded input; a Residual's inner activations), carved
+                        beside the activations (what the forward saves) and beside the
+                        gradients (the backward's scratch); both reach the layer as t.work
+  check_pass(in_shape, batch, training)   refuse a batch the layer cannot take (BatchNorm in
+                        training needs two values per channel), before any kernel runs
   init(views, rng)      torch's default initialisation, into host views of both
-  forward(k, t, p, training)   calls of the backend's kernels k on t (a Tensors: the batch's
-  backward(k, t, p, g)         inp, out, dinp, dout), p its parameters and buffers, g their
-                               gradients; what the forward saves for the backward is what the
-                               backward reads of t (each says which)
+  forward(k, t, p, run)      calls of the backend's kernels k on t (a Tensors: the batch's
+  backward(k, t, p, g, run)  inp, out, dinp, dout, work), p its parameters and buffers, g
+                             their gradients, run the Pass (training or eval mode, and the
+                             random stream of a layer that draws: Dropout); what the forward
+                             saves for the backward is what the backward reads of t
   onnx(make_node, inp, out, names)   its ONNX node(s), names mapping its parameters and buffers
                                      to the graph's initializers
   spec()                {"kind": class name, **arguments}: JSON, and torch.nn's constructor call
@@ -39,13 +46,34 @@ class ShapeError(ValueError):
 
 @dataclasses.dataclass
 class Tensors:
-    """One layer's arrays for one batch: its input and output (batch-last) and, once a backward
-    has run, their gradients (dinp None for the network's input, whose gradient nobody needs)."""
+    """One layer's arrays for one batch: its input and output (batch-last), once a backward
+    has run their gradients (dinp None for the network's input, whose gradient nobody needs),
+    and its workspace arrays by name."""
 
     inp: object
     out: object
     dinp: object = None
     dout: object = None
+    work: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass:
+    """What a forward and its backward run under, as one layer sees them: the mode, and the
+    random stream of a layer that draws (Dropout's mask hashes seed, step and the element)."""
+
+    training: bool
+    seed: int = 0  # uint32: the network's seed mixed with the layer's place in it
+    step: int = 0  # the network's training-mode forward passes before this one
+
+    def child(self, index):
+        """The pass of the index-th layer inside this one (a Residual's body)."""
+        return Pass(self.training, _stream(self.seed, index), self.step)
+
+
+def _stream(seed, index):
+    """A uint32 seed for the index-th layer under seed: distinct layers draw distinct masks."""
+    return (seed * 0x9E3779B1 + index + 1) % 2**32
 
 
 def _flat(array):
@@ -92,14 +120,23 @@ class Layer:
     def buffers(self, in_shape):
         return {}
 
+    def workspace(self, in_shape, batch):
+        return {}
+
+    def grad_workspace(self, in_shape, batch):
+        return {}
+
+    def check_pass(self, in_shape, batch, training):
+        """Raise ValueError if the layer cannot run on this batch in this mode."""
+
     def init(self, views, rng):
         """torch's default initialisation of the parameters and buffers (host views)."""
 
-    def forward(self, k, t, p, training):
+    def forward(self, k, t, p, run):
         """Fill t.out from t.inp."""
         raise NotImplementedError(f"{type(self).__name__} has no forward")
 
-    def backward(self, k, t, p, g):
+    def backward(self, k, t, p, g, run):
         """Overwrite t.dinp (when not None) and the gradients in g from t.dout."""
         raise NotImplementedError(f"{type(self).__name__} has no backward")
 
@@ -107,15 +144,26 @@ class Layer:
         """The ONNX node(s) that compute out from inp."""
         raise NotImplementedError(f"{type(self).__name__} has no ONNX export")
 
+    @classmethod
+    def from_arguments(cls, args, where):
+        """The layer of a spec's arguments (the spec without its kind)."""
+        return cls(**args)
+
     def spec(self):
         """The layer as JSON: its kind (torch.nn's class name) and constructor arguments."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {"kind": type(self).__name__,
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
 
-    def __repr__(self):  # as constructed: Conv2d(1, 6, 5)
-        values = (getattr(self, f.name) for f in dataclasses.fields(self))
-        return f"{type(self).__name__}({', '.join(map(repr, values))})"
+    def __repr__(self):  # as constructed: Conv2d(1, 6, 5), Conv2d(16, 16, 3, padding=1)
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.default is dataclasses.MISSING:
+                shown.append(repr(value))
+            elif value != f.default:
+                shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     def _expect(self, in_shape, rank, what):
         """Raise ShapeError unless the input has `rank` dimensions, as `what` describes."""
@@ -131,19 +179,29 @@ _layer = dataclasses.dataclass(frozen=True, repr=False)
 
 @_layer
 class Conv2d(Layer):
-    """torch.nn.Conv2d(in_channels, out_channels, kernel_size): stride 1, no padding, bias.
+    """torch.nn.Conv2d(in_channels, out_channels, kernel_size, padding=0): stride 1, bias,
+    `padding` zeros on every side (0 to the kernel's smaller side less one).
 
+    A padded convolution copies its input into a padded buffer (pad2d_forward) and runs the
+    unpadded kernels on it; its backward crops the padded input's gradient (pad2d_backward).
+    The copy costs little next to the convolution, and the unpadded path (LeNet-5's) has no
+    branch of it.
     https://pytorch.org/docs/stable/generated/torch.nn.Conv2d.html
     """
 
     in_channels: int
     out_channels: int
     kernel_size: object  # an int or (kh, kw)
+    padding: int = 0
 
     def __post_init__(self):
         _positive(self, in_channels=self.in_channels, out_channels=self.out_channels)
         kernel = _pair(self.kernel_size, "Conv2d: kernel_size")
         object.__setattr__(self, "kernel_size", kernel[0] if kernel[0] == kernel[1] else kernel)
+        if not _is_count(self.padding, least=0) or self.padding >= min(kernel):
+            raise ValueError(f"Conv2d: padding must be an int from 0 to {min(kernel) - 1} (less "
+                             f"than the kernel's side {min(kernel)}), found {self.padding!r}")
+        object.__setattr__(self, "padding", int(self.padding))
 
     @property
     def kernel(self):
@@ -152,31 +210,55 @@ class Conv2d(Layer):
         return (k, k) if isinstance(k, int) else k
 
     def out_shape(self, in_shape):
-        (kh, kw), c = self.kernel, self.in_channels
+        (kh, kw), c, pad = self.kernel, self.in_channels, self.padding
         self._expect(in_shape, 3, f"({c}, H, W)")
         channels, height, width = in_shape
-        if channels != c or height < kh or width < kw:
-            raise ShapeError(f"needs an input ({c}, H, W) with H >= {kh} and W >= {kw}, "
-                             f"found {tuple(in_shape)}")
-        return (self.out_channels, height - kh + 1, width - kw + 1)
+        if channels != c or height + 2 * pad < kh or width + 2 * pad < kw:
+            sides = f"H >= {kh - 2 * pad} and W >= {kw - 2 * pad}"
+            raise ShapeError(f"needs an input ({c}, H, W) with {sides}, found {tuple(in_shape)}")
+        return (self.out_channels, height + 2 * pad - kh + 1, width + 2 * pad - kw + 1)
 
     def params(self, in_shape):
         return {"weight": (self.out_channels, self.in_channels, *self.kernel),
                 "bias": (self.out_channels,)}
 
+    def _padded(self, in_shape, batch):
+        channels, height, width = in_shape
+        return (channels, height + 2 * self.padding, width + 2 * self.padding, batch)
+
+    def workspace(self, in_shape, batch):
+        # the padded input, which the backward reads too
+        return {"padded": self._padded(in_shape, batch)} if self.padding else {}
+
+    def grad_workspace(self, in_shape, batch):
+        # the padded input's gradient, cropped into dinp
+        return {"dpadded": self._padded(in_shape, batch)} if self.padding else {}
+
     def init(self, views, rng):
         _fan_in_uniform(views, rng)
 
-    def forward(self, k, t, p, training):
-        k.conv2d_forward(t.out, t.inp, p["weight"], p["bias"])
+    def forward(self, k, t, p, run):
+        inp = t.inp
+        if self.padding:
+            inp = t.work["padded"]
+            k.pad2d_forward(inp, t.inp, self.padding)
+        k.conv2d_forward(t.out, inp, p["weight"], p["bias"])
 
-    def backward(self, k, t, p, g):
-        # reads the forward's input; dinp None (the network's input) skips its gradient
-        k.conv2d_backward(t.dinp, g["weight"], g["bias"], t.dout, t.inp, p["weight"])
+    def backward(self, k, t, p, g, run):
+        # reads the forward's (padded) input; dinp None (the network's input) skips its
+        # gradient
+        if not self.padding:
+            k.conv2d_backward(t.dinp, g["weight"], g["bias"], t.dout, t.inp, p["weight"])
+            return
+        dpadded = None if t.dinp is None else t.work["dpadded"]
+        k.conv2d_backward(dpadded, g["weight"], g["bias"], t.dout, t.work["padded"],
+                          p["weight"])
+        if t.dinp is not None:
+            k.pad2d_backward(t.dinp, dpadded, self.padding)
 
     def onnx(self, make_node, inp, out, names):
         return [make_node("Conv", [inp, names["weight"], names["bias"]], [out],
-                          kernel_shape=list(self.kernel))]
+                          kernel_shape=list(self.kernel), pads=[self.padding] * 4)]
 
 
 @_layer
@@ -206,10 +288,10 @@ class AvgPool2d(_Pool2d):
     https://pytorch.org/docs/stable/generated/torch.nn.AvgPool2d.html
     """
 
-    def forward(self, k, t, p, training):
+    def forward(self, k, t, p, run):
         k.avgpool2d_forward(t.out, t.inp, self.kernel_size)
 
-    def backward(self, k, t, p, g):
+    def backward(self, k, t, p, g, run):
         # reads nothing the forward saw: each pixel gets 1/k^2 of its window's gradient
         k.avgpool2d_backward(t.dinp, t.dout, self.kernel_size)
 
@@ -229,10 +311,10 @@ class MaxPool2d(_Pool2d):
     https://pytorch.org/docs/stable/generated/torch.nn.MaxPool2d.html
     """
 
-    def forward(self, k, t, p, training):
+    def forward(self, k, t, p, run):
         k.maxpool2d_forward(t.out, t.inp, self.kernel_size)
 
-    def backward(self, k, t, p, g):
+    def backward(self, k, t, p, g, run):
         # reads the forward's output and input: where each window's maximum lies
         k.maxpool2d_backward(t.dinp, t.out, t.inp, t.dout, self.kernel_size)
 
@@ -245,10 +327,10 @@ class MaxPool2d(_Pool2d):
 class Tanh(Layer):
     """torch.nn.Tanh(), elementwise, any shape."""
 
-    def forward(self, k, t, p, training):
+    def forward(self, k, t, p, run):
         k.tanh_forward(_flat(t.out), _flat(t.inp))
 
-    def backward(self, k, t, p, g):
+    def backward(self, k, t, p, g, run):
         # reads the forward's output: d tanh(x)/dx = 1 - tanh(x)^2
         k.tanh_backward(_flat(t.dinp), _flat(t.out), _flat(t.dout))
 
@@ -260,10 +342,10 @@ class Tanh(Layer):
 class ReLU(Layer):
     """torch.nn.ReLU(): max(x, 0) elementwise; the gradient at exactly 0 is torch's, 0."""
 
-    def forward(self, k, t, p, training):
+    def forward(self, k, t, p, run):
         k.relu_forward(_flat(t.out), _flat(t.inp))
 
-    def backward(self, k, t, p, g):
+    def backward(self, k, t, p, g, run):
         # reads the forward's output: the gradient passes where it is positive
         k.relu_backward(_flat(t.dinp), _flat(t.out), _flat(t.dout))
 
@@ -275,10 +357,10 @@ class ReLU(Layer):
 class SiLU(Layer):
     """torch.nn.SiLU(): x * sigmoid(x) elementwise."""
 
-    def forward(self, k, t, p, training):
+    def forward(self, k, t, p, run):
         k.silu_forward(_flat(t.out), _flat(t.inp))
 
-    def backward(self, k, t, p, g):
+    def backward(self, k, t, p, g, run):
         # reads the forward's input: sigmoid(x) * (1 + x * (1 - sigmoid(x)))
         k.silu_backward(_flat(t.dinp), _flat(t.inp), _flat(t.dout))
 
@@ -302,10 +384,10 @@ class Flatten(Layer):
     def out_shape(self, in_shape):
         return (math.prod(in_shape),)
 
-    def forward(self, k, t, p, training):
+    def forward(self, k, t, p, run):
         """Nothing to compute: the output is a view of the input."""
 
-    def backward(self, k, t, p, g):
+    def backward(self, k, t, p, g, run):
         """Nothing to compute: the input's gradient is a view of the output's."""
 
     def onnx(self, make_node, inp, out, names):
@@ -337,15 +419,317 @@ class Linear(Layer):
     def init(self, views, rng):
         _fan_in_uniform(views, rng)
 
-    def forward(self, k, t, p, training):
+    def forward(self, k, t, p, run):
         k.linear_forward(t.out, t.inp, p["weight"], p["bias"])
 
-    def backward(self, k, t, p, g):
+    def backward(self, k, t, p, g, run):
         # reads the forward's input; dinp None (the network's input) skips its gradient
         k.linear_backward(t.dinp, g["weight"], g["bias"], t.dout, t.inp, p["weight"])
 
     def onnx(self, make_node, inp, out, names):
         return [make_node("Gemm", [inp, names["weight"], names["bias"]], [out], transB=1)]
+
+
+@_layer
+class _BatchNorm(Layer):
+    """What BatchNorm2d and BatchNorm1d share: torch's semantics over the (C, M) view of a
+    channel-first, batch-last activation, where a row holds one channel's M values.
+
+    Training mode normalises by the batch's mean and biased variance, and moves the running
+    statistics momentum of the way to the mean and the unbiased variance (num_batches_tracked
+    counts the steps); eval mode normalises by the running statistics. The training backward
+    goes through the batch statistics. Buffers and their dtypes are torch's, so a state_dict
+    loads into torch.nn.BatchNorm2d unchanged.
+    """
+
+    num_features: int
+    eps: float = 1e-5
+    momentum: float = 0.1
+
+    def __post_init__(self):
+        name = type(self).__name__
+        _positive(self, num_features=self.num_features)
+        for field, value, low in (("eps", self.eps, 0.0), ("momentum", self.momentum, 0.0)):
+            if (not isinstance(value, (int, float, np.floating)) or isinstance(value, bool)
+                    or not low <= value <= (1.0 if field == "momentum" else math.inf)
+                    or field == "eps" and value == 0):
+                need = "in [0, 1]" if field == "momentum" else "a positive number"
+                raise ValueError(f"{name}: {field} must be {need}, found {value!r}")
+            object.__setattr__(self, field, float(value))
+
+    def out_shape(self, in_shape):
+        c = self.num_features
+        if len(in_shape) not in self.ranks or in_shape[0] != c:
+            expected = " or ".join(text.replace("C", str(c)) for text in self.rank_texts)
+            raise ShapeError(f"needs an input {expected} ({c} channels), found "
+                             f"{tuple(in_shape)}")
+        return in_shape
+
+    def params(self, in_shape):
+        return {"weight": (self.num_features,), "bias": (self.num_features,)}
+
+    def buffers(self, in_shape):
+        c = self.num_features
+        return {"running_mean": ((c,), np.float32), "running_var": ((c,), np.float32),
+                "num_batches_tracked": ((), np.int64)}
+
+    def workspace(self, in_shape, batch):
+        # the statistics the forward normalised by, which the backward reads
+        return {"mean": (self.num_features,), "invstd": (self.num_features,)}
+
+    def check_pass(self, in_shape, batch, training):
+        if training and batch * math.prod(in_shape[1:]) < 2:
+            raise ValueError(f"{type(self).__name__} in training mode needs more than one "
+                             f"value per channel, found a batch of {batch} with input "
+                             f"{tuple(in_shape)} (use eval() to run one sample)")
+
+    def init(self, views, rng):
+        views["weight"][...] = 1
+        views["bias"][...] = 0
+        views["running_mean"][...] = 0
+        views["running_var"][...] = 1
+        views["num_batches_tracked"][...] = 0
+
+    def _rows(self, array):
+        return array.reshape(self.num_features, -1)
+
+    def forward(self, k, t, p, run):
+        out, inp, mean, invstd = self._rows(t.out), self._rows(t.inp), t.work["mean"], \
+            t.work["invstd"]
+        eps = np.float32(self.eps)
+        if run.training:
+            k.batchnorm_forward(out, mean, invstd, p["running_mean"], p["running_var"],
+                                p["num_batches_tracked"].reshape(1), inp, p["weight"],
+                                p["bias"], np.float32(self.momentum), eps)
+        else:
+            k.batchnorm_eval_forward(out, mean, invstd, inp, p["running_mean"], p["running_var"],
+                                     p["weight"], p["bias"], eps)
+
+    def backward(self, k, t, p, g, run):
+        # reads the forward's input and the statistics it saved in its workspace
+        dinp = None if t.dinp is None else self._rows(t.dinp)
+        k.batchnorm_backward(dinp, g["weight"], g["bias"], self._rows(t.dout), self._rows(t.inp),
+                             t.work["mean"], t.work["invstd"], p["weight"], run.training)
+
+    def onnx(self, make_node, inp, out, names):
+        # inference: the running statistics; ONNX's momentum weighs the old value (1 - torch's)
+        return [make_node("BatchNormalization",
+                          [inp, names["weight"], names["bias"], names["running_mean"],
+                           names["running_var"]], [out], epsilon=self.eps,
+                          momentum=1.0 - self.momentum)]
+
+
+@_layer
+class BatchNorm2d(_BatchNorm):
+    """torch.nn.BatchNorm2d(num_features, eps=1e-5, momentum=0.1): per channel of (C, H, W).
+
+    https://pytorch.org/docs/stable/generated/torch.nn.BatchNorm2d.html
+    """
+
+    ranks, rank_texts = (3,), ("(C, H, W)",)
+
+
+@_layer
+class BatchNorm1d(_BatchNorm):
+    """torch.nn.BatchNorm1d(num_features, eps=1e-5, momentum=0.1): per feature of (F,) (or
+    per channel of (C, L)).
+
+    https://pytorch.org/docs/stable/generated/torch.nn.BatchNorm1d.html
+    """
+
+    ranks, rank_texts = (1, 2), ("(C,)", "(C, L)")
+
+
+@_layer
+class Dropout(Layer):
+    """torch.nn.Dropout(p=0.5): in training, each element zeroed with probability p and the
+    others scaled by 1/(1-p) (inverted dropout); in eval, the identity.
+
+    The mask is not drawn from a generator but hashed from (the layer's seed, the network's
+    training step, the element's index) (kernels.reference.dropout_bits): the same bits on the
+    CPU and the GPU, recomputed by the backward instead of stored, and replayed exactly by a
+    resumed run. torch draws its own masks, so only the maths matches torch's, not the mask.
+    https://pytorch.org/docs/stable/generated/torch.nn.Dropout.html
+    """
+
+    p: float = 0.5
+
+    def __post_init__(self):
+        if (not isinstance(self.p, (int, float, np.floating)) or isinstance(self.p, bool)
+                or not 0 <= self.p <= 1):
+            raise ValueError(f"Dropout: p must be a probability in [0, 1], found {self.p!r}")
+        object.__setattr__(self, "p", float(self.p))
+
+    def _mask(self, run):
+        """(threshold, scale, seed, step) of the kernels: keep all, unscaled, in eval."""
+        if not run.training:
+            return np.uint64(0), np.float32(1.0), np.uint32(0), np.uint32(0)
+        scale = np.float32(1.0 / (1.0 - self.p)) if self.p < 1 else np.float32(0.0)
+        return (np.uint64(round(self.p * 2**32)), scale, np.uint32(run.seed),
+                np.uint32(run.step % 2**32))
+
+    def forward(self, k, t, p, run):
+        k.dropout_forward(_flat(t.out), _flat(t.inp), *self._mask(run))
+
+    def backward(self, k, t, p, g, run):
+        # reads nothing the forward saw: the mask is hashed again from the same stream
+        k.dropout_backward(_flat(t.dinp), _flat(t.dout), *self._mask(run))
+
+    def onnx(self, make_node, inp, out, names):
+        return [make_node("Identity", [inp], [out])]  # inference: no dropout
+
+
+@_layer
+class Residual(Layer):
+    """Residual(*body): y = x + body(x), for a body (a chain of layers) that keeps the shape.
+
+    Its body's parameters and buffers are named body.<j>.<name> (the torch twin,
+    interop.torch_layer, is a module with a `body` Sequential). The backward runs the body's
+    backward from dout, then adds the skip's share: dinp = dbody_input + dout, with the
+    contract's summing kernel `add`, since every backward overwrites its outputs.
+    """
+
+    body: tuple
+
+    def __init__(self, *body):
+        if not body:
+            raise ValueError("Residual: needs a body of at least one layer")
+        for j, layer in enumerate(body):
+            if not isinstance(layer, Layer):
+                raise ValueError(f"Residual: body layer {j} must be a tinyconv.nn layer, "
+                                 f"found {type(layer).__name__}")
+        object.__setattr__(self, "body", tuple(body))
+
+    def __repr__(self):
+        return f"Residual({', '.join(map(repr, self.body))})"
+
+    def spec(self):
+        return {"kind": "Residual", "body": [layer.spec() for layer in self.body]}
+
+    @classmethod
+    def from_arguments(cls, args, where):
+        if set(args) != {"body"} or not isinstance(args["body"], list):
+            raise ValueError(f"Residual takes one argument, 'body': a list of layer specs; "
+                             f"found {sorted(args)}")
+        return cls(*(layer_from_spec(layer, f"{where}, body layer {j}")
+                     for j, layer in enumerate(args["body"])))
+
+    def _shapes(self, in_shape):
+        """The shapes at the body's boundaries, its input's first."""
+        shapes = [tuple(in_shape)]
+        for j, layer in enumerate(self.body):
+            try:
+                shapes.append(tuple(layer.out_shape(shapes[-1])))
+            except ShapeError as exc:
+                raise ShapeError(f"body layer {j} {layer!r}: {exc}") from None
+        return shapes
+
+    def out_shape(self, in_shape):
+        shapes = self._shapes(in_shape)
+        if shapes[-1] != tuple(in_shape):
+            raise ShapeError(f"needs a body that keeps its input's shape {tuple(in_shape)}, "
+                             f"found {shapes[-1]} after it (the skip adds the two)")
+        return shapes[-1]
+
+    def _named(self, in_shape, each):
+        """{body.<j>.<name>: value} of each(layer, its input shape) over the body."""
+        shapes = self._shapes(in_shape)
+        return {f"body.{j}.{name}": value for j, layer in enumerate(self.body)
+                for name, value in each(layer, shapes[j]).items()}
+
+    def params(self, in_shape):
+        return self._named(in_shape, lambda layer, shape: layer.params(shape))
+
+    def buffers(self, in_shape):
+        return self._named(in_shape, lambda layer, shape: layer.buffers(shape))
+
+    def workspace(self, in_shape, batch):
+        # each body layer's output (a view layer's is a reshape, the output's gradient is
+        # dout's), and the body's own workspaces
+        shapes = self._shapes(in_shape)
+        acts = {f"act{j + 1}": (*shapes[j + 1], batch)
+                for j, layer in enumerate(self.body) if not layer.is_view}
+        return {**acts, **self._named(in_shape, lambda layer, shape: layer.workspace(shape,
+                                                                                     batch))}
+
+    def grad_workspace(self, in_shape, batch):
+        # the gradient at each body boundary but the last (dout's)
+        shapes = self._shapes(in_shape)
+        grads = {f"dact{j}": (*shapes[j], batch)
+                 for j, layer in enumerate(self.body) if not layer.is_view}
+        return {**grads, **self._named(in_shape, lambda layer, shape: layer.grad_workspace(
+            shape, batch))}
+
+    def check_pass(self, in_shape, batch, training):
+        for layer, shape in zip(self.body, self._shapes(in_shape), strict=False):
+            layer.check_pass(shape, batch, training)
+
+    def init(self, views, rng):
+        for j, layer in enumerate(self.body):
+            layer.init(_local(views, f"body.{j}."), rng)
+
+    def _tensors(self, t):
+        """The body's Tensors for t's batch, from t and its workspace."""
+        batch = t.inp.shape[-1]
+        shapes = [shape + (batch,) for shape in self._shapes(t.inp.shape[:-1])]
+        acts, dacts = [t.inp], [None] * len(self.body) + [t.dout]
+        for j, layer in enumerate(self.body):
+            acts.append(acts[j].reshape(shapes[j + 1]) if layer.is_view else t.work[f"act{j + 1}"])
+        if t.dout is not None:
+            for j in reversed(range(len(self.body))):
+                if self.body[j].is_view:
+                    dacts[j] = dacts[j + 1].reshape(shapes[j])
+                else:
+                    dacts[j] = t.work[f"dact{j}"]
+            if t.dinp is None and not self.body[0].is_view:
+                dacts[0] = None  # nobody needs the input's gradient
+        return [Tensors(acts[j], acts[j + 1], dacts[j], dacts[j + 1],
+                        _local(t.work, f"body.{j}.")) for j in range(len(self.body))]
+
+    def forward(self, k, t, p, run):
+        tensors = self._tensors(t)
+        _forward_chain(k, self.body, tensors, self._split(p), run)
+        k.add(_flat(t.out), _flat(t.inp), _flat(tensors[-1].out))
+
+    def backward(self, k, t, p, g, run):
+        tensors = self._tensors(t)
+        _backward_chain(k, self.body, tensors, self._split(p), self._split(g), run)
+        if t.dinp is not None:  # the skip's gradient, dout, added to the body's
+            k.add(_flat(t.dinp), _flat(tensors[0].dinp), _flat(t.dout))
+
+    def _split(self, named):
+        """A {body.<j>.<name>: array} mapping as one {name: array} per body layer."""
+        return [_local(named, f"body.{j}.") for j in range(len(self.body))]
+
+    def onnx(self, make_node, inp, out, names):
+        nodes, current = [], inp
+        for j, layer in enumerate(self.body):
+            output = f"{out}.body.{j}"
+            for node in layer.onnx(make_node, current, output, _local(names, f"body.{j}.")):
+                node.name = node.name or output
+                nodes.append(node)
+            current = output
+        return [*nodes, make_node("Add", [inp, current], [out], name=f"{out}.add")]
+
+
+def _local(named, head):
+    """The entries of a {full name: value} mapping under head, by their names after it."""
+    return {name[len(head):]: value for name, value in named.items() if name.startswith(head)}
+
+
+def _forward_chain(k, layers, tensors, params, run):
+    """Each layer's forward in order (a Sequential's layers, a Residual's body)."""
+    for index, (layer, t, p) in enumerate(zip(layers, tensors, params, strict=True)):
+        layer.forward(k, t, p, run.child(index))
+
+
+def _backward_chain(k, layers, tensors, params, grads, run):
+    """Each layer's backward in reverse order, but a parameter-less layer's whose input needs
+    no gradient (the network's first layers, before any parameter)."""
+    for index in reversed(range(len(layers))):
+        if tensors[index].dinp is not None or grads[index]:
+            layers[index].backward(k, tensors[index], params[index], grads[index],
+                                   run.child(index))
 
 
 def _fan_in_uniform(views, rng):
@@ -358,7 +742,7 @@ def _fan_in_uniform(views, rng):
 
 # every layer kind by its name: what a spec's "kind" may say
 LAYERS = {cls.__name__: cls for cls in (Conv2d, AvgPool2d, MaxPool2d, Tanh, ReLU, SiLU, Flatten,
-                                        Linear)}
+                                        Linear, BatchNorm2d, BatchNorm1d, Dropout, Residual)}
 
 
 def layer_from_spec(spec, where="layer"):
@@ -372,7 +756,7 @@ def layer_from_spec(spec, where="layer"):
                          f"{', '.join(LAYERS)}")
     args = {k: v for k, v in spec.items() if k != "kind"}
     try:
-        return LAYERS[kind](**args)
+        return LAYERS[kind].from_arguments(args, where)
     except TypeError as exc:  # a missing or unexpected argument (bad values: ValueError)
         names = [f.name for f in dataclasses.fields(LAYERS[kind])]
         raise ValueError(f"{where}: {kind} takes the arguments {names}, found {sorted(args)} "
@@ -418,14 +802,16 @@ class _Buffers:
     view layer's output is a reshape of its input. Elementwise layers get buffers of their own:
     run in place (out is inp) they would be correct, but the compiler then cannot rule out
     overlap and drops to a scalar loop, several times slower. Gradient buffers wait for
-    the first backward, so evaluation never pays for them.
+    the first backward, so evaluation never pays for them. Each layer's workspace is carved
+    with the activations, its gradient workspace with the gradients.
     """
 
     def __init__(self, model, batch, acts_arena, grads_arena):
-        self.model, self.grads_arena = model, grads_arena
+        self.model, self.batch, self.grads_arena = model, batch, grads_arena
         self.shapes = [(*shape, batch) for shape in model.shapes]
-        self.acts = self._chain(acts_arena, with_input=True)
-        self.tensors = [Tensors(*self.acts[i:i + 2]) for i in range(len(model.layers))]
+        self.acts, work = self._chain(acts_arena, True, "workspace")
+        self.tensors = [Tensors(*self.acts[i:i + 2], work=work[i])
+                        for i in range(len(model.layers))]
         self.has_gradients = False
         backend = model.kernels
         self.losses = backend.empty(batch)
@@ -437,27 +823,34 @@ class _Buffers:
         self.host_input = (self.acts[0] if isinstance(self.acts[0], np.ndarray)
                            else np.empty(self.shapes[0], np.float32))
 
-    def _chain(self, arena, with_input):
-        """A float32 buffer per layer boundary; a view layer's is a reshape of the one before.
-        Without the input, the first entry (and every view of it) is None."""
-        layers = self.model.layers
-        owned = [i + 1 for i, layer in enumerate(layers) if not layer.is_view]
+    def _chain(self, arena, with_input, workspace):
+        """A float32 buffer per layer boundary (a view layer's a reshape of the one before;
+        without the input, the first entry and every view of it are None), and each layer's
+        `workspace` (its method of that name) as {name: array}: carved in one go."""
+        model = self.model
+        owned = [i + 1 for i, layer in enumerate(model.layers) if not layer.is_view]
         owned = [0, *owned] if with_input else owned
-        arrays = dict(zip(owned, arena.carve([self.shapes[i] for i in owned]), strict=True))
+        work = [getattr(layer, workspace)(model.shapes[i], self.batch)
+                for i, layer in enumerate(model.layers)]
+        carved = iter(arena.carve([self.shapes[i] for i in owned]
+                                  + [shape for shapes in work for shape in shapes.values()]))
+        arrays = {i: next(carved) for i in owned}
         arrays.setdefault(0, None)
-        for i, layer in enumerate(layers):
+        for i, layer in enumerate(model.layers):
             if layer.is_view:
                 before = arrays[i]
                 arrays[i + 1] = None if before is None else before.reshape(self.shapes[i + 1])
-        return [arrays[i] for i in range(len(self.shapes))]
+        work = [{name: next(carved) for name in shapes} for shapes in work]
+        return [arrays[i] for i in range(len(self.shapes))], work
 
     def gradients(self):
         """The activation gradients, carved on the first call: dacts[i] is the gradient of
         acts[i], None for the network's input."""
         if not self.has_gradients:
-            dacts = self._chain(self.grads_arena, with_input=False)
+            dacts, work = self._chain(self.grads_arena, False, "grad_workspace")
             for i, tensors in enumerate(self.tensors):
                 tensors.dinp, tensors.dout = dacts[i], dacts[i + 1]
+                tensors.work.update(work[i])
             self.has_gradients = True
         return [self.tensors[0].dinp] + [t.dout for t in self.tensors]
 
@@ -511,6 +904,8 @@ class Sequential:
         self.param_shapes, self.buffer_specs = param_shapes, buffer_specs
         self.param_count = sum(math.prod(shape) for shape in param_shapes.values())
         self.training = True
+        # training-mode forward passes so far: the step in Dropout's mask (checkpoints keep it)
+        self.steps = 0
         self.kernels = get_backend(device)  # kernels and array helpers; raises if unusable
         init = host.empty(self.param_count)  # aligned, so the CPU's to_device takes it as it is
         host_params = self._flat_views(init)
@@ -534,9 +929,7 @@ class Sequential:
 
     def _local(self, index, named):
         """{local name: array} of layer index's entries in a {full name: array} mapping."""
-        head = f"{self.prefix}{index}."
-        return {name[len(head):]: array for name, array in named.items()
-                if name.startswith(head)}
+        return _local(named, f"{self.prefix}{index}.")
 
     def _flat_views(self, flat):
         """Named views into a flat buffer (host or device) laid out in param_shapes order."""
@@ -621,9 +1014,12 @@ class Sequential:
         return {name: state[name] for name in self._state_names()}
 
     def _state_names(self):
-        """Every state_dict name in torch's order: layer by layer, parameters then buffers."""
+        """Every state_dict name in torch's order: module by module (a Residual's body layers
+        inside it), each one's parameters then its buffers."""
         names = [*self.param_shapes, *self.buffer_specs]
-        return sorted(names, key=lambda name: int(name[len(self.prefix):].split(".")[0]))
+        return sorted(names, key=lambda name: [int(part) for part in
+                                               name[len(self.prefix):].split(".")
+                                               if part.isdigit()])
 
     def load_state_dict(self, state):
         """Copy parameters and buffers in from a {name: array} mapping with exactly this
@@ -685,8 +1081,15 @@ class Sequential:
         return self.name or "Sequential"
 
     def _run_forward(self, x, training):
-        """Fill the batch size's activation buffers from batch-first x; returns them."""
+        """Fill the batch size's activation buffers from batch-first x, in training mode or
+        not; returns them, with the Pass that the backward must run under."""
         batch = x.shape[0]
+        if training:  # before any kernel runs: a refused batch changes no running statistic
+            for layer, shape in zip(self.layers, self.shapes, strict=False):
+                try:
+                    layer.check_pass(shape, batch, training)
+                except ValueError as exc:
+                    raise ValueError(f"{self._title()}: {exc}") from None
         if batch not in self._buffers:
             self._buffers[batch] = _Buffers(self, batch, *self._arenas)
         buf = self._buffers[batch]
@@ -695,9 +1098,9 @@ class Sequential:
         to_batch_last(buf.host_input.reshape(-1, batch),
                       np.ascontiguousarray(x, np.float32).reshape(batch, -1))
         k.copy_in(buf.acts[0], buf.host_input)
-        for layer, tensors, params in zip(self.layers, buf.tensors, self._layer_params,
-                                          strict=True):
-            layer.forward(k, tensors, params, training)
+        buf.run = Pass(training, int(self.seed or 0) % 2**32, self.steps)
+        _forward_chain(k, self.layers, buf.tensors, self._layer_params, buf.run)
+        self.steps += training
         return buf
 
     def _batch_first(self, array):
@@ -764,11 +1167,8 @@ class Sequential:
         k = self.kernels
         buf.gradients()
         k.softmax_xent_backward(buf.tensors[-1].dout, buf.probs, labels, np.float32(1.0))
-        for index in reversed(range(len(self.layers))):
-            layer, tensors = self.layers[index], buf.tensors[index]
-            # nothing to do for a layer without parameters whose input needs no gradient
-            if tensors.dinp is not None or self._layer_grads[index]:
-                layer.backward(k, tensors, self._layer_params[index], self._layer_grads[index])
+        _backward_chain(k, self.layers, buf.tensors, self._layer_params, self._layer_grads,
+                        buf.run)
         return _mean(k.to_host(buf.losses)), self.grads
 
 

@@ -12,14 +12,18 @@ KERNELS = (
     "tanh_forward", "tanh_backward",
     "relu_forward", "relu_backward",
     "silu_forward", "silu_backward",
+    "pad2d_forward", "pad2d_backward",
+    "add",
+    "batchnorm_forward", "batchnorm_eval_forward", "batchnorm_backward",
+    "dropout_forward", "dropout_backward",
     "linear_forward", "linear_backward",
     "softmax_xent_forward", "softmax_xent_backward",
     "adam_update",
 )
 # make, fill and read a backend's arrays (see host.py and the end of cuda.py)
 HELPERS = ("empty", "zeros", "to_device", "to_host", "copy_in", "synchronize")
-# backend name -> (module of its KERNELS, module of its HELPERS)
-BACKENDS = {"cpu": ("cpu", "host"), "cuda": ("cuda", "cuda")}
+# backend name -> (modules of its KERNELS, module of its HELPERS)
+BACKENDS = {"cpu": (("cpu", "cpu_blocks"), "host"), "cuda": (("cuda",), "cuda")}
 
 
 class DeviceUnavailable(RuntimeError):
@@ -55,7 +59,10 @@ def get_backend(name):
         raise ValueError(f"unknown device {name!r}: expected one of {', '.join(BACKENDS)}")
     if name == "cuda":
         require_cuda()
-    kernels, helpers = (importlib.import_module(f"{__name__}.{module}")
-                        for module in BACKENDS[name])
-    return SimpleNamespace(**{kernel: getattr(kernels, kernel) for kernel in KERNELS},
+    modules, helpers = BACKENDS[name]
+    found = {}
+    for module in modules:
+        found.update(vars(importlib.import_module(f"{__name__}.{module}")))
+    helpers = importlib.import_module(f"{__name__}.{helpers}")
+    return SimpleNamespace(**{kernel: found[kernel] for kernel in KERNELS},
                            **{helper: getattr(helpers, helper) for helper in HELPERS})

@@ -13,7 +13,8 @@ import numpy as np
 
 
 def conv2d_forward(inp, weight, bias):
-    """Cross-correlation, stride 1, no padding, as torch.nn.functional.conv2d."""
+    """Cross-correlation, stride 1, no padding, as torch.nn.functional.conv2d (padding: see
+    pad2d)."""
     # inp (N,C,H,W), weight (OC,C,KH,KW), bias (OC,) -> out (N,OC,OH,OW), OH=H-KH+1, OW=W-KW+1
     # https://pytorch.org/docs/stable/generated/torch.nn.Conv2d.html
     N, C, H, W = inp.shape
@@ -45,6 +46,19 @@ def conv2d_backward(dout, inp, weight):
             dinp[window] += np.einsum("nohw,oc->nchw", dout, weight[:, :, kh, kw])
     dbias = dout.sum(axis=(0, 2, 3))
     return dinp, dweight, dbias
+
+
+def pad2d_forward(inp, p):
+    """Zeros around each image, p on every side: Conv2d(padding=p) convolves the padded input."""
+    # inp (N,C,H,W) -> out (N,C,H+2p,W+2p)
+    return np.pad(inp, ((0, 0), (0, 0), (p, p), (p, p)))
+
+
+def pad2d_backward(dout, p):
+    """Gradient of pad2d_forward: the padded gradient without its border."""
+    # dout (N,C,H+2p,W+2p) -> dinp (N,C,H,W)
+    H, W = dout.shape[2] - 2 * p, dout.shape[3] - 2 * p
+    return dout[:, :, p:p + H, p:p + W]
 
 
 def avgpool2d_forward(inp, k):
@@ -115,6 +129,103 @@ def silu_backward(dout, inp):
     """Gradient of silu from its saved input: sigmoid(x) * (1 + x * (1 - sigmoid(x)))."""
     sigmoid = 1 / (1 + np.exp(-inp))
     return dout * sigmoid * (1 + inp * (1 - sigmoid))
+
+
+def batchnorm_forward(inp, weight, bias, eps):
+    """Training-mode batch norm, as torch.nn.functional.batch_norm(training=True): each
+    channel normalised by its batch mean and biased variance, then scaled and shifted.
+    Returns (out, mean, var) with var the biased variance (the running update takes the
+    unbiased one: batchnorm_running_update)."""
+    # inp (N,C,*) -> out like inp; weight, bias, mean, var (C,)
+    # https://pytorch.org/docs/stable/generated/torch.nn.BatchNorm2d.html
+    axes, shape = _channel_axes(inp)
+    mean = inp.mean(axis=axes)
+    var = ((inp - mean.reshape(shape)) ** 2).mean(axis=axes)
+    return batchnorm_eval_forward(inp, mean, var, weight, bias, eps), mean, var
+
+
+def batchnorm_eval_forward(inp, mean, var, weight, bias, eps):
+    """Batch norm with given statistics (eval mode: the running ones)."""
+    _, shape = _channel_axes(inp)
+    invstd = 1 / np.sqrt(var + eps)
+    return (inp - mean.reshape(shape)) * (invstd * weight).reshape(shape) + bias.reshape(shape)
+
+
+def batchnorm_running_update(running_mean, running_var, mean, var, count, momentum):
+    """torch's running statistics after a training step over `count` values per channel:
+    each moves `momentum` of the way to the batch's mean and UNBIASED variance."""
+    unbiased = var * count / (count - 1)
+    return ((1 - momentum) * running_mean + momentum * mean,
+            (1 - momentum) * running_var + momentum * unbiased)
+
+
+def batchnorm_backward(dout, inp, mean, var, weight, eps, batch_stats=True):
+    """Gradients of batch norm: returns (dinp, dweight, dbias). With batch_stats (training),
+    through the batch statistics: dinp = w * invstd * (dout - mean(dout) - xhat *
+    mean(dout * xhat)); without (eval), the statistics are constants: dinp = dout * w * invstd."""
+    axes, shape = _channel_axes(inp)
+    invstd = 1 / np.sqrt(var + eps)
+    xhat = (inp - mean.reshape(shape)) * invstd.reshape(shape)
+    dbias, dweight = dout.sum(axis=axes), (dout * xhat).sum(axis=axes)
+    gain = (weight * invstd).reshape(shape)
+    if not batch_stats:
+        return dout * gain, dweight, dbias
+    count = inp.size // inp.shape[1]
+    return gain * (dout - (dbias / count).reshape(shape) - xhat * (dweight / count).reshape(
+        shape)), dweight, dbias
+
+
+def _channel_axes(inp):
+    """The axes a batch norm sums over (all but the channels, axis 1) and the shape that
+    broadcasts a (C,) vector against inp."""
+    axes = (0, *range(2, inp.ndim))
+    return axes, (1, inp.shape[1], *(1,) * (inp.ndim - 2))
+
+
+# ---- dropout: a counter-based hash gives each element its bits, the same on every backend
+
+_MASK32 = 0xFFFFFFFF
+
+
+def mix32(x):
+    """Wellons' lowbias32 integer hash on uint32 (any integer array or int, wrapped)."""
+    x = np.asarray(x, np.uint64) & _MASK32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    x ^= x >> 16
+    return x
+
+
+def dropout_bits(size, seed, step):
+    """The hash bits (size,) uint64 of elements 0..size-1 for a layer's seed and a step:
+    bits(i) = mix32(mix32(i ^ key1) + key2), key1 = mix32(mix32(seed) ^ step),
+    key2 = mix32(key1 ^ 0x9e3779b9)."""
+    key1 = mix32(mix32(seed) ^ (step & _MASK32))
+    key2 = mix32(key1 ^ 0x9E3779B9)
+    index = np.arange(size, dtype=np.uint64)
+    return mix32((mix32(index ^ key1) + key2) & _MASK32)
+
+
+def dropout_threshold(p):
+    """The bits below which an element is dropped: round(p * 2^32), so P(drop) = p to 2^-33."""
+    return round(float(p) * 2**32)
+
+
+def dropout_forward(inp, keep, p):
+    """Inverted dropout for a given mask: inp * keep / (1 - p) (0 everywhere when p is 1)."""
+    return inp * np.where(keep, 1 / (1 - p) if p < 1 else 0, 0)
+
+
+def dropout_backward(dout, keep, p):
+    """Gradient of dropout_forward: the same mask and scale on the gradient."""
+    return dropout_forward(dout, keep, p)
+
+
+def add(a, b):
+    """Elementwise a + b (a residual's skip)."""
+    return a + b
 
 
 def linear_forward(inp, weight, bias):
