@@ -1,7 +1,6 @@
 """tinyconv.nn: networks no other test builds against the same torch.nn networks, and what a
 Sequential owns (names, specs, buffers, modes, devices, checkpoints)."""
 
-import dataclasses
 import json
 
 import numpy as np
@@ -127,7 +126,7 @@ def test_spec_is_json_and_rebuilds_the_same_network():
     assert rebuilt.layers == model.layers and rebuilt.shapes == model.shapes
     assert np.array_equal(rebuilt.flat_params, model.flat_params)
     assert spec["layers"][0] == {"kind": "Conv2d", "in_channels": 2, "out_channels": 5,
-                                 "kernel_size": [3, 2]}
+                                 "kernel_size": [3, 2], "padding": 0}
     assert archs.build(archs.ARCHS["lenet5"]).spec() == archs.ARCHS["lenet5"]
 
 
@@ -149,44 +148,38 @@ def test_summary_lists_every_layer_with_its_output_and_parameters():
     assert lines[-1].split() == ["total", f"{odd_network().param_count:,}"]
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
-class CountingTanh(nn.Tanh):
-    """A test-only kind with buffers: a tanh that counts the training batches it has seen and
-    keeps a per-channel value that nothing trains."""
-
-    def buffers(self, in_shape):
-        return {"seen": ((), np.int64), "level": ((in_shape[0],), np.float32)}
-
-    def init(self, views, rng):
-        views["level"][...] = 0.5
-
-    def forward(self, k, t, p, training):
-        super().forward(k, t, p, training)
-        if training:
-            p["seen"][...] += 1
-
-
 def test_buffers_are_state_but_not_parameters():
-    model = nn.Sequential(nn.Linear(4, 3), CountingTanh(), nn.Linear(3, 2), input_shape=(4,))
-    assert model.param_count == 4 * 3 + 3 + 3 * 2 + 2  # the buffers are not in the flat buffer
+    def mlp(seed=0):
+        return nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2),
+                             input_shape=(4,), seed=seed)
+
+    model = mlp()
+    # batch norm's weight and bias are parameters, its running statistics are not
+    assert model.param_count == 4 * 3 + 3 + 3 + 3 + 3 * 2 + 2
     state = model.state_dict()
-    assert list(state) == ["0.weight", "0.bias", "1.seen", "1.level", "2.weight", "2.bias"]
-    assert state["1.seen"].dtype == np.int64 and state["1.seen"] == 0
-    assert np.array_equal(state["1.level"], [0.5, 0.5, 0.5])
+    assert list(state) == ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
+                           "1.running_var", "1.num_batches_tracked", "2.weight", "2.bias"]
+    assert state["1.num_batches_tracked"].dtype == np.int64
+    assert state["1.num_batches_tracked"].shape == () and state["1.num_batches_tracked"] == 0
+    assert np.array_equal(state["1.running_var"], [1, 1, 1])
     opt = Adam(model, lr=0.1)
-    x, y = np.ones((5, 4), np.float32), np.zeros(5, np.int64)
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    y = np.zeros(5, np.int64)
     for _ in range(3):
-        opt.step(model.loss_and_grads(x, y)[1])  # training mode: counts
+        opt.step(model.loss_and_grads(x, y)[1])  # training mode: counts, moves the statistics
+    moved = model.state_dict()
     model.eval().forward(x)  # evaluation mode: does not
-    assert model.state_dict()["1.seen"] == 3 and not model.training
-    assert np.array_equal(model.state_dict()["1.level"], [0.5, 0.5, 0.5])  # untouched by Adam
-    other = nn.Sequential(nn.Linear(4, 3), CountingTanh(), nn.Linear(3, 2), input_shape=(4,),
-                          seed=1)
+    assert model.state_dict()["1.num_batches_tracked"] == 3 and not model.training
+    assert not np.array_equal(moved["1.running_var"], [1, 1, 1])
+    for name in ("1.running_mean", "1.running_var"):
+        assert np.array_equal(model.state_dict()[name], moved[name]), name
+    other = mlp(seed=1)
     other.load_state_dict(model.state_dict())
     for name, value in model.state_dict().items():
         assert np.array_equal(other.state_dict()[name], value), name
-    bad = {**model.state_dict(), "1.seen": np.float32(2.5)}
-    with pytest.raises(ValueError, match=r"1.seen must hold integers, found float32"):
+    bad = {**model.state_dict(), "1.num_batches_tracked": np.float32(2.5)}
+    with pytest.raises(ValueError, match=r"1.num_batches_tracked must hold integers, found "
+                                         r"float32"):
         other.load_state_dict(bad)
 
 

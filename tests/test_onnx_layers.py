@@ -31,7 +31,8 @@ def one_layer_graph(name, case, params):
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *in_shape])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT,
                                        ["N", *case.layer.out_shape(in_shape)])],
-        [numpy_helper.from_array(value.astype(np.float32), names[local])
+        [numpy_helper.from_array(value.astype(np.float32 if value.dtype.kind == "f" else
+                                              value.dtype), names[local])
          for local, value in params.items()])
     model = helper.make_model(graph, producer_name="tinyconv-tests",
                               ir_version=interop.ONNX_IR_VERSION,
@@ -49,6 +50,7 @@ def test_layer_onnx_matches_torch(name):
                                            providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"input": inp.astype(np.float32)})
     with torch.no_grad():
-        expected = torch_twin(case.layer, params)(torch.from_numpy(inp)).numpy()
+        # inference: eval mode (batch norm's running statistics, no dropout)
+        expected = torch_twin(case.layer, params).eval()(torch.from_numpy(inp)).numpy()
     err = rel_err(got, expected)
     assert err < BOUND, f"{name}: onnxruntime differs from torch by {err:.3g} > {BOUND}"
