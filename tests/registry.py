@@ -151,37 +151,40 @@ def _batchnorm(case, inp, state, dout):
             "num_batches_tracked": tracked}
 
 
-def _dropout_keep(layer, shape):
-    """The mask (N, ...) of a Dropout on a batch of this shape as the harness runs it
-    (nn.Pass(True): seed 0, step 0): the hash of each element's index in the batch-last
-    buffer."""
+def dropout_keep(p, shape, seed=0, step=0):
+    """The mask (N, ...) of a Dropout(p) on a batch of this shape, batch first, for a layer's
+    stream seed and the network's step (the harness runs layers under nn.Pass(True): seed 0,
+    step 0): the hash of each element's index in the batch-last buffer."""
     n, rest = shape[0], shape[1:]
-    bits = ref.dropout_bits(int(np.prod(shape)), 0, 0).reshape(*rest, n)
-    return np.moveaxis(bits >= ref.dropout_threshold(layer.p), -1, 0)
+    bits = ref.dropout_bits(int(np.prod(shape)), seed, step).reshape(*rest, n)
+    return np.moveaxis(bits >= ref.dropout_threshold(p), -1, 0)
 
 
 def _dropout(case, inp, state, dout):
     if not case.training:
         return {"out": inp, "dinp": dout}
-    keep, p = _dropout_keep(case.layer, inp.shape), case.layer.p
+    keep, p = dropout_keep(case.layer.p, inp.shape), case.layer.p
     return {"out": ref.dropout_forward(inp, keep, p), "dinp": ref.dropout_backward(dout, keep, p)}
 
 
-def _dropout_twin(spec):
-    """torch's dropout maths, x * mask / (1 - p), on tinyconv's hashed mask, since torch's
-    own draws another; the identity in eval mode, as torch.nn.Dropout."""
+def hashed_dropout(p, seed=0, step=lambda: 0):
+    """A torch module doing torch's dropout maths, x * mask / (1 - p), on tinyconv's hashed
+    mask (torch's own draws another) for a stream seed and the step step() gives; the identity
+    in eval mode, as torch.nn.Dropout."""
     import torch
-
-    layer = nn.layer_from_spec(spec)
 
     class HashedDropout(torch.nn.Module):
         def forward(self, x):
             if not self.training:
                 return x
-            keep = torch.from_numpy(_dropout_keep(layer, tuple(x.shape))).to(x.dtype)
-            return x * keep * (1 / (1 - layer.p) if layer.p < 1 else 0.0)
+            keep = torch.from_numpy(dropout_keep(p, tuple(x.shape), seed, step())).to(x.dtype)
+            return x * keep * (1 / (1 - p) if p < 1 else 0.0)
 
     return HashedDropout()
+
+
+def _dropout_twin(spec):
+    return hashed_dropout(nn.layer_from_spec(spec).p)
 
 
 def _residual(case, inp, state, dout):

@@ -9,6 +9,7 @@ import torch
 
 import tinyconv
 from tests.harness import lockstep, rel_err
+from tests.registry import hashed_dropout
 from tinyconv import archs, checkpoint, interop, nn
 from tinyconv.optim import Adam, StepLR
 
@@ -98,6 +99,105 @@ def test_training_steps_track_torch_for_an_odd_network():
     for name, param in module.named_parameters():
         err = rel_err(model.params[name], param.detach().numpy())
         assert err < 1e-4, f"{name}: parameters differ from torch by {err:.3g} after 10 steps"
+
+
+def blocks_network(seed=0):
+    """Every block the report proposes, at odd sizes: padded convolutions, batch norm after a
+    convolution and after a linear layer, a residual block holding a dropout, max pooling,
+    SiLU, a second dropout."""
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),  # -> (6, 9, 6)
+        nn.Residual(nn.Conv2d(6, 6, (3, 3), padding=1), nn.ReLU(), nn.BatchNorm2d(6),
+                    nn.Dropout(0.2)),
+        nn.MaxPool2d(3),                                               # -> (6, 3, 2)
+        nn.Flatten(),
+        nn.Linear(36, 11), nn.BatchNorm1d(11), nn.SiLU(), nn.Dropout(0.4),
+        nn.Linear(11, 5),
+        input_shape=(3, 9, 6), seed=seed)
+
+
+def blocks_twin(model):
+    """The blocks network in torch, float64, its dropouts on tinyconv's masks: each layer's
+    stream seed as Sequential derives it, the step the model's next."""
+    module = torch_twin(model)
+    top = nn.Pass(True, model.seed).child
+    module[3].body[3] = hashed_dropout(0.2, top(3).child(3).seed, lambda: model.steps)
+    module[9] = hashed_dropout(0.4, top(9).seed, lambda: model.steps)
+    return module
+
+
+def test_blocks_network_tracks_torch_through_training_and_eval():
+    # logits, losses and every gradient at each of 4 Adam steps (a new dropout mask each),
+    # the running statistics after each, and eval-mode logits after them, against torch
+    model = blocks_network(seed=3)
+    module = blocks_twin(model)
+    # eps 1e-3: the biases right before a batch norm have gradients of 0 up to rounding
+    # (1e-9 here, 1e-17 in torch's float64), which Adam's default eps would scale up to whole
+    # steps of different sizes
+    opt = Adam(model, lr=1e-2, eps=1e-3)
+    torch_opt = torch.optim.Adam(module.parameters(), lr=1e-2, eps=1e-3)
+    rng = np.random.default_rng(1)
+    for step in range(4):
+        x = rng.standard_normal((37, 3, 9, 6)).astype(np.float32)
+        y = rng.integers(0, 5, size=37)
+        torch_opt.zero_grad()  # torch first: its masks take the step the model is at
+        logits = module(torch.from_numpy(x.astype(np.float64)))
+        torch_loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y))
+        torch_loss.backward()
+        loss, grads = model.loss_and_grads(x, y)
+        assert abs(loss - torch_loss.item()) <= FORWARD * abs(torch_loss.item()), step
+        theirs = {name: p.grad.numpy() for name, p in module.named_parameters()}
+        assert grads.keys() == theirs.keys()
+        # the bias of a conv before a batch norm has a gradient of 0 up to rounding: no
+        # gradient is measured against less than a hundredth of the network's largest
+        scale = max(np.abs(grad).max() for grad in theirs.values())
+        for name, grad in theirs.items():
+            err = np.abs(grads[name] - grad).max() / max(np.abs(grad).max(), 1e-2 * scale)
+            assert err < BACKWARD, f"step {step}: {name} differs from torch by {err:.3g}"
+        opt.step(grads)
+        torch_opt.step()
+        for name, value in module.state_dict().items():
+            ours = model.state_dict()[name]
+            assert ours.dtype.kind == value.numpy().dtype.kind, name  # int64 counts too
+            err = rel_err(ours, value.numpy())
+            assert err < BACKWARD, f"after step {step}: {name} differs from torch by {err:.3g}"
+    assert model.state_dict()["1.num_batches_tracked"] == 4 and model.steps == 4
+    model.eval()
+    module.eval()
+    x = rng.standard_normal((5, 3, 9, 6)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x.astype(np.float64))).numpy()
+    assert rel_err(model.forward(x), expected) < BACKWARD
+    assert model.steps == 4  # an eval pass draws no mask
+
+
+def test_dropout_masks_replay_across_a_resumed_run(tmp_path):
+    # 4 steps straight, against 2 steps, a checkpoint, and 2 steps from it: bit for bit
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((8, 3, 9, 6)).astype(np.float32), rng.integers(0, 5, 8))
+               for _ in range(4)]
+    straight = blocks_network(seed=2)
+    opt = Adam(straight, lr=1e-2)
+    for x, y in batches:
+        opt.step(straight.loss_and_grads(x, y)[1])
+    first = blocks_network(seed=2)
+    first_opt = Adam(first, lr=1e-2)
+    for x, y in batches[:2]:
+        first_opt.step(first.loss_and_grads(x, y)[1])
+    header = {"epoch": 1, "config": {"seed": 2, "lr_step": 1, "lr_gamma": 0.5}}
+    checkpoint.save_run(tmp_path / "run.npz", first, first_opt, StepLR(first_opt, 1), header)
+    resumed, resumed_opt, _, _ = checkpoint.load_run(tmp_path / "run.npz")
+    assert resumed.steps == 2
+    for x, y in batches[2:]:
+        resumed_opt.step(resumed.loss_and_grads(x, y)[1])
+    for name, value in straight.state_dict().items():
+        assert np.array_equal(resumed.state_dict()[name], value), name
+    # and a run that forgot its steps would have drawn other masks: the check can fail
+    forgetful, forgetful_opt, _, _ = checkpoint.load_run(tmp_path / "run.npz")
+    forgetful.steps = 0
+    for x, y in batches[2:]:
+        forgetful_opt.step(forgetful.loss_and_grads(x, y)[1])
+    assert not np.array_equal(forgetful.flat_params, straight.flat_params)
 
 
 def test_init_is_torchs_default_and_seeded():

@@ -73,12 +73,12 @@ def load(path):
 
 
 def save_run(path, model, opt, sched, header):
-    """Write the network (spec, parameters, buffers), Adam and schedule state plus header
-    fields to path, atomically."""
+    """Write the network (spec, parameters, buffers, training steps: Dropout's masks go on
+    from there), Adam and schedule state plus header fields to path, atomically."""
     adam = opt.state_dict()
     arrays = {f"model/{name}": value for name, value in model.state_dict().items()}
     arrays["adam/m"], arrays["adam/v"] = adam.pop("m"), adam.pop("v")
-    save(path, arrays, {**header, "arch": model.spec(), "adam": adam,
+    save(path, arrays, {**header, "arch": model.spec(), "steps": model.steps, "adam": adam,
                         "schedule": sched.state_dict()})
 
 
@@ -90,6 +90,7 @@ def load_network(arrays, header, device="cpu"):
     prefix = "model/"
     model.load_state_dict({name[len(prefix):]: value for name, value in arrays.items()
                            if name.startswith(prefix)})
+    model.steps = int(header.get("steps", 0))  # absent before Dropout: nothing to replay
     return model
 
 

@@ -997,12 +997,13 @@ class Sequential:
 
     def to(self, device):
         """This network on another device ("cpu" or "cuda"): a new Sequential with the same
-        layers, parameters, buffers and mode, or self when it is there already."""
+        layers, parameters, buffers, mode and steps, or self when it is there already."""
         if device == self.device:
             return self
         moved = Sequential(*self.layers, input_shape=self.input_shape, seed=self.seed,
                            device=device, prefix=self.prefix, name=self.name)
         moved.load_state_dict(self.state_dict())
+        moved.steps = self.steps
         return moved.train(self.training)
 
     def state_dict(self):
