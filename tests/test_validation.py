@@ -55,11 +55,52 @@ BAD_NETWORKS = {
                    "Conv2d: kernel_size must be a positive int or a pair of them, found (3, 0)"),
     "float pool": (lambda: nn.AvgPool2d(2.0),
                    "AvgPool2d: kernel_size must be a positive int, found 2.0"),
+    "batch norm channels": (build(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(6)),
+                            "layer 1 BatchNorm2d(6): needs an input (6, H, W), found (4, 6, 6)"),
+    "batch norm 1d on images": (build(nn.BatchNorm1d(1)),
+                                "layer 0 BatchNorm1d(1): needs an input (1,) or (1, L), found "
+                                "(1, 8, 8)"),
+    "residual changes the shape": (build(nn.Residual(nn.Conv2d(1, 2, 3))),
+                                   "layer 0 Residual(Conv2d(1, 2, 3)): needs a body that keeps "
+                                   "its input's shape (1, 8, 8), found (2, 6, 6) after it"),
+    "residual body layer": (build(nn.Tanh(), nn.Residual(nn.ReLU(), nn.Linear(3, 3))),
+                            "layer 1 Residual(ReLU(), Linear(3, 3)): body layer 1 Linear(3, 3): "
+                            "needs an input (3,), found (1, 8, 8); put a Flatten() before it"),
+    "empty residual": (lambda: nn.Residual(), "Residual: needs a body of at least one layer"),
+    "residual of a string": (lambda: nn.Residual(nn.ReLU(), "Tanh()"),
+                             "Residual: body layer 1 must be a tinyconv.nn layer, found str"),
+    "padding as big as the kernel": (lambda: nn.Conv2d(1, 2, 3, padding=3),
+                                     "Conv2d: padding must be an int from 0 to 2 (less than the "
+                                     "kernel's side 3), found 3"),
+    "padding of a rectangular kernel": (lambda: nn.Conv2d(1, 2, (5, 2), padding=2),
+                                        "Conv2d: padding must be an int from 0 to 1"),
+    "padding in a spec": (lambda: nn.Sequential.from_spec(
+        {"input_shape": [1, 4, 4], "layers": [{"kind": "Conv2d", "in_channels": 1,
+                                               "out_channels": 2, "kernel_size": 3,
+                                               "padding": -1}]}),
+        "architecture spec, layer 0: Conv2d: padding must be an int from 0 to 2"),
+    "padded input too small": (build(nn.Conv2d(1, 2, 7, padding=1), input_shape=(1, 4, 9)),
+                               "layer 0 Conv2d(1, 2, 7, padding=1): needs an input (1, H, W) "
+                               "with H >= 5 and W >= 5, found (1, 4, 9)"),
+    "dropout p": (lambda: nn.Dropout(1.5), "Dropout: p must be a probability in [0, 1], "
+                                            "found 1.5"),
+    "batch norm momentum": (lambda: nn.BatchNorm2d(3, momentum=2),
+                            "BatchNorm2d: momentum must be in [0, 1], found 2"),
+    "batch norm eps": (lambda: nn.BatchNorm1d(3, eps=0),
+                       "BatchNorm1d: eps must be a positive number, found 0"),
+    "residual spec body": (lambda: nn.Sequential.from_spec(
+        {"input_shape": [4], "layers": [{"kind": "Residual", "body": [{"kind": "Softmax"}]}]}),
+        "architecture spec, layer 0: body layer 0: unknown layer kind 'Softmax'"),
+    "residual spec arguments": (lambda: nn.Sequential.from_spec(
+        {"input_shape": [4], "layers": [{"kind": "Residual", "layers": []}]}),
+        "architecture spec, layer 0: Residual takes one argument, 'body': a list of layer "
+        "specs; found ['layers']"),
     "unknown kind": (lambda: nn.Sequential.from_spec(
         {"input_shape": [4], "layers": [{"kind": "Linear", "in_features": 4,
                                          "out_features": 2}, {"kind": "Softmax"}]}),
         "architecture spec, layer 1: unknown layer kind 'Softmax', expected one of Conv2d, "
-        "AvgPool2d, MaxPool2d, Tanh, ReLU, SiLU, Flatten, Linear"),
+        "AvgPool2d, MaxPool2d, Tanh, ReLU, SiLU, Flatten, Linear, BatchNorm2d, BatchNorm1d, "
+        "Dropout, Residual"),
     "wrong argument": (lambda: nn.Sequential.from_spec(
         {"input_shape": [4], "layers": [{"kind": "Linear", "in_features": 4, "out": 2}]}),
         "architecture spec, layer 0: Linear takes the arguments ['in_features', "
@@ -120,6 +161,26 @@ def test_bad_inputs_are_named_and_nothing_is_written(case, call):
     for index, (old, new) in enumerate(zip(before, after, strict=True)):
         assert np.array_equal(old, new), f"buffer {index} was written"
     assert np.array_equal(model.flat_params, params) and np.array_equal(model.flat_grads, grads)
+
+
+@pytest.mark.parametrize("where", ["top", "residual"])
+def test_batch_norm_refuses_one_value_per_channel_in_training_and_writes_nothing(where):
+    norm = nn.BatchNorm1d(3)
+    layers = [nn.Linear(4, 3), norm if where == "top" else nn.Residual(nn.Tanh(), norm)]
+    model = nn.Sequential(*layers, nn.Linear(3, 2), input_shape=(4,))
+    x, y = np.ones((1, 4), np.float32), np.zeros(1, np.int64)
+    before = model.state_dict()
+    message = ("layer 1 BatchNorm1d(3): in training mode needs more than one value per "
+               "channel, found a batch of 1" if where == "top" else
+               "layer 1 Residual(Tanh(), BatchNorm1d(3)): body layer 1 BatchNorm1d(3): in "
+               "training mode needs more than one value per channel, found a batch of 1")
+    for call in (model.forward, model.loss_and_grads):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call(x, y) if call == model.loss_and_grads else call(x)
+    for name, value in model.state_dict().items():  # no running statistic moved
+        assert np.array_equal(value, before[name]), name
+    assert model.steps == 0
+    assert model.eval().forward(x).shape == (1, 2)  # one sample is fine in eval mode
 
 
 def test_loss_needs_class_scores():

@@ -461,8 +461,7 @@ class _BatchNorm(Layer):
         c = self.num_features
         if len(in_shape) not in self.ranks or in_shape[0] != c:
             expected = " or ".join(text.replace("C", str(c)) for text in self.rank_texts)
-            raise ShapeError(f"needs an input {expected} ({c} channels), found "
-                             f"{tuple(in_shape)}")
+            raise ShapeError(f"needs an input {expected}, found {tuple(in_shape)}")
         return in_shape
 
     def params(self, in_shape):
@@ -479,9 +478,8 @@ class _BatchNorm(Layer):
 
     def check_pass(self, in_shape, batch, training):
         if training and batch * math.prod(in_shape[1:]) < 2:
-            raise ValueError(f"{type(self).__name__} in training mode needs more than one "
-                             f"value per channel, found a batch of {batch} with input "
-                             f"{tuple(in_shape)} (use eval() to run one sample)")
+            raise ValueError(f"in training mode needs more than one value per channel, found a "
+                             f"batch of {batch} (eval() runs single samples)")
 
     def init(self, views, rng):
         views["weight"][...] = 1
@@ -611,7 +609,7 @@ class Residual(Layer):
         if set(args) != {"body"} or not isinstance(args["body"], list):
             raise ValueError(f"Residual takes one argument, 'body': a list of layer specs; "
                              f"found {sorted(args)}")
-        return cls(*(layer_from_spec(layer, f"{where}, body layer {j}")
+        return cls(*(layer_from_spec(layer, f"body layer {j}")
                      for j, layer in enumerate(args["body"])))
 
     def _shapes(self, in_shape):
@@ -661,8 +659,11 @@ class Residual(Layer):
             shape, batch))}
 
     def check_pass(self, in_shape, batch, training):
-        for layer, shape in zip(self.body, self._shapes(in_shape), strict=False):
-            layer.check_pass(shape, batch, training)
+        for j, (layer, shape) in enumerate(zip(self.body, self._shapes(in_shape), strict=False)):
+            try:
+                layer.check_pass(shape, batch, training)
+            except ValueError as exc:
+                raise ValueError(f"body layer {j} {layer!r}: {exc}") from None
 
     def init(self, views, rng):
         for j, layer in enumerate(self.body):
@@ -1086,11 +1087,12 @@ class Sequential:
         not; returns them, with the Pass that the backward must run under."""
         batch = x.shape[0]
         if training:  # before any kernel runs: a refused batch changes no running statistic
-            for layer, shape in zip(self.layers, self.shapes, strict=False):
+            for index, (layer, shape) in enumerate(zip(self.layers, self.shapes, strict=False)):
                 try:
                     layer.check_pass(shape, batch, training)
                 except ValueError as exc:
-                    raise ValueError(f"{self._title()}: {exc}") from None
+                    raise ValueError(f"{self._title()}: layer {self.prefix}{index} {layer!r}: "
+                                     f"{exc}") from None
         if batch not in self._buffers:
             self._buffers[batch] = _Buffers(self, batch, *self._arenas)
         buf = self._buffers[batch]
