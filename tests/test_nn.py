@@ -11,6 +11,7 @@ import tinyconv
 from tests.harness import lockstep, rel_err
 from tests.registry import hashed_dropout
 from tinyconv import archs, checkpoint, interop, nn
+from tinyconv.kernels import get_backend
 from tinyconv.optim import Adam, StepLR
 
 # float32 sums in other orders than torch's (test_ops's bounds)
@@ -198,6 +199,51 @@ def test_dropout_masks_replay_across_a_resumed_run(tmp_path):
     for x, y in batches[2:]:
         forgetful_opt.step(forgetful.loss_and_grads(x, y)[1])
     assert not np.array_equal(forgetful.flat_params, straight.flat_params)
+
+
+def dropout_masks(p, size, seeds_and_steps):
+    """The keep masks (size,) of a Dropout(p) layer on the CPU for each (seed, step) pass."""
+    k, layer = get_backend("cpu"), nn.Dropout(p)
+    t = nn.Tensors(np.ones((size, 1), np.float32), np.empty((size, 1), np.float32))
+    masks = []
+    for seed, step in seeds_and_steps:
+        layer.forward(k, t, {}, nn.Pass(True, seed, step))
+        masks.append(t.out[:, 0] != 0)
+    return masks
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_dropout_drops_p_of_the_elements_independently(p):
+    # within 5 standard deviations of what independent draws with P(drop) = p give: the
+    # keep rate of each pass, the agreement of two steps' and two layers' masks, and of
+    # neighbouring elements (the hash must not repeat along the index)
+    n = 1_000_000
+    sigma = np.sqrt(0.25 / n)  # at most, for a rate
+    step0, step1, other_layer = dropout_masks(p, n, [(7, 0), (7, 1), (8, 0)])
+    for mask in (step0, step1, other_layer):
+        assert abs(mask.mean() - (1 - p)) < 5 * sigma
+    agree = p * p + (1 - p) * (1 - p)  # of two independent masks
+    for first, second in ((step0, step1), (step0, other_layer), (step0[1:], step0[:-1]),
+                          (step0[16:], step0[:-16])):
+        assert abs((first == second).mean() - agree) < 5 * sigma
+    # an element's bits depend on its index, not on the buffer's size
+    assert np.array_equal(dropout_masks(p, 8, [(7, 0)])[0], step0[:8])
+
+
+def test_dropout_is_the_identity_in_eval_and_zero_at_p_1():
+    k, x = get_backend("cpu"), np.linspace(-3, 3, 60, dtype=np.float32).reshape(12, 5)
+    out = np.empty_like(x)
+    nn.Dropout(0.5).forward(k, nn.Tensors(x, out), {}, nn.Pass(False, 7, 3))
+    assert np.array_equal(out, x)
+    nn.Dropout(1.0).forward(k, nn.Tensors(x, out), {}, nn.Pass(True, 7, 3))
+    assert not out.any()
+    nn.Dropout(0.25).forward(k, nn.Tensors(x, out), {}, nn.Pass(True, 7, 3))
+    kept = out != 0
+    assert 0 < kept.sum() < x.size
+    assert np.allclose(out[kept], x[kept] / np.float32(0.75), rtol=1e-6, atol=0)
+    ones, scaled = np.ones((100_000, 1), np.float32), np.empty((100_000, 1), np.float32)
+    nn.Dropout(0.25).forward(k, nn.Tensors(ones, scaled), {}, nn.Pass(True, 7, 3))
+    assert abs(scaled.mean() - 1) < 5 * np.sqrt(0.25 * 0.75 / 100_000) / 0.75  # E[out] = x
 
 
 def test_init_is_torchs_default_and_seeded():
