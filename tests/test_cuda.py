@@ -171,6 +171,30 @@ def test_network_steps_match_cpu_in_simulator(tmp_path):
         assert np.array_equal(opt.state_dict()["v"], opts[1].state_dict()["v"]), device
 
 
+def tiny_blocks(device):
+    """The new blocks in one network small enough for the simulator: a padded conv, batch
+    norms, a residual block, max pooling, two dropouts. (Each batch norm after an activation:
+    straight after a conv or linear layer it makes their bias gradients 0 up to rounding,
+    where a relative error says nothing.)"""
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(2),   # (1,4,4) -> (2,4,4)
+        nn.Residual(nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(2),
+                    nn.Dropout(0.3)),
+        nn.MaxPool2d(2), nn.Flatten(),                                  # -> (8,)
+        nn.Linear(8, 5), nn.SiLU(), nn.BatchNorm1d(5), nn.Dropout(0.5),
+        nn.Linear(5, 3),
+        input_shape=(1, 4, 4), seed=1, device=device)
+
+
+@in_simulator
+def test_blocks_network_steps_match_cpu_in_simulator():
+    # the same dropout masks on both (the hash), the same running statistics after each step
+    models, _, _ = compare_training(tiny_blocks, batch=3, steps=2, bound=1e-5, param_bound=1e-5)
+    # two steps and the last loss compare_training takes, a training-mode pass too
+    for model in models:
+        assert model.state_dict()["2.num_batches_tracked"] == 3 == model.steps
+
+
 # ---- the PTX: no float64 arithmetic (the simulator would not show it)
 
 PTX_CC = (9, 0)  # the H100's compute capability
@@ -349,7 +373,7 @@ def test_in_simulator():
     report = done.stdout[-6000:] + done.stderr[-2000:]
     assert done.returncode == 0, f"the simulator run failed:\n{report}"
     passed = re.search(r"(\d+) passed", done.stdout)
-    expected = len(SIMULATOR_CASES) + 1  # every simulator case and the network's steps
+    expected = len(SIMULATOR_CASES) + 2  # every simulator case and the networks' steps
     assert passed and int(passed.group(1)) >= expected, f"too few simulator tests:\n{report}"
 
 

@@ -671,8 +671,8 @@ class Residual(Layer):
 
     def _tensors(self, t):
         """The body's Tensors for t's batch, from t and its workspace."""
-        batch = t.inp.shape[-1]
-        shapes = [shape + (batch,) for shape in self._shapes(t.inp.shape[:-1])]
+        *in_shape, batch = t.inp.shape  # a tuple (the CUDA simulator's shapes index no -1)
+        shapes = [shape + (batch,) for shape in self._shapes(in_shape)]
         acts, dacts = [t.inp], [None] * len(self.body) + [t.dout]
         for j, layer in enumerate(self.body):
             acts.append(acts[j].reshape(shapes[j + 1]) if layer.is_view else t.work[f"act{j + 1}"])
