@@ -1,4 +1,5 @@
-"""Every op at LeNet-5's shapes, tinyconv's kernel against torch's: python bench/kernels.py.
+"""Every op at LeNet-5's shapes (and the new blocks' at LeNet-like ones), tinyconv's kernels
+against torch's: python bench/kernels.py.
 
 Each case is checked before it is timed (forward output and every gradient within 1e-4 of
 torch's, relative to the largest magnitude). tinyconv's arguments are prepared in its
@@ -30,7 +31,7 @@ from bench.common import (  # noqa: E402
     timing_rows,
     write_json,
 )
-from tests.registry import KERNEL_CASES, Case  # noqa: E402  (the layers' cases, as tested)
+from tests.registry import CASES, REGISTRY  # noqa: E402  (the layers' cases, as tested)
 
 THREADS = 2
 BATCH = 128
@@ -47,12 +48,15 @@ def batch_last(a):
 
 
 def flops(layer, in_shape, batch):
-    """Floating-point operations of one forward call (a multiply-add counts 2); 0 for a layer
-    without weights. A weight meets each output position once: weight.size multiply-adds per
-    position of the output (OH*OW for a convolution, 1 for a linear layer). The backward does
-    twice as many (dinp and dweight), once as many without dinp."""
+    """Floating-point operations of one forward call (a multiply-add counts 2) of a
+    convolution or linear layer; 0 for the others, timed in calls/s. A weight meets each
+    output position once: weight.size multiply-adds per position of the output (OH*OW for a
+    convolution, 1 for a linear layer). The backward does twice as many (dinp and dweight),
+    once as many without dinp."""
+    from tinyconv import nn
+
     shapes = layer.params(in_shape)
-    if "weight" not in shapes:
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
         return 0
     positions = math.prod(layer.out_shape(in_shape)[1:])
     return 2 * batch * math.prod(shapes["weight"]) * positions
@@ -65,8 +69,9 @@ class Side:
         """Stop the bench unless tinyconv's forward and gradients match torch's."""
         self.forward()
         self.backward()
-        theirs_grads = self.torch_backward()
-        pairs = [("out", self.our_output(), self.t_out.detach().cpu().numpy())]
+        theirs_grads = self.torch.autograd.grad(self.checked_out, self.checked_wrt, self.t_dout,
+                                                retain_graph=True)
+        pairs = [("out", self.our_output(), self.checked_out.detach().cpu().numpy())]
         pairs += [(tensor, ours, theirs.cpu().numpy()) for tensor, ours, theirs
                   in zip(self.grad_names, self.our_grads(), theirs_grads, strict=True)]
         for tensor, ours, theirs in pairs:
@@ -83,25 +88,40 @@ class LayerCase(Side):
     """A layer's forward and backward, set up for tinyconv (the layer's own calls of its
     kernels) and for torch (its twin, interop.torch_layer) on the same data."""
 
-    def __init__(self, layer, in_shape, batch, kernels, torch, device, input_grad=True):
+    def __init__(self, layer, in_shape, batch, kernels, torch, device, input_grad=True,
+                 check_twin=None):
         from tinyconv.interop import torch_layer
-        from tinyconv.nn import Tensors
+        from tinyconv.nn import Pass, Tensors
 
         rng = np.random.default_rng(SEED)
         self.layer, self.kernels, self.torch = layer, kernels, torch
+        self.run = Pass(training=True)
         x = rng.standard_normal((batch, *in_shape)).astype(np.float32)
         params = {name: (rng.standard_normal(shape) * 0.1).astype(np.float32)
                   for name, shape in layer.params(in_shape).items()}
+        # running statistics as a few steps in would leave them (a variance is positive)
+        buffers = {name: (rng.uniform(0.5, 1.5, shape) if np.dtype(dtype).kind == "f"
+                          else np.zeros(shape)).astype(dtype)
+                   for name, (shape, dtype) in layer.buffers(in_shape).items()}
         # torch's side, on the device (on the CPU .to shares the arrays): a graph built once,
-        # differentiated many times
+        # differentiated many times. A layer whose torch module computes something else by
+        # design (Dropout: torch draws its own mask) is checked against check_twin(spec), the
+        # tests' twin on tinyconv's mask, and timed as torch's own
         self.module = module = torch_layer(layer.spec()).to(device)
+        checked = module if check_twin is None else check_twin(layer.spec()).to(device)
+        state = {**params, **buffers}
         with torch.no_grad():
-            for name, value in params.items():
-                getattr(module, name).copy_(torch.from_numpy(value))
+            for torch_module in {id(m): m for m in (module, checked)}.values():
+                for name, tensor in torch_module.state_dict().items():
+                    tensor.copy_(torch.from_numpy(state[name]))
+        named = dict(module.named_parameters())
         self.t_inp = torch.from_numpy(x).to(device).requires_grad_(input_grad)
         self.t_out = self.torch_forward()
-        self.wrt = [self.t_inp] * input_grad + [getattr(module, name) for name in params]
+        self.wrt = [self.t_inp] * input_grad + [named[name] for name in params]
         self.grad_names = ["dinp"] * input_grad + [f"d{name}" for name in params]
+        checked_params = dict(checked.named_parameters())
+        self.checked_out = checked(self.t_inp)
+        self.checked_wrt = [self.t_inp] * input_grad + [checked_params[name] for name in params]
         dout = rng.standard_normal(tuple(self.t_out.shape)).astype(np.float32)
         self.t_dout = torch.from_numpy(dout).to(device)
         # tinyconv's side: batch-last copies on the device and every buffer, made once, in
@@ -109,10 +129,12 @@ class LayerCase(Side):
         # torch's timings here measured the same whether its input was aligned or not)
         k = kernels
         inp = batch_last(x)
+        work = {**layer.workspace(in_shape, batch), **layer.grad_workspace(in_shape, batch)}
         self.t = Tensors(inp=k.to_device(inp), out=k.empty((*layer.out_shape(in_shape), batch)),
                          dinp=k.empty(inp.shape) if input_grad else None,
-                         dout=k.to_device(batch_last(dout)))
-        self.p = {name: k.to_device(value) for name, value in params.items()}
+                         dout=k.to_device(batch_last(dout)),
+                         work={name: k.empty(shape) for name, shape in work.items()})
+        self.p = {name: k.to_device(value) for name, value in state.items()}
         self.g = {name: k.empty(value.shape) for name, value in params.items()}
 
     def forward(self):
@@ -146,6 +168,7 @@ class LossCase(Side):
         self.t_out = self.torch_forward()
         self.t_dout = torch.ones((), device=device)
         self.wrt, self.grad_names = [self.t_inp], ["dlogits"]
+        self.checked_out, self.checked_wrt = self.t_out, self.wrt
         k = kernels
         self.logits, self.labels = k.to_device(batch_last(logits)), k.to_device(labels)
         self.losses, self.probs, self.dlogits = (k.empty(batch), k.empty(self.logits.shape),
@@ -193,7 +216,8 @@ def adam_calls(kernels, torch, device):
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python bench/kernels.py",
-        description="Time every LeNet-5 op, forward and backward, tinyconv against torch, "
+        description="Time every op at LeNet-like shapes, forward and backward, tinyconv "
+                    "against torch, "
                     "after checking that both compute the same thing.")
     parser.add_argument("--threads", type=int, default=THREADS,
                         help="threads for both libraries (default %(default)s)")
@@ -234,7 +258,7 @@ def main(argv=None):
         def synchronize():  # a timed block ends only when both libraries' queued work is done
             kernels.synchronize()
             torch.cuda.synchronize()
-    header = make_header("bench/kernels.py: every LeNet-5 op, tinyconv kernel vs torch",
+    header = make_header("bench/kernels.py: every op at LeNet-like shapes, tinyconv vs torch",
                          {"tinyconv (numba)": args.threads, "torch": torch.get_num_threads()},
                          f"per call, min and median over {args.rounds} rounds of {args.steps} "
                          "calls per library, alternating, after 3 warm-up calls; each block "
@@ -253,9 +277,9 @@ def main(argv=None):
     # --batch-size; conv1's input is the image, whose gradient nobody needs: in training
     # neither library computes it (case.dinp False: tinyconv passes dinp=None, torch's input
     # does not require grad), and so neither does this. The loss, not a layer, follows them
-    cases = {name: case for name, case in KERNEL_CASES.items()
-             if case.lenet and isinstance(case, Case)}
-    for name, case in [*cases.items(), ("xent", None)]:
+    cases = {name: (kind, case) for name, (kind, case) in CASES.items()
+             if case.lenet and not case.layer.is_view}
+    for name, (kind, case) in [*cases.items(), ("xent", (None, None))]:
         input_grad = case is None or case.dinp
         if case is None:
             in_shape, work = (CLASSES,), 0
@@ -264,7 +288,7 @@ def main(argv=None):
             in_shape = case.shape[1:]
             work = flops(case.layer, in_shape, args.batch_size) / 1e9
             timed = LayerCase(case.layer, in_shape, args.batch_size, kernels, torch,
-                              args.device, input_grad)
+                              args.device, input_grad, REGISTRY[kind].twin)
         timed.check(name)
         shape = "x".join(map(str, (args.batch_size, *in_shape)))
         for direction, ours, theirs, factor in (

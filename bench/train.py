@@ -1,4 +1,5 @@
-"""LeNet-5 end to end, tinyconv against PyTorch eager: python bench/train.py [--help].
+"""LeNet-5 (or another network, --arch) end to end, tinyconv against PyTorch eager:
+python bench/train.py [--help].
 
 A training step (forward, loss, backward, Adam update) and inference (forward only), each
 checked against torch before it is timed, and a whole epoch of the default recipe, the two
@@ -19,6 +20,7 @@ ending only when the device has finished it.
 
 import argparse
 import itertools
+import json
 import multiprocessing
 import os
 import subprocess
@@ -34,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))  # bench.common and tests.torch_lenet, from any directory
+sys.path.insert(0, str(REPO_ROOT))  # bench.common and tinyconv, from any directory
 
 from bench.common import (  # noqa: E402
     SETTLE,
@@ -50,6 +52,7 @@ from bench.common import (  # noqa: E402
     write_json,
 )
 
+ARCH = "lenet5"  # the network, a name in tinyconv.archs.ARCHS or a spec file
 DEVICE = "cpu"
 THREADS = 2  # the same for both libraries
 BATCH_SIZE = 128  # images per training step (the default recipe's)
@@ -69,7 +72,7 @@ LR = 1e-3
 TRAIN_LIMIT, TEST_LIMIT = 12800, 1000
 TRAIN_COMMAND = ("-m", "tinyconv.train", "--epochs", "1", "--limit-train", str(TRAIN_LIMIT),
                  "--limit-test", str(TEST_LIMIT), "--quiet")
-# what a child process runs: python -c CHILD_CODE LIBRARY BATCHES_NPZ THREADS STEPS DEVICE
+# what a child process runs: python -c CHILD_CODE LIBRARY BATCHES_NPZ THREADS STEPS DEVICE ARCH
 CHILD_CODE = "import sys; from bench.train import child; child(*sys.argv[1:])"
 # python -c PEAK_RSS_LAUNCHER COMMAND...: runs COMMAND, then prints its peak resident memory
 # (KiB). Linux carries a process's peak across fork and exec, so a child started straight from
@@ -81,21 +84,23 @@ PEAK_RSS_LAUNCHER = ("import resource, subprocess, sys; code = subprocess.call(s
 
 
 class Side(NamedTuple):
-    """One library's LeNet-5: its training step and forward on NumPy batches."""
+    """One library's network: its training step and forward on NumPy batches."""
 
     train_step: Callable  # (x, y) -> the batch's mean loss, after one Adam update
     forward: Callable  # x -> logits as a NumPy array, no gradients
     get_threads: Callable  # () -> the thread count the library will use
 
 
-def tinyconv_side(threads, device=DEVICE):
-    """tinyconv's LeNet-5 (seeded init) with Adam on a device, on `threads` Numba threads."""
+def tinyconv_side(threads, device=DEVICE, arch=ARCH):
+    """tinyconv's network `arch` (a name or spec file, seeded init) with Adam on a device, on
+    `threads` Numba threads."""
     import numba
 
     import tinyconv
+    from tinyconv import archs
 
     numba.set_num_threads(threads)  # starts Numba's thread pool, on an OpenMP runtime
-    model = tinyconv.LeNet5(seed=SEED, device=device)
+    model = archs.build(archs.find_spec(arch), seed=SEED, device=device)
     opt = tinyconv.Adam(model, lr=LR)
 
     def train_step(x, y):
@@ -104,19 +109,27 @@ def tinyconv_side(threads, device=DEVICE):
         model.kernels.synchronize()  # a GPU's update is only queued until this returns
         return loss
 
-    return Side(train_step, model.forward, numba.get_num_threads)
+    def forward(x):  # inference: eval mode (batch norm's running statistics)
+        out = model.eval().forward(x)
+        model.train()
+        return out
+
+    return Side(train_step, forward, numba.get_num_threads)
 
 
-def torch_side(threads, like=None, device=DEVICE):
-    """torch's LeNet-5 with Adam on a device and `threads` threads: a copy of tinyconv model
-    `like`'s weights, or torch's own seeded init."""
+def torch_side(threads, like=None, device=DEVICE, arch=ARCH):
+    """torch's twin of the network `arch` with Adam on a device and `threads` threads: a copy
+    of tinyconv model `like`'s weights, or torch's own seeded init."""
     import torch
 
-    from tests.torch_lenet import LeNet5, torch_copy
+    from tinyconv import archs, interop
 
     torch.set_num_threads(threads)
     torch.manual_seed(SEED)
-    module = (LeNet5() if like is None else torch_copy(like)).to(device)
+    module = interop.torch_module(archs.find_spec(arch))  # LeNet-5: the report's, layer for layer
+    if like is not None:
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in like.state_dict().items()})
+    module = module.to(device)
     opt = torch.optim.Adam(module.parameters(), lr=LR)
 
     def train_step(x, y):
@@ -128,9 +141,12 @@ def torch_side(threads, like=None, device=DEVICE):
         opt.step()
         return loss.item()  # on a GPU, a copy queued after opt.step's kernels: waits for them
 
-    def forward(x):
+    def forward(x):  # inference: eval mode (batch norm's running statistics)
+        module.eval()
         with torch.no_grad():
-            return module(torch.from_numpy(x).to(device)).cpu().numpy()
+            out = module(torch.from_numpy(x).to(device)).cpu().numpy()
+        module.train()
+        return out
 
     return Side(train_step, forward, torch.get_num_threads)
 
@@ -170,7 +186,7 @@ def mnist_batches(split, batch_size, count):
 # ---- one process per library, called in turns
 
 
-def serve(library, threads, batch_size, infer_batch_size, device, connection):
+def serve(library, threads, batch_size, infer_batch_size, device, arch, connection):
     """A worker process: build the library's side, then answer calls until sent None.
 
     A call (name, args) answers ("ok", result) or ("error", traceback). Every worker draws
@@ -178,11 +194,12 @@ def serve(library, threads, batch_size, infer_batch_size, device, connection):
     (torch's through torch_copy), so the two compute the same thing.
     """
     if library == "torch":
-        from tinyconv import LeNet5  # the weights to copy; Numba's thread pool stays unstarted
+        from tinyconv import archs  # the weights to copy; Numba's thread pool stays unstarted
 
-        side = torch_side(threads, like=LeNet5(seed=SEED), device=device)
+        like = archs.build(archs.find_spec(arch), seed=SEED)
+        side = torch_side(threads, like=like, device=device, arch=arch)
     else:
-        side = tinyconv_side(threads, device)
+        side = tinyconv_side(threads, device, arch)
     from tinyconv import load_mnist  # only the data: neither torch nor Numba's threads
 
     train = mnist_batches("train", batch_size, TRAIN_BATCHES)
@@ -211,7 +228,7 @@ class Worker:
         self.process = context.Process(
             target=serve, daemon=True,
             args=(library, args.threads, args.batch_size, args.infer_batch_size, args.device,
-                  theirs))
+                  args.arch, theirs))
         self.process.start()
         theirs.close()
 
@@ -289,11 +306,11 @@ def check_training(ours, theirs):
 # ---- child processes: time to the first step, peak memory
 
 
-def child(library, batches_path, threads, steps, device):
+def child(library, batches_path, threads, steps, device, arch):
     """A child process's work: train on the saved batches; print when the first step ended."""
     saved = np.load(batches_path)
     xs, ys = saved["x"], saved["y"]
-    side = SIDES[library](int(threads), device=device)
+    side = SIDES[library](int(threads), device=device, arch=arch)
     for step in range(int(steps)):
         side.train_step(xs[step % len(xs)], ys[step % len(ys)])
         if step == 0:
@@ -310,11 +327,11 @@ def run_child(argv, env):
     return done.stdout
 
 
-def first_step_seconds(library, threads, batches_path, device, env):
+def first_step_seconds(library, threads, batches_path, device, arch, env):
     """Seconds from a child's start to the end of its first training step."""
     start = time.time()
     stdout = run_child([sys.executable, "-c", CHILD_CODE, library, str(batches_path),
-                        str(threads), "1", device], env)
+                        str(threads), "1", device, arch], env)
     return float(stdout.split()[-1]) - start
 
 
@@ -336,11 +353,13 @@ def subprocess_rows(args):
         # an empty cache: the first tinyconv child compiles every kernel, later ones load them
         env = {"NUMBA_CACHE_DIR": str(tmp / "numba-cache")}
         for cache in ("cold", "warm"):
-            ours = first_step_seconds("tinyconv", args.threads, batches_path, args.device, env)
-            theirs = first_step_seconds("torch", args.threads, batches_path, args.device, env)
+            ours, theirs = (first_step_seconds(library, args.threads, batches_path,
+                                               args.device, args.arch, env)
+                            for library in ("tinyconv", "torch"))
             yield Row(f"start to 1st step, {cache} cache", shape, ours, theirs, "s")
         ours, theirs = (peak_mib([sys.executable, "-c", CHILD_CODE, library, str(batches_path),
-                                  str(args.threads), str(MEMORY_STEPS), args.device], env)
+                                  str(args.threads), str(MEMORY_STEPS), args.device, args.arch],
+                                 env)
                         for library in ("tinyconv", "torch"))
         yield Row(f"peak RSS, {MEMORY_STEPS} train steps", shape, ours, theirs, "MiB")
         command = [sys.executable, *TRAIN_COMMAND, "--threads", str(args.threads),
@@ -375,6 +394,10 @@ def parse_args(argv):
                "  python bench/train.py --skip-subprocess --rounds 3   # a quick look\n"
                "  python bench/train.py --threads 1 --json one.json    # one thread, saved",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default=ARCH, metavar="NAME|FILE.json",
+                        help=f"the network both libraries train: a name of tinyconv.archs.ARCHS "
+                             f"or a spec file (default {ARCH}); without Dropout, whose masks "
+                             f"torch draws its own way (the check needs equal losses)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=DEVICE,
                         help=f"where both libraries run (default {DEVICE}); cuda: one NVIDIA "
                              "GPU, which needs numba-cuda and a CUDA build of torch")
@@ -400,6 +423,21 @@ def parse_args(argv):
     parser.add_argument("--json", metavar="PATH",
                         help="also write the header and the rows as JSON to PATH")
     args = parser.parse_args(argv)
+    from tinyconv import archs, nn  # the spec only: no kernel, no thread pool
+
+    try:
+        spec = archs.find_spec(args.arch)
+        network = nn.Sequential.from_spec(spec)
+    except ValueError as exc:
+        parser.error(f"--arch: {exc}")
+    if tuple(network.input_shape) != (1, 32, 32) or network.output_shape != (10,):
+        parser.error(f"--arch: the bench trains on 32x32 MNIST digits, so needs an input "
+                     f"(1, 32, 32) and 10 classes; found {network.input_shape} -> "
+                     f"{network.output_shape}")
+    if "Dropout" in json.dumps(spec):
+        parser.error("--arch: the network holds a Dropout, whose masks torch draws its own "
+                     "way: the check before timing (equal losses from equal weights) cannot pass")
+    args.arch_name = spec.get("name") or Path(args.arch).stem
     if args.epoch_rounds < 0:
         parser.error(f"--epoch-rounds must be at least 0, found {args.epoch_rounds}")
     if args.threads > os.cpu_count():
@@ -449,7 +487,7 @@ def main(argv=None):
         logits_error = check_inference(ours, theirs)
         loss_error = check_training(ours, theirs)
         header = make_header(
-            f"bench/train.py: LeNet-5 end to end, tinyconv vs torch eager, both on "
+            f"bench/train.py: {args.arch_name} end to end, tinyconv vs torch eager, both on "
             f"{args.device}, each in a process of its own", threads,
             f"per call (a pipe round trip to the library's worker), min and median over "
             f"{args.rounds} rounds of {args.steps} calls per library, alternating, after "

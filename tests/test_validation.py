@@ -108,7 +108,14 @@ BAD_NETWORKS = {
     "spec without input shape": (lambda: nn.Sequential.from_spec({"layers": []}),
                                  "architecture spec: missing 'input_shape' (C, H, W)"),
     "unknown architecture": (lambda: archs.build("lenet6"),
-                             "unknown architecture 'lenet6', expected one of lenet5"),
+                             "unknown architecture 'lenet6', expected one of lenet5, "
+                             "lenet5-relu, lenet5-bn or a spec"),
+    "unknown architecture name": (lambda: archs.find_spec("resnet"),
+                                  "unknown architecture 'resnet', expected one of lenet5, "
+                                  "lenet5-relu, lenet5-bn or a spec file (.json)"),
+    "missing spec file": (lambda: archs.find_spec("/nonexistent/net.json"),
+                          "/nonexistent/net.json: cannot read the architecture spec (No such "
+                          "file or directory)"),
 }
 
 
@@ -181,6 +188,16 @@ def test_batch_norm_refuses_one_value_per_channel_in_training_and_writes_nothing
         assert np.array_equal(value, before[name]), name
     assert model.steps == 0
     assert model.eval().forward(x).shape == (1, 2)  # one sample is fine in eval mode
+
+
+def test_a_spec_file_that_is_not_json_is_named(tmp_path):
+    path = tmp_path / "net.json"
+    path.write_text("{'layers': []}")
+    with pytest.raises(ValueError, match=re.escape(f"{path}: not a JSON architecture spec")):
+        archs.find_spec(str(path))
+    path.write_text('{"input_shape": [4], "layers": [{"kind": "Linear", "in_features": 4, '
+                    '"out_features": 2}]}')
+    assert nn.Sequential.from_spec(archs.find_spec(str(path))).output_shape == (2,)
 
 
 def test_loss_needs_class_scores():

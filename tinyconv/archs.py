@@ -5,7 +5,21 @@ class name, its constructor arguments...}, ...]}; nn.Sequential.from_spec builds
 interop.torch_module in torch.
 """
 
-from tinyconv.nn import AvgPool2d, Conv2d, Flatten, Linear, Sequential, Tanh
+import json
+from pathlib import Path
+
+from tinyconv.nn import (
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+    Tanh,
+)
 
 
 def lenet5_layers():
@@ -23,10 +37,60 @@ def lenet5_layers():
     ]
 
 
+def lenet5_relu_layers():
+    """The textbook modern LeNet-5: ReLU for tanh, max for average pooling, one activation
+    after each pooling instead of the report's two."""
+    return [
+        Conv2d(1, 6, 5), ReLU(), MaxPool2d(2),      # 0: (1,32,32) -> (6,14,14)
+        Conv2d(6, 16, 5), ReLU(), MaxPool2d(2),     # 3: -> (16,5,5)
+        Conv2d(16, 120, 5), ReLU(),                 # 6: -> (120,1,1)
+        Flatten(),                                  # 8: -> (120,)
+        Linear(120, 84), ReLU(),                    # 9: -> (84,)
+        Linear(84, 10),                             # 11: -> (10,) logits
+    ]
+
+
+def lenet5_bn_layers():
+    """lenet5-relu with a batch norm after each convolution and after fc1, before the ReLU,
+    as the report's section 3.4 proposes against vanishing and exploding gradients."""
+    return [
+        Conv2d(1, 6, 5), BatchNorm2d(6), ReLU(), MaxPool2d(2),        # 0: -> (6,14,14)
+        Conv2d(6, 16, 5), BatchNorm2d(16), ReLU(), MaxPool2d(2),      # 4: -> (16,5,5)
+        Conv2d(16, 120, 5), BatchNorm2d(120), ReLU(),                 # 8: -> (120,1,1)
+        Flatten(),                                                    # 11: -> (120,)
+        Linear(120, 84), BatchNorm1d(84), ReLU(),                     # 12: -> (84,)
+        Linear(84, 10),                                               # 15: -> (10,) logits
+    ]
+
+
+def _spec(name, layers):
+    return {"name": name, "input_shape": [1, 32, 32], "prefix": "backbone.",
+            "layers": [layer.spec() for layer in layers]}
+
+
 ARCHS = {
-    "lenet5": {"name": "lenet5", "input_shape": [1, 32, 32], "prefix": "backbone.",
-               "layers": [layer.spec() for layer in lenet5_layers()]},
+    "lenet5": _spec("lenet5", lenet5_layers()),
+    "lenet5-relu": _spec("lenet5-relu", lenet5_relu_layers()),
+    "lenet5-bn": _spec("lenet5-bn", lenet5_bn_layers()),
 }
+
+
+def find_spec(arch):
+    """The spec of an architecture's name in ARCHS, or of a JSON spec file's path; a
+    ValueError saying which names exist, or what is wrong with the file."""
+    if arch in ARCHS:
+        return ARCHS[arch]
+    path = Path(arch)
+    if path.suffix != ".json" and not path.exists():
+        raise ValueError(f"unknown architecture {arch!r}, expected one of {', '.join(ARCHS)} "
+                         f"or a spec file (.json)")
+    try:
+        spec = json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the architecture spec ({exc.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a JSON architecture spec ({exc})") from None
+    return spec
 
 
 def build(arch, seed=0, device="cpu"):
