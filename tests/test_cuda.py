@@ -38,6 +38,11 @@ if HAVE_NUMBA_CUDA:
     from numba import cuda
 
     from tinyconv.kernels import cuda as cuda_kernels
+    from tinyconv.kernels import kernel_modules
+
+    # every name of the CUDA kernel files (cuda.py, cuda_blocks.py): launchers and kernels
+    CUDA_NAMES = {name: obj for module in kernel_modules("cuda") for name, obj in
+                  vars(module).items()}
 REAL_GPU = HAVE_NUMBA_CUDA and not SIMULATOR and cuda.is_available()
 
 pytestmark = pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason="numba-cuda is not installed "
@@ -201,10 +206,11 @@ PTX_CC = (9, 0)  # the H100's compute capability
 
 
 def cuda_kernels_defined():
-    """The names of cuda.py's kernels (its @cuda.jit functions that are not device functions)."""
+    """The names of the CUDA files' kernels (their @cuda.jit functions that are not device
+    functions)."""
     from numba.cuda.dispatcher import CUDADispatcher
 
-    return sorted(name for name, obj in vars(cuda_kernels).items()
+    return sorted(name for name, obj in CUDA_NAMES.items()
                   if isinstance(obj, CUDADispatcher) and not obj.targetoptions["device"])
 
 
@@ -227,7 +233,7 @@ def launched_signatures():
         patch.setattr(CUDADispatcher, "__getitem__", configure)
         for name in SIMULATOR_CASES:
             for call in recorded_calls(KERNEL_CASES[name]):
-                getattr(cuda_kernels, call.kernel)(*call.copies())
+                CUDA_NAMES[call.kernel](*call.copies())
     return signatures
 
 
@@ -286,7 +292,7 @@ def test_unravel4_is_numpys_unravel_index():
 def test_ptx_has_no_float64(kernel, ptx_compiler):
     signature = launched_signatures().get(kernel)
     assert signature, f"{kernel}: no registry case launches it"
-    hits = float64_lines(getattr(cuda_kernels, kernel).py_func, signature)
+    hits = float64_lines(CUDA_NAMES[kernel].py_func, signature)
     assert not hits, f"{kernel} computes in float64: {hits[:3]}"
 
 

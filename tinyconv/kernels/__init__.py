@@ -23,7 +23,7 @@ KERNELS = (
 # make, fill and read a backend's arrays (see host.py and the end of cuda.py)
 HELPERS = ("empty", "zeros", "to_device", "to_host", "copy_in", "synchronize")
 # backend name -> (modules of its KERNELS, module of its HELPERS)
-BACKENDS = {"cpu": (("cpu", "cpu_blocks"), "host"), "cuda": (("cuda",), "cuda")}
+BACKENDS = {"cpu": (("cpu", "cpu_blocks"), "host"), "cuda": (("cuda", "cuda_blocks"), "cuda")}
 
 
 class DeviceUnavailable(RuntimeError):
@@ -59,10 +59,15 @@ def get_backend(name):
         raise ValueError(f"unknown device {name!r}: expected one of {', '.join(BACKENDS)}")
     if name == "cuda":
         require_cuda()
-    modules, helpers = BACKENDS[name]
     found = {}
-    for module in modules:
-        found.update(vars(importlib.import_module(f"{__name__}.{module}")))
-    helpers = importlib.import_module(f"{__name__}.{helpers}")
+    for module in kernel_modules(name):
+        found.update(vars(module))
+    helpers = importlib.import_module(f"{__name__}.{BACKENDS[name][1]}")
     return SimpleNamespace(**{kernel: found[kernel] for kernel in KERNELS},
                            **{helper: getattr(helpers, helper) for helper in HELPERS})
+
+
+def kernel_modules(name):
+    """The modules that hold a backend's kernels, imported (the CUDA ones import without a
+    GPU: the tests read their kernels' code)."""
+    return [importlib.import_module(f"{__name__}.{module}") for module in BACKENDS[name][0]]
