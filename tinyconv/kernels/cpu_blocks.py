@@ -200,7 +200,7 @@ def _masked_scale(out, inp, threshold, scale, seed, step):
 @njit(cache=True)  # no loop of its own: _masked_scale is parallel
 def dropout_forward(out, inp, threshold, scale, seed, step):
     # inp (L,) -> out (L,): inverted dropout, kept elements scaled by 1/(1-p) (scale), the
-    # dropped (bits below threshold = round(p * 2^32), a uint64) zeroed; seed, step uint32
+    # dropped (bits below threshold = round(p * 2^32)) zeroed; threshold, seed, step uint32
     _masked_scale(out, inp, threshold, scale, seed, step)
 
 

@@ -276,7 +276,7 @@ def _dropout_kept(idx, threshold, seed, step):
 @cuda.jit(cache=True)
 def _dropout(out, inp, threshold, scale, seed, step):
     # inp (P,) -> out (P,) = inp * (scale if kept else 0), a product (a dropped inf or NaN
-    # gives NaN, as torch's); threshold uint64 in [0, 2^32], scale float32, seed, step uint32.
+    # gives NaN, as torch's); threshold, seed, step uint32, scale float32.
     # The forward on the input and the backward on the gradient: the same mask
     idx = cuda.grid(1)
     if idx < out.size:
@@ -285,7 +285,7 @@ def _dropout(out, inp, threshold, scale, seed, step):
 
 
 def _dropout_launch(out, inp, threshold, scale, seed, step):
-    _dropout[_blocks(out.size), THREADS](out.ravel(), inp.ravel(), np.uint64(threshold),
+    _dropout[_blocks(out.size), THREADS](out.ravel(), inp.ravel(), np.uint32(threshold),
                                          np.float32(scale), np.uint32(seed), np.uint32(step))
 
 

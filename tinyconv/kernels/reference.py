@@ -209,8 +209,9 @@ def dropout_bits(size, seed, step):
 
 
 def dropout_threshold(p):
-    """The bits below which an element is dropped: round(p * 2^32), so P(drop) = p to 2^-33."""
-    return round(float(p) * 2**32)
+    """The bits below which an element is dropped: round(p * 2^32), so P(drop) = p to 2^-33,
+    as a uint32 (at most 2^32 - 1: at p = 1 the scale, 0, drops the rest)."""
+    return min(round(float(p) * 2**32), 2**32 - 1)
 
 
 def dropout_forward(inp, keep, p):
