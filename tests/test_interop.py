@@ -18,7 +18,20 @@ from tinyconv.archs import ARCHS
 from tinyconv.checkpoint import CheckpointError, load_run, save_run
 from tinyconv.data import iterate_batches, load_mnist
 from tinyconv.interop import load, torch_module
-from tinyconv.nn import AvgPool2d, Conv2d, Flatten, Linear, Sequential, Tanh
+from tinyconv.nn import (
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Residual,
+    Sequential,
+    Tanh,
+)
 from tinyconv.optim import Adam, StepLR
 
 from .torch_lenet import LeNet5 as TorchLeNet5
@@ -190,6 +203,37 @@ def test_any_network_exports_to_onnx_and_torch_with_its_own_logits(custom, tmp_p
     with torch.no_grad():
         logits = module(torch.from_numpy(custom["x"])).numpy()
     assert_logits_match(logits, custom["logits"])
+
+
+def test_a_blocks_network_exports_with_its_running_statistics(tmp_path, capsys):
+    # padded convs, batch norm (its running statistics moved by two steps), a residual block
+    # and dropout: ONNX and torch give tinyconv's eval-mode logits
+    model = Sequential(Conv2d(1, 3, 3, padding=1), BatchNorm2d(3), ReLU(),
+                       Residual(Conv2d(3, 3, 3, padding=1), ReLU(), BatchNorm2d(3)),
+                       MaxPool2d(2), Flatten(), Linear(48, 6), BatchNorm1d(6), Dropout(0.3),
+                       Linear(6, 4), input_shape=(1, 8, 8), seed=3)
+    opt = Adam(model, lr=1e-2)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        x = rng.standard_normal((16, 1, 8, 8)).astype(np.float32)
+        opt.step(model.loss_and_grads(x, rng.integers(0, 4, 16))[1])
+    path = tmp_path / "blocks.npz"
+    config = {"seed": 3, "lr_step": 1, "lr_gamma": 0.5, "resize": "pad", "normalize": "unit"}
+    save_run(path, model, opt, StepLR(opt, 1, 0.5), {"epoch": 1, "config": config})
+    x = rng.standard_normal((5, 1, 8, 8)).astype(np.float32)
+    expected = model.eval().forward(x)
+    onnx_path, torch_path = tmp_path / "blocks.onnx", tmp_path / "blocks.pt"
+    assert export.main([str(path), "--onnx", str(onnx_path), "--torch", str(torch_path)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    assert_logits_match(session.run(["logits"], {"input": x})[0], expected)
+    module = torch_module(model.spec())
+    state = torch.load(torch_path, weights_only=True)
+    assert state["1.num_batches_tracked"].dtype == torch.int64
+    assert state["1.num_batches_tracked"].item() == 2
+    module.load_state_dict(state)  # strict: the same keys, buffers included
+    with torch.no_grad():
+        assert_logits_match(module.eval()(torch.from_numpy(x)).numpy(), expected)
 
 
 def test_torch_twin_of_lenet5_is_the_report_module(run):
