@@ -171,15 +171,31 @@ def conv2d_forward(out, inp, weight, bias):
             dst0, dst1 = y[start0:start0 + length], y[start1:start1 + length]
             dst0[:] = bias[oc0]
             dst1[:] = bias[oc1]
-            for c in range(C):
+            if KW >= _TAPS:  # five taps along kw: LeNet's 5x5 rows
+                for c in range(C):
+                    for kh in range(KH):
+                        for kw in range(0, KW, _TAPS):
+                            taps = min(_TAPS, KW - kw)
+                            tap = ((c * KH) + kh) * KW + kw  # in weight[oc], stepping along kw
+                            rows = _five_rows(x, ((c * H + i + kh) * W + j + kw) * N, N, taps,
+                                              length)
+                            _madd_rows(dst0, dst1,
+                                       _five_weights(w, oc0 * C * KH * KW + tap, 1, taps),
+                                       _five_weights(w, oc1 * C * KH * KW + tap, 1, taps), rows,
+                                       oc1 != oc0)
+            else:  # a narrower kernel (3x3) would pad each group of kw taps with zeros: five
+                # taps along c instead (3x3, 16 channels: 1.5x faster)
                 for kh in range(KH):
-                    for kw in range(0, KW, _TAPS):
-                        taps = min(_TAPS, KW - kw)
-                        tap = ((c * KH) + kh) * KW + kw  # in weight[oc], stepping along kw
-                        rows = _five_rows(x, ((c * H + i + kh) * W + j + kw) * N, N, taps, length)
-                        _madd_rows(dst0, dst1, _five_weights(w, oc0 * C * KH * KW + tap, 1, taps),
-                                   _five_weights(w, oc1 * C * KH * KW + tap, 1, taps), rows,
-                                   oc1 != oc0)
+                    for kw in range(KW):
+                        for c in range(0, C, _TAPS):
+                            taps = min(_TAPS, C - c)
+                            tap = ((c * KH) + kh) * KW + kw  # in weight[oc], stepping along c
+                            rows = _five_rows(x, ((c * H + i + kh) * W + j + kw) * N, H * W * N,
+                                              taps, length)
+                            _madd_rows(dst0, dst1,
+                                       _five_weights(w, oc0 * C * KH * KW + tap, KH * KW, taps),
+                                       _five_weights(w, oc1 * C * KH * KW + tap, KH * KW, taps),
+                                       rows, oc1 != oc0)
 
 
 @njit(cache=True)  # no loop of its own: its two parts are parallel
