@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+import tinyconv
 from tinyconv import LeNet5, atomicio, checkpoint, cli, evaluate, export, predict, train, visualize
 from tinyconv.evaluation import evaluate as evaluate_model
 from tinyconv.nn import Sequential
@@ -53,6 +54,52 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
     assert [m["epoch"] for m in log] == [1, 2] and log[1]["lr"] == log[0]["lr"] / 2
     _, header = checkpoint.load(tmp_path / "split" / "last.npz")
     assert header["epoch"] == 2 and header["adam"]["step"] == 2 * 10
+
+
+SPEC = {"name": "dropout-mlp", "input_shape": [1, 32, 32], "prefix": "",
+        "layers": [{"kind": "Flatten"}, {"kind": "Linear", "in_features": 1024,
+                                          "out_features": 32},
+                   {"kind": "BatchNorm1d", "num_features": 32}, {"kind": "ReLU"},
+                   {"kind": "Dropout", "p": 0.3},
+                   {"kind": "Linear", "in_features": 32, "out_features": 10}]}
+
+
+@pytest.mark.parametrize("arch", ["lenet5-relu", "lenet5-bn", "resnet-mini", "spec file"])
+def test_every_architecture_trains_resumes_evaluates_and_exports(arch, tmp_path, capsys):
+    # a named network, or a spec file holding a Dropout (whose masks a resume must replay)
+    if arch == "spec file":
+        arch = str(tmp_path / "net.json")
+        (tmp_path / "net.json").write_text(json.dumps(SPEC))
+    flags = ["--limit-train", "256", "--limit-test", "64", "--batch-size", "64", "--quiet",
+             "--arch", arch]
+    assert train.main([*flags, "--run-dir", str(tmp_path / "straight"), "--epochs", "2"]) == 0
+    assert train.main([*flags, "--run-dir", str(tmp_path / "split"), "--epochs", "1"]) == 0
+    assert train.main(["--resume", str(tmp_path / "split"), "--epochs", "2", "--quiet"]) == 0
+    assert_same_arrays(final_arrays(tmp_path / "straight"), final_arrays(tmp_path / "split"))
+    _, header = checkpoint.load(tmp_path / "split" / "last.npz")
+    assert header["steps"] == 2 * 4 and header["config"]["arch"] == arch
+    best = tmp_path / "split" / "best.npz"
+    assert evaluate.main([str(best), "--limit", "64"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    onnx_path = tmp_path / "net.onnx"
+    assert export.main([str(best), "--onnx", str(onnx_path)]) == 0
+    import onnxruntime
+
+    model = tinyconv.load(best).eval()
+    x = np.random.default_rng(0).standard_normal((5, 1, 32, 32)).astype(np.float32)
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"input": x})
+    expected = model.forward(x)
+    assert np.abs(logits - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_list_archs_prints_every_network(capsys):
+    assert train.main(["--list-archs"]) == 0
+    out = capsys.readouterr().out
+    for name in ("lenet5", "lenet5-relu", "lenet5-bn", "resnet-mini"):
+        model = tinyconv.archs.build(name)
+        assert f"{name}: {model.param_count:,} parameters\n{model.summary()}" in out
+    assert tinyconv.archs.build("resnet-mini").param_count < 100_000
 
 
 def test_resume_refuses_changed_settings(tmp_path, capsys):
@@ -223,8 +270,8 @@ def test_recipes_give_their_settings(recipe, settings):
     config = config_of("--recipe", recipe)
     assert {key: config[key] for key in settings} == settings
     assert config["recipe"] == recipe and config["device"] == "cpu"
-    assert set(config) == {*settings, "recipe", "limit_train", "limit_test", "threads",
-                           "device", "data_dir", "init_from"}
+    assert set(config) == {*settings, "recipe", "arch", "limit_train", "limit_test",
+                           "threads", "device", "data_dir", "init_from"}
     assert config_of(*(["--recipe", recipe] if recipe != "default" else [])) == config
 
 
@@ -247,6 +294,7 @@ def test_recipes_give_their_settings(recipe, settings):
     ("--device", "cuda", "device", "cuda"),
     ("--data-dir", "/data", "data_dir", "/data"),
     ("--init-from", "a.pt", "init_from", "a.pt"),
+    ("--arch", "lenet5-bn", "arch", "lenet5-bn"),
 ])
 @pytest.mark.parametrize("recipe", ["default", "report"])
 def test_each_override_flag_reaches_the_config(recipe, flag, value, key, expected):
@@ -260,10 +308,11 @@ def test_each_override_flag_reaches_the_config(recipe, flag, value, key, expecte
 # every flag of every command, written out: a flag added, renamed or dropped fails here until
 # the list (and with it the README) is updated
 FLAGS = {
-    train: ["-h", "--help", "--recipe", "--epochs", "--batch-size", "--lr", "--lr-step",
-            "--lr-gamma", "--weight-decay", "--seed", "--flip", "--no-flip", "--translate",
-            "--resize", "--normalize", "--limit-train", "--limit-test", "--threads", "--device",
-            "--data-dir", "--run-dir", "--init-from", "--trust-pickle", "--resume", "--quiet"],
+    train: ["-h", "--help", "--recipe", "--arch", "--list-archs", "--epochs", "--batch-size",
+            "--lr", "--lr-step", "--lr-gamma", "--weight-decay", "--seed", "--flip", "--no-flip",
+            "--translate", "--resize", "--normalize", "--limit-train", "--limit-test",
+            "--threads", "--device", "--data-dir", "--run-dir", "--init-from", "--trust-pickle",
+            "--resume", "--quiet"],
     evaluate: ["-h", "--help", "CHECKPOINT", "--trust-pickle", "--device", "--threads",
                "--resize", "--normalize", "--data-dir", "--limit", "--batch-size", "--json",
                "--plots"],

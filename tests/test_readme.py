@@ -31,3 +31,23 @@ def test_readme_names_every_flag_that_overrides_a_recipe():
     flags = set(re.findall(r"--[a-z-]+", listed))
     assert all(recipe.keys() == RECIPES["default"].keys() for recipe in RECIPES.values())
     assert flags == {f"--{key.replace('_', '-')}" for key in RECIPES["default"]} | {"--no-flip"}
+
+
+def test_the_readme_spec_file_builds_and_trains(tmp_path):
+    # the README's example spec is a network `python -m tinyconv.train --arch FILE` takes
+    import json
+
+    from tinyconv import archs, nn
+
+    block = ROOT.joinpath("README.md").read_text().split("```json\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "my_net.json"
+    path.write_text(block)
+    model = nn.Sequential.from_spec(archs.find_spec(str(path)))
+    assert [layer.spec()["kind"] for layer in model.layers] == [
+        layer["kind"] for layer in json.loads(block)["layers"]]
+    assert model.input_shape == (1, 32, 32) and model.output_shape == (10,)
+    from tinyconv import train
+
+    assert train.main(["--arch", str(path), "--epochs", "1", "--limit-train", "128",
+                       "--limit-test", "64", "--quiet", "--run-dir", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "best.npz").exists()

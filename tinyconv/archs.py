@@ -17,6 +17,7 @@ from tinyconv.nn import (
     Linear,
     MaxPool2d,
     ReLU,
+    Residual,
     Sequential,
     Tanh,
 )
@@ -63,6 +64,27 @@ def lenet5_bn_layers():
     ]
 
 
+def resnet_mini_layers():
+    """A small residual network for 32x32 digits (about 48k parameters): padded 3x3
+    convolutions with batch norm, a residual block of two at 16 and at 32 channels, max
+    pooling between the stages and a global average before the classifier."""
+
+    def block(channels):  # x + BN(conv(ReLU(BN(conv(x))))), then a ReLU after the sum
+        return Residual(Conv2d(channels, channels, 3, padding=1), BatchNorm2d(channels),
+                        ReLU(), Conv2d(channels, channels, 3, padding=1),
+                        BatchNorm2d(channels))
+
+    return [
+        Conv2d(1, 16, 3, padding=1), BatchNorm2d(16), ReLU(),    # 0: -> (16,32,32)
+        block(16), ReLU(), MaxPool2d(2),                         # 3: -> (16,16,16)
+        Conv2d(16, 32, 3, padding=1), BatchNorm2d(32), ReLU(),   # 6: -> (32,16,16)
+        block(32), ReLU(), MaxPool2d(2),                         # 9: -> (32,8,8)
+        Conv2d(32, 64, 3, padding=1), BatchNorm2d(64), ReLU(),   # 12: -> (64,8,8)
+        AvgPool2d(8), Flatten(),                                 # 15: -> (64,)
+        Linear(64, 10),                                          # 17: -> (10,) logits
+    ]
+
+
 def _spec(name, layers):
     return {"name": name, "input_shape": [1, 32, 32], "prefix": "backbone.",
             "layers": [layer.spec() for layer in layers]}
@@ -72,6 +94,7 @@ ARCHS = {
     "lenet5": _spec("lenet5", lenet5_layers()),
     "lenet5-relu": _spec("lenet5-relu", lenet5_relu_layers()),
     "lenet5-bn": _spec("lenet5-bn", lenet5_bn_layers()),
+    "resnet-mini": _spec("resnet-mini", resnet_mini_layers()),
 }
 
 

@@ -1,4 +1,5 @@
-"""Train LeNet-5 on MNIST with tinyconv's kernels: python -m tinyconv.train [--help].
+"""Train LeNet-5 (or another network: --arch) on MNIST with tinyconv's kernels:
+python -m tinyconv.train [--help].
 
 Two recipes: "default" (measured to beat LeNet-5's published 99.05% test accuracy within 20
 epochs) and "report" (the original PyTorch report exactly). Any flag overrides the recipe.
@@ -18,8 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tinyconv import checkpoint, cli, plots
-from tinyconv.archs import LeNet5
+from tinyconv import archs, checkpoint, cli, plots
 from tinyconv.checkpoint import load_run, save_run
 from tinyconv.data import iterate_batches, load_mnist, num_batches
 from tinyconv.evaluation import check_classifier, evaluate
@@ -95,9 +95,10 @@ def redraw_curves(run_dir):
 def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
     """Run (or, with resume, continue) a training run in run_dir; returns the last metrics.
 
-    A new run trains LeNet-5 from the seed's weights, or, when config["init_from"] names one,
-    the network of that checkpoint from its weights (a PyTorch file holds LeNet-5's;
-    trust_pickle lets it unpickle objects).
+    A new run trains the network config["arch"] (a name in archs.ARCHS or a spec file;
+    LeNet-5 by default) from the seed's weights, or, when config["init_from"] names one, the
+    network of that checkpoint from its weights (a PyTorch file holds LeNet-5's; trust_pickle
+    lets it unpickle objects).
     """
     run_dir = Path(run_dir)
     last_path, best_path = run_dir / "last.npz", run_dir / "best.npz"
@@ -112,7 +113,9 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
             model = load_model(config["init_from"], trust_pickle, config["device"])[0]
             model = check_classifier(model, config["init_from"], labelled=True).train()
         else:
-            model = LeNet5(seed=config["seed"], device=config["device"])
+            spec = archs.find_spec(config["arch"])
+            model = archs.build(spec, seed=config["seed"], device=config["device"])
+            model = check_classifier(model, f"--arch {config['arch']}", labelled=True).train()
         opt = Adam(model, lr=config["lr"], weight_decay=config["weight_decay"])
         sched = StepLR(opt, config["lr_step"], config["lr_gamma"])
         start_epoch, best = 0, {"accuracy": -1.0, "epoch": 0}
@@ -187,6 +190,13 @@ def parser():
                             for name, recipe in RECIPES.items())
     parser.add_argument("--recipe", choices=RECIPES, default="default",
                         help=f"starting settings that the flags below override ({recipe_help})")
+    parser.add_argument("--arch", metavar="NAME|FILE.json",
+                        help=f"the network to train: one of {', '.join(archs.ARCHS)} (default "
+                             f"lenet5, the report's), or a spec file (README, 'Layers and "
+                             f"networks'); from (N, 1, 32, 32) digits to 10 class scores")
+    parser.add_argument("--list-archs", action="store_true",
+                        help="print each named network's layers, output shapes and parameter "
+                             "counts, then exit")
     parser.add_argument("--epochs", type=cli.count(1), help="passes over the training set")
     parser.add_argument("--batch-size", type=cli.count(1), help="images per Adam step")
     parser.add_argument("--lr", type=cli.positive, help="Adam's initial learning rate")
@@ -224,8 +234,11 @@ def build_config(args):
     """The run's settings: the recipe's, overridden by the flags given (which the parser has
     checked)."""
     given = {k: v for k, v in vars(args).items() if v is not None and k not in
-             ("recipe", "run_dir", "resume", "quiet", "trust_pickle")}
-    return {**RECIPES[args.recipe], "recipe": args.recipe, "limit_train": None,
+             ("recipe", "run_dir", "resume", "quiet", "trust_pickle", "list_archs")}
+    if given.get("arch") and given.get("init_from"):
+        raise ValueError("--arch and --init-from: a run started from a checkpoint trains the "
+                         "checkpoint's own network; give one of them")
+    return {**RECIPES[args.recipe], "recipe": args.recipe, "arch": "lenet5", "limit_train": None,
             "limit_test": None, "threads": None, "device": "cpu", "data_dir": None,
             "init_from": None, **given}
 
@@ -234,7 +247,8 @@ def resumed_config(args):
     """The saved config of the run to resume, with the few flags a resume may change."""
     _, header = checkpoint.load(Path(args.resume) / "last.npz")
     fixed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
-             if v not in (None, False) and k not in (*RESUME_OVERRIDABLE, "recipe", "resume")]
+             if v not in (None, False) and k not in (*RESUME_OVERRIDABLE, "recipe", "resume",
+                                                     "list_archs")]
     if fixed or args.recipe != "default":
         raise ValueError(f"--resume continues a run with its own settings; only --epochs, "
                          f"--threads, --device and --data-dir may change, found "
@@ -244,7 +258,17 @@ def resumed_config(args):
     return {"device": "cpu", **header["config"], **changes}  # runs before --device: cpu
 
 
+def list_archs():
+    """Each named network: its name, parameter count and summary table."""
+    for name in archs.ARCHS:
+        model = archs.build(name)
+        print(f"{name}: {model.param_count:,} parameters\n{model.summary()}\n")
+
+
 def command(args):
+    if args.list_archs:
+        list_archs()
+        return
     if args.resume:
         config, run_dir = resumed_config(args), Path(args.resume)
     else:
