@@ -1,6 +1,6 @@
-"""Running a registry case: its seeded values, its layer (or the loss, or Adam) on a backend
-with every output NaN first, its torch twin, and the kernel calls it makes, recorded so that
-the kernel checks (test_kernels, test_cuda) replay exactly what the layers ask for.
+"""Running a registry case: its seeded values, its layer (or the loss, or an optimizer) on a
+backend with every output NaN first, its torch twin, and the kernel calls it makes, recorded so
+that the kernel checks (test_kernels, test_cuda) replay exactly what the layers ask for.
 
 Values are drawn in float64 but rounded to float32 first, so the float32 kernels and the
 float64 reference and torch see the same numbers. Arrays handed to a backend are batch-last
@@ -13,10 +13,10 @@ import inspect
 
 import numpy as np
 
-from tests.registry import REGISTRY, AdamCase, Case, LossCase
+from tests.registry import REGISTRY, Case, LossCase, OptimizerCase
 from tinyconv import interop, nn
 from tinyconv.kernels import KERNELS, get_backend, host
-from tinyconv.optim import adam_scalars
+from tinyconv.optim import OPTIMIZERS
 
 
 def rel_err(ours, theirs):
@@ -87,12 +87,6 @@ def draw_loss(case, seed=0):
     return logits, labels, np.float32(rng.uniform(0.5, 2.0))
 
 
-def draw_adam(case, seed=0):
-    """(params, m, v, grads) (P,) float32 and adam_update's scalars, of an Adam case."""
-    normal = _normal(np.random.default_rng(seed))
-    params, m, v, grads = (normal(case.size) for _ in range(4))
-    arrays = [aligned(a, np.float32) for a in (params, m, np.abs(v), grads)]
-    return (*arrays, adam_scalars(1e-2, 0.9, 0.999, 1e-8, case.weight_decay, case.step))
 
 
 # ---- running on a backend
@@ -150,10 +144,26 @@ def loss_results(k, logits, labels, dloss):
             "probs": batch_first(probs), "dlogits": batch_first(dlogits)}
 
 
-def adam_results(k, params, m, v, grads, scalars):
-    """adam_update on backend k, in place: {"params", "m", "v"} after the step."""
-    k.adam_update(params, m, v, grads, *scalars)
-    return {"params": params, "m": m, "v": v}
+class FlatModel:
+    """What an optimizer uses of a Sequential: its backend and flat parameters; gradients
+    given flat."""
+
+    def __init__(self, kernels, flat_params):
+        self.kernels, self.flat_params = kernels, flat_params
+
+    def flatten_grads(self, grads):
+        return grads
+
+
+def optimizer_results(k, case, seed=0):
+    """The case's optimizer on backend k for case.steps steps from seeded float32 parameters
+    and gradients: (optimizer, {"params", each state buffer}) after them."""
+    normal = _normal(np.random.default_rng(seed))
+    params = k.to_device(aligned(normal(case.size), np.float32))
+    opt = OPTIMIZERS[case.optimizer](FlatModel(k, params), **dict(case.options))
+    for _ in range(case.steps):
+        opt.step(k.to_device(aligned(normal(case.size), np.float32)))
+    return opt, {"params": params, **{buffer: getattr(opt, buffer) for buffer in opt.buffers}}
 
 
 # ---- torch
@@ -220,7 +230,8 @@ class KernelSpy:
 @dataclasses.dataclass(frozen=True, eq=False)
 class Call:
     """A kernel call as a case made it: the kernel's name and copies of its arguments taken
-    just before it ran (so its outputs are still NaN, and Adam's in-place ones as they were)."""
+    just before it ran (so its outputs are still NaN, an optimizer's in-place ones as they
+    were)."""
 
     kernel: str
     args: tuple
@@ -244,16 +255,16 @@ def _record_loss(k, case, seed):
     loss_results(k, *draw_loss(case, seed))
 
 
-def _record_adam(k, case, seed):
-    adam_results(k, *draw_adam(case, seed))
+def _record_optimizer(k, case, seed):
+    optimizer_results(k, case, seed)
 
 
-_RECORD = {Case: _record_layer, LossCase: _record_loss, AdamCase: _record_adam}
+_RECORD = {Case: _record_layer, LossCase: _record_loss, OptimizerCase: _record_optimizer}
 
 
 def recorded_calls(case, seed=0):
-    """The kernel calls, in order, that a registry case (layer, loss or Adam) makes on the CPU
-    backend: a list of Call."""
+    """The kernel calls, in order, that a registry case (layer, loss or optimizer) makes on
+    the CPU backend: a list of Call."""
     calls = []
 
     def record(kernel, args):

@@ -10,7 +10,8 @@ export fails test_registry.py. Adding a layer kind is: its class in nn.py, its k
 
 A case is a layer and the batch-first shape of its input, torch's (N, *in_shape); the torch
 twin of a layer is built from its spec (interop.torch_layer), so it needs no entry. The loss
-and Adam are kernels but not layers: their cases (LOSS_CASES, ADAM_CASES) are listed apart.
+and the optimizers are kernels but not layers: their cases (LOSS_CASES, OPTIMIZER_CASES) are
+listed apart.
 """
 
 from dataclasses import dataclass, field, replace
@@ -59,17 +60,19 @@ class LossCase:
 
 
 @dataclass(frozen=True)
-class AdamCase:
-    """One adam_update over `size` parameters at step `step` (moments as after a few steps)."""
+class OptimizerCase:
+    """`steps` steps of an optimizer of tinyconv.optim (its class, so its own kernel calls)
+    over `size` parameters, from seeded parameters and gradients."""
 
+    optimizer: str  # a name in tinyconv.optim.OPTIMIZERS
     size: int
-    step: int = 3
-    weight_decay: float = 0.01
+    options: tuple = ()  # (name, value) pairs of the constructor's keyword arguments
+    steps: int = 3
     lenet: bool = False
     simulator: bool = False
 
     def at_batch(self, n):
-        """Adam has no batch: the same case."""
+        """An optimizer has no batch: the same case."""
         return self
 
 
@@ -417,13 +420,28 @@ LOSS_CASES = {
     "xent_sim_one_sample": LossCase(1, 3, simulator=True),
 }
 
-ADAM_CASES = {
-    "adam_lenet": AdamCase(archs.LeNet5().param_count, lenet=True),
-    "adam_threads": AdamCase(5001),
-    "adam_sim": AdamCase(300, simulator=True),
+_LENET_PARAMS = archs.LeNet5().param_count
+_SGD_NESTEROV = (("lr", 0.1), ("momentum", 0.9), ("nesterov", True), ("weight_decay", 0.01))
+OPTIMIZER_CASES = {
+    "adam_lenet": OptimizerCase("Adam", _LENET_PARAMS, (("lr", 1e-2), ("weight_decay", 0.01)),
+                                lenet=True),
+    "adam_threads": OptimizerCase("Adam", 5001, (("lr", 1e-2),)),
+    "adam_sim": OptimizerCase("Adam", 300, (("weight_decay", 0.01),), simulator=True),
+    "adamw_lenet": OptimizerCase("AdamW", _LENET_PARAMS, (("lr", 1e-2),), lenet=True),
+    "adamw_sim": OptimizerCase("AdamW", 300, (("weight_decay", 0.1),), simulator=True),
+    "sgd_lenet": OptimizerCase("SGD", _LENET_PARAMS, (("lr", 0.1), ("momentum", 0.9)),
+                               lenet=True),
+    "sgd_plain": OptimizerCase("SGD", 5001, (("lr", 0.1), ("weight_decay", 0.01))),
+    "sgd_dampened": OptimizerCase("SGD", 777, (("lr", 0.1), ("momentum", 0.5),
+                                               ("dampening", 0.3))),
+    "sgd_sim_nesterov": OptimizerCase("SGD", 300, _SGD_NESTEROV, simulator=True),
+    "sgd_sim_plain": OptimizerCase("SGD", 200, (("lr", 0.1),), simulator=True),
+    "adagrad_lenet": OptimizerCase("Adagrad", _LENET_PARAMS, lenet=True),
+    "adagrad_sim": OptimizerCase("Adagrad", 300, (("lr_decay", 0.01), ("weight_decay", 0.01)),
+                                 simulator=True),
 }
 
 # every case that calls kernels, by its name: the layers' (but a view layer's: Flatten calls
-# none), the loss's and Adam's
+# none), the loss's and the optimizers'
 KERNEL_CASES = {**{name: case for name, (_, case) in CASES.items() if not case.layer.is_view},
-                **LOSS_CASES, **ADAM_CASES}
+                **LOSS_CASES, **OPTIMIZER_CASES}

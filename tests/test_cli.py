@@ -53,7 +53,7 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").open()]
     assert [m["epoch"] for m in log] == [1, 2] and log[1]["lr"] == log[0]["lr"] / 2
     _, header = checkpoint.load(tmp_path / "split" / "last.npz")
-    assert header["epoch"] == 2 and header["adam"]["step"] == 2 * 10
+    assert header["epoch"] == 2 and header["optimizer"]["step"] == 2 * 10
 
 
 SPEC = {"name": "dropout-mlp", "input_shape": [1, 32, 32], "prefix": "",
@@ -93,6 +93,40 @@ def test_every_architecture_trains_resumes_evaluates_and_exports(arch, tmp_path,
     assert np.abs(logits - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw", "adagrad"])
+def test_every_optimizer_trains_checkpoints_and_resumes_bit_for_bit(optimizer, tmp_path):
+    extra = ["--momentum", "0.9", "--nesterov", "--lr", "0.05"] if optimizer == "sgd" else []
+    flags = [*QUICK, "--optimizer", optimizer, *extra, "--weight-decay", "0.01"]
+    assert train.main([*flags, "--run-dir", str(tmp_path / "straight"), "--epochs", "2"]) == 0
+    assert train.main([*flags, "--run-dir", str(tmp_path / "split"), "--epochs", "1"]) == 0
+    assert train.main(["--resume", str(tmp_path / "split"), "--epochs", "2", "--quiet"]) == 0
+    assert_same_arrays(final_arrays(tmp_path / "straight"), final_arrays(tmp_path / "split"))
+    arrays, header = checkpoint.load(tmp_path / "split" / "last.npz")
+    kind = train.OPTIMIZER_NAMES[optimizer]
+    assert header["optimizer"]["kind"] == kind and header["optimizer"]["weight_decay"] == 0.01
+    assert header["optimizer"]["step"] == 2 * 10
+    if optimizer == "sgd":
+        assert header["optimizer"]["momentum"] == 0.9 and header["optimizer"]["nesterov"]
+    buffers = {"sgd": ["momentum_buffer"], "adamw": ["m", "v"], "adagrad": ["state_sum"]}
+    assert {f"optimizer/{name}" for name in buffers[optimizer]} <= arrays.keys()
+    assert np.abs(arrays[f"optimizer/{buffers[optimizer][0]}"]).max() > 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--momentum", "0.9"], "error: --momentum: only --optimizer sgd takes it"),
+    (["--optimizer", "adam", "--nesterov", "--momentum", "0.5"],
+     "error: --momentum and --nesterov: only --optimizer sgd takes them"),
+    (["--optimizer", "sgd", "--nesterov"],
+     "error: SGD: Nesterov momentum needs a momentum and zero dampening, found momentum=0.0, "
+     "dampening=0.0"),
+])
+def test_optimizer_settings_that_cannot_go_together_are_refused(flags, message, tmp_path,
+                                                                 capsys):
+    assert run_train(tmp_path / "run", *flags) == 2
+    assert capsys.readouterr().err.strip() == message
+    assert not (tmp_path / "run").exists()
+
+
 def test_list_archs_prints_every_network(capsys):
     assert train.main(["--list-archs"]) == 0
     out = capsys.readouterr().out
@@ -120,7 +154,7 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
 def test_checkpoints_hold_everything_and_best_tracks_accuracy(tmp_path):
     assert run_train(tmp_path / "run", "--epochs", "2") == 0
     arrays, header = checkpoint.load(tmp_path / "run" / "last.npz")
-    assert {"adam/m", "adam/v", "model/backbone.13.bias"} <= arrays.keys()
+    assert {"optimizer/m", "optimizer/v", "model/backbone.13.bias"} <= arrays.keys()
     assert header["config"]["limit_train"] == 640 and header["schedule"]["epoch"] == 2
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     best_epoch = max(log, key=lambda m: m["test_accuracy"])["epoch"]
@@ -270,8 +304,8 @@ def test_recipes_give_their_settings(recipe, settings):
     config = config_of("--recipe", recipe)
     assert {key: config[key] for key in settings} == settings
     assert config["recipe"] == recipe and config["device"] == "cpu"
-    assert set(config) == {*settings, "recipe", "arch", "limit_train", "limit_test",
-                           "threads", "device", "data_dir", "init_from"}
+    assert set(config) == {*settings, "recipe", "arch", "optimizer", "limit_train",
+                           "limit_test", "threads", "device", "data_dir", "init_from"}
     assert config_of(*(["--recipe", recipe] if recipe != "default" else [])) == config
 
 
@@ -295,6 +329,7 @@ def test_recipes_give_their_settings(recipe, settings):
     ("--data-dir", "/data", "data_dir", "/data"),
     ("--init-from", "a.pt", "init_from", "a.pt"),
     ("--arch", "lenet5-bn", "arch", "lenet5-bn"),
+    ("--optimizer", "adagrad", "optimizer", "adagrad"),
 ])
 @pytest.mark.parametrize("recipe", ["default", "report"])
 def test_each_override_flag_reaches_the_config(recipe, flag, value, key, expected):
@@ -309,8 +344,8 @@ def test_each_override_flag_reaches_the_config(recipe, flag, value, key, expecte
 # the list (and with it the README) is updated
 FLAGS = {
     train: ["-h", "--help", "--recipe", "--arch", "--list-archs", "--epochs", "--batch-size",
-            "--lr", "--lr-step", "--lr-gamma", "--weight-decay", "--seed", "--flip", "--no-flip",
-            "--translate", "--resize", "--normalize", "--limit-train", "--limit-test",
+            "--optimizer", "--momentum", "--nesterov", "--lr", "--lr-step", "--lr-gamma",
+            "--weight-decay", "--seed", "--flip", "--no-flip", "--translate", "--resize", "--normalize", "--limit-train", "--limit-test",
             "--threads", "--device", "--data-dir", "--run-dir", "--init-from", "--trust-pickle",
             "--resume", "--quiet"],
     evaluate: ["-h", "--help", "CHECKPOINT", "--trust-pickle", "--device", "--threads",

@@ -9,6 +9,7 @@ make of it (tests/harness.run_layer lays them out as Sequential does; test_nn ru
 networks) is torch's flatten, forward and backward.
 """
 
+import inspect
 import math
 
 import numpy as np
@@ -16,11 +17,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.harness import draw, draw_loss, layer_results, loss_results, rel_err, torch_results
+from tests.harness import (
+    FlatModel,
+    draw,
+    draw_loss,
+    layer_results,
+    loss_results,
+    rel_err,
+    torch_results,
+)
 from tests.registry import CASES, LOSS_CASES, REGISTRY, TOLERANCE
 from tinyconv.kernels import get_backend
 from tinyconv.kernels import reference as ref
-from tinyconv.optim import adam_scalars
+from tinyconv.optim import OPTIMIZERS
 
 CPU = get_backend("cpu")
 
@@ -150,35 +159,85 @@ def test_loss_reference_matches_finite_differences():
     assert err < 1e-7, f"xent_batch37: dlogits differs from finite differences by {err:.3g}"
 
 
-# ---- Adam against torch.optim.Adam, step for step
+# ---- the optimizers against torch.optim's, step for step
+
+# (tinyconv's class, its options; torch's class) and the names of the state both keep
+OPTIMIZER_RUNS = {
+    "Adam": ({}, "Adam"),
+    "Adam, L2 decay": ({"weight_decay": 0.01}, "Adam"),
+    "AdamW": ({}, "AdamW"),
+    "AdamW, strong decay": ({"weight_decay": 0.1, "betas": (0.8, 0.99)}, "AdamW"),
+    "SGD": ({}, "SGD"),
+    "SGD, momentum": ({"momentum": 0.9}, "SGD"),
+    "SGD, dampened, decay": ({"momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}, "SGD"),
+    "SGD, Nesterov, decay": ({"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}, "SGD"),
+    "Adagrad": ({}, "Adagrad"),
+    "Adagrad, decay, lr decay": ({"weight_decay": 0.01, "lr_decay": 0.01}, "Adagrad"),
+}
+STATE_NAMES = {"Adam": {"m": "exp_avg", "v": "exp_avg_sq"},
+               "AdamW": {"m": "exp_avg", "v": "exp_avg_sq"},
+               "SGD": {"momentum_buffer": "momentum_buffer"}, "Adagrad": {"state_sum": "sum"}}
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def reference_step(kind, state, grads, lr, options, step):
+    """One step of the float64 reference with tinyconv's defaults for the options not
+    given: the new {"params", state buffers...}."""
+    h = {name: param.default for name, param in inspect.signature(OPTIMIZERS[kind]).parameters
+         .items() if param.default is not inspect.Parameter.empty}
+    h.update(options)
+    if kind in ("Adam", "AdamW"):
+        params, m, v = ref.adam_update(state["params"], state["m"], state["v"], grads, lr,
+                                       *h["betas"], h["eps"], h["weight_decay"], step,
+                                       decoupled=kind == "AdamW")
+        return {"params": params, "m": m, "v": v}
+    if kind == "SGD":
+        params, buf = ref.sgd_update(state["params"], state["momentum_buffer"], grads, lr,
+                                     h["momentum"], h["dampening"], h["weight_decay"],
+                                     h["nesterov"], step)
+        return {"params": params, "momentum_buffer": buf}
+    params, state_sum = ref.adagrad_update(state["params"], state["state_sum"], grads, lr,
+                                           h["lr_decay"], h["weight_decay"], h["eps"], step)
+    return {"params": params, "state_sum": state_sum}
+
+
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
-def test_adam_matches_torch(impl, weight_decay):
+@pytest.mark.parametrize("run", OPTIMIZER_RUNS)
+def test_optimizers_match_torch_for_30_steps(run, impl):
+    # the lr changes mid-way, as a schedule would; params and every state buffer compared
+    # after each step (the kernels' float32 against torch's, the reference's float64)
+    options, kind = OPTIMIZER_RUNS[run]
     dtype = np.float32 if impl == "kernel" else np.float64
     bound = 1e-6 if impl == "kernel" else 1e-10
     rng = np.random.default_rng(3)
     size, steps = 1237, 30
     params = rng.standard_normal(size).astype(dtype)
     grads = [rng.standard_normal(size).astype(dtype) for _ in range(steps)]
-    hyper = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
-
+    lrs = {"SGD": (0.1, 0.03), "Adagrad": (0.1, 0.03)}.get(kind, (1e-2, 3e-3))
     theirs = torch.tensor(params.copy(), requires_grad=True)
-    opt = torch.optim.Adam([theirs], lr=1e-2, **hyper)
-    ours, m, v = params.copy(), np.zeros_like(params), np.zeros_like(params)
+    torch_opt = getattr(torch.optim, kind)([theirs], lr=lrs[0], **options)
+    cls = OPTIMIZERS[kind]
+    if impl == "kernel":
+        ours = cls(FlatModel(CPU, params.copy()), lr=lrs[0], **options)
+    else:
+        state = {"params": params.copy(), **{buffer: np.zeros_like(params)
+                                             for buffer in STATE_NAMES[kind]}}
     for step in range(1, steps + 1):
-        lr = 1e-2 if step <= steps // 2 else 3e-3  # changed mid-way, as a scheduler would
-        opt.param_groups[0]["lr"] = lr
+        lr = lrs[0] if step <= steps // 2 else lrs[1]
+        torch_opt.param_groups[0]["lr"] = lr
         theirs.grad = torch.from_numpy(grads[step - 1].copy())
-        opt.step()
-        args = (lr, 0.9, 0.999, 1e-8, weight_decay, step)
+        torch_opt.step()
         if impl == "kernel":
-            CPU.adam_update(ours, m, v, grads[step - 1], *adam_scalars(*args))
+            ours.lr = lr
+            ours.step(grads[step - 1])
+            got = {"params": ours.model.flat_params,
+                   **{buffer: getattr(ours, buffer) for buffer in cls.buffers}}
         else:
-            ours, m, v = ref.adam_update(ours, m, v, grads[step - 1], *args)
-        state = opt.state[theirs]
-        for name, mine, torchs in [("params", ours, theirs.detach()),
-                                   ("m", m, state["exp_avg"]), ("v", v, state["exp_avg_sq"])]:
-            err = rel_err(mine, torchs.numpy())
-            assert err < bound, f"{impl}, step {step}: {name} differs from torch by {err:.3g}"
+            state = got = reference_step(kind, state, grads[step - 1], lr, options, step)
+        torch_state = torch_opt.state[theirs]
+        expected = {"params": theirs.detach().numpy(),
+                    **{ours_name: torch_state[name].numpy()
+                       for ours_name, name in STATE_NAMES[kind].items()
+                       if name in torch_state}}
+        for name, value in expected.items():
+            err = rel_err(got[name], value)
+            assert err < bound, f"{run} ({impl}), step {step}: {name} differs by {err:.3g}"

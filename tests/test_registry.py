@@ -9,13 +9,16 @@ import pytest
 from onnx import helper
 
 from tests.harness import kernels_called
-from tests.registry import ADAM_CASES, CASES, KERNEL_CASES, LOSS_CASES, REGISTRY
+from tests.registry import CASES, KERNEL_CASES, LOSS_CASES, OPTIMIZER_CASES, REGISTRY
 from tinyconv import nn
 from tinyconv.kernels import KERNELS, get_backend
+from tinyconv.optim import OPTIMIZERS
 
 # what calls kernels, in groups: each layer kind's cases, the loss's and Adam's
 GROUPS = {**{kind: list(entry.cases.values()) for kind, entry in REGISTRY.items()},
-          "loss": list(LOSS_CASES.values()), "adam": list(ADAM_CASES.values())}
+          "loss": list(LOSS_CASES.values()),
+          **{name: [case for case in OPTIMIZER_CASES.values() if case.optimizer == name]
+             for name in OPTIMIZERS}}
 
 
 def _has_params(case):

@@ -4,11 +4,15 @@ Layout inside the .npz (np.load with allow_pickle=False reads it; nothing in it 
   "__header__"        uint8 bytes of a UTF-8 JSON object: format, version, and whatever the
                       caller stores (epoch, optimizer and schedule settings, config, ...)
   "<name>"            arrays: parameters and buffers as "model/backbone.0.weight" (float32,
-                      buffers in their own dtypes), Adam's moments as "adam/m", "adam/v"
+                      buffers in their own dtypes), the optimizer's state buffers as
+                      "optimizer/m", "optimizer/momentum_buffer", ...
 
 save/load handle any such file; save_run/load_run store and restore a whole training run
-(model, Adam, schedule) in it. A run's header holds the network's spec under "arch", from which
-load_run rebuilds it; version 1 files, written before networks were specs, hold LeNet-5.
+(model, optimizer, schedule) in it. A run's header holds the network's spec under "arch", from
+which load_run rebuilds it, and the optimizer's kind and settings under "optimizer". Version 1
+files, written before networks were specs, hold LeNet-5; versions 1 and 2, written before
+there were other optimizers, hold Adam's settings under "adam" and its moments as "adam/m",
+"adam/v".
 """
 
 import json
@@ -19,11 +23,11 @@ import numpy as np
 
 from tinyconv.archs import build
 from tinyconv.atomicio import atomic_write
-from tinyconv.optim import Adam, StepLR
+from tinyconv.optim import OPTIMIZERS, StepLR
 
 FORMAT = "tinyconv-checkpoint"
-VERSION = 2
-READS = (1, 2)  # version 1: no "arch", the network is LeNet-5
+VERSION = 3
+READS = (1, 2, 3)  # 1: no "arch", the network is LeNet-5; 1 and 2: Adam under "adam"
 HEADER = "__header__"
 
 
@@ -69,17 +73,18 @@ def load(path):
     return arrays, header
 
 
-# ---- a training run: model, Adam and schedule in one checkpoint
+# ---- a training run: model, optimizer and schedule in one checkpoint
 
 
 def save_run(path, model, opt, sched, header):
     """Write the network (spec, parameters, buffers, training steps: Dropout's masks go on
-    from there), Adam and schedule state plus header fields to path, atomically."""
-    adam = opt.state_dict()
+    from there), the optimizer's and the schedule's state plus header fields to path,
+    atomically."""
+    settings = opt.state_dict()
     arrays = {f"model/{name}": value for name, value in model.state_dict().items()}
-    arrays["adam/m"], arrays["adam/v"] = adam.pop("m"), adam.pop("v")
-    save(path, arrays, {**header, "arch": model.spec(), "steps": model.steps, "adam": adam,
-                        "schedule": sched.state_dict()})
+    arrays.update((f"optimizer/{buffer}", settings.pop(buffer)) for buffer in opt.buffers)
+    save(path, arrays, {**header, "arch": model.spec(), "steps": model.steps,
+                        "optimizer": settings, "schedule": sched.state_dict()})
 
 
 def load_network(arrays, header, device="cpu"):
@@ -94,15 +99,29 @@ def load_network(arrays, header, device="cpu"):
     return model
 
 
+def load_optimizer(model, arrays, header):
+    """The optimizer of a run checkpoint, over model, in the state it was saved in."""
+    if header["version"] < 3:  # Adam's, as "adam" and "adam/m", "adam/v"
+        settings, prefix, kind = header["adam"], "adam/", "Adam"
+    else:
+        settings, prefix = header["optimizer"], "optimizer/"
+        kind = settings["kind"]
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {kind!r}, expected one of {', '.join(OPTIMIZERS)}")
+    opt = OPTIMIZERS[kind](model)
+    opt.load_state_dict({**settings, **{buffer: arrays[prefix + buffer]
+                                        for buffer in opt.buffers}})
+    return opt
+
+
 def load_run(path, device="cpu"):
     """Read a run checkpoint: returns (model, optimizer, schedule, header), the model and
-    Adam's moments on `device` ("cpu" or "cuda"), whichever device wrote it."""
+    the optimizer's state on `device` ("cpu" or "cuda"), whichever device wrote it."""
     arrays, header = load(path)
     try:
         config = header["config"]
         model = load_network(arrays, header, device)
-        opt = Adam(model)
-        opt.load_state_dict({**header["adam"], "m": arrays["adam/m"], "v": arrays["adam/v"]})
+        opt = load_optimizer(model, arrays, header)
         sched = StepLR(opt, config["lr_step"], config["lr_gamma"])
         sched.load_state_dict(header["schedule"])
     except KeyError as exc:

@@ -24,7 +24,7 @@ from tinyconv.checkpoint import load_run, save_run
 from tinyconv.data import iterate_batches, load_mnist, num_batches
 from tinyconv.evaluation import check_classifier, evaluate
 from tinyconv.interop import CHECKPOINT_HELP, load_model
-from tinyconv.optim import Adam, StepLR
+from tinyconv.optim import OPTIMIZERS, StepLR
 
 RECIPES = {
     # chosen by measurement (README, "Results"): Adam 2e-3 halved every 4 epochs, LeNet's own
@@ -39,6 +39,8 @@ RECIPES = {
                "weight_decay": 0.0, "flip": True, "translate": 0, "resize": "bilinear",
                "normalize": "unit", "seed": 0},
 }
+# --optimizer's names: torch.optim's classes, lower case
+OPTIMIZER_NAMES = {name.lower(): name for name in OPTIMIZERS}
 # what a resumed run may change; the rest must stay as the run started for a faithful replay
 RESUME_OVERRIDABLE = ("epochs", "threads", "device", "data_dir", "quiet")
 # drawing curves.png takes about 0.3 s, which after every epoch of 1.7 s made the default run
@@ -92,6 +94,17 @@ def redraw_curves(run_dir):
               flush=True)
 
 
+def make_optimizer(model, config):
+    """The run's optimizer over model: config["optimizer"] (Adam unless said) with its lr,
+    weight decay and, for SGD, momentum and Nesterov."""
+    name = OPTIMIZER_NAMES[config.get("optimizer", "adam")]
+    options = {"lr": config["lr"], "weight_decay": config["weight_decay"]}
+    if name == "SGD":
+        options.update(momentum=config.get("momentum", 0.0),
+                       nesterov=config.get("nesterov", False))
+    return OPTIMIZERS[name](model, **options)
+
+
 def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
     """Run (or, with resume, continue) a training run in run_dir; returns the last metrics.
 
@@ -116,7 +129,7 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
             spec = archs.find_spec(config["arch"])
             model = archs.build(spec, seed=config["seed"], device=config["device"])
             model = check_classifier(model, f"--arch {config['arch']}", labelled=True).train()
-        opt = Adam(model, lr=config["lr"], weight_decay=config["weight_decay"])
+        opt = make_optimizer(model, config)
         sched = StepLR(opt, config["lr_step"], config["lr_gamma"])
         start_epoch, best = 0, {"accuracy": -1.0, "epoch": 0}
     train_images, train_labels = load_mnist("train", config.get("data_dir"))
@@ -198,12 +211,18 @@ def parser():
                         help="print each named network's layers, output shapes and parameter "
                              "counts, then exit")
     parser.add_argument("--epochs", type=cli.count(1), help="passes over the training set")
-    parser.add_argument("--batch-size", type=cli.count(1), help="images per Adam step")
-    parser.add_argument("--lr", type=cli.positive, help="Adam's initial learning rate")
+    parser.add_argument("--batch-size", type=cli.count(1), help="images per optimizer step")
+    parser.add_argument("--optimizer", choices=OPTIMIZER_NAMES,
+                        help="torch.optim's update rule, by its class's name (default adam)")
+    parser.add_argument("--momentum", type=float, help="SGD's momentum (default 0)")
+    parser.add_argument("--nesterov", action="store_true", default=None,
+                        help="SGD's Nesterov momentum (needs --momentum)")
+    parser.add_argument("--lr", type=cli.positive, help="the initial learning rate")
     parser.add_argument("--lr-step", type=cli.count(1), help="multiply the lr by --lr-gamma "
                         "every this many epochs (StepLR step_size)")
     parser.add_argument("--lr-gamma", type=float, help="the StepLR factor")
-    parser.add_argument("--weight-decay", type=float, help="Adam's L2 weight decay")
+    parser.add_argument("--weight-decay", type=float, help="the optimizer's weight decay "
+                        "(L2 in the gradient; AdamW's decoupled)")
     parser.add_argument("--seed", type=int, help="initial weights, order and augmentation")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction,
                         help="random horizontal flips, p=0.5 (the report's augmentation)")
@@ -238,9 +257,13 @@ def build_config(args):
     if given.get("arch") and given.get("init_from"):
         raise ValueError("--arch and --init-from: a run started from a checkpoint trains the "
                          "checkpoint's own network; give one of them")
-    return {**RECIPES[args.recipe], "recipe": args.recipe, "arch": "lenet5", "limit_train": None,
-            "limit_test": None, "threads": None, "device": "cpu", "data_dir": None,
-            "init_from": None, **given}
+    sgd_only = [f"--{key}" for key in ("momentum", "nesterov") if key in given]
+    if sgd_only and given.get("optimizer") != "sgd":
+        raise ValueError(f"{' and '.join(sgd_only)}: only --optimizer sgd takes "
+                         f"{'them' if len(sgd_only) > 1 else 'it'}")
+    return {**RECIPES[args.recipe], "recipe": args.recipe, "arch": "lenet5", "optimizer": "adam",
+            "limit_train": None, "limit_test": None, "threads": None, "device": "cpu",
+            "data_dir": None, "init_from": None, **given}
 
 
 def resumed_config(args):

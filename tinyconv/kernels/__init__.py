@@ -18,12 +18,13 @@ KERNELS = (
     "dropout_forward", "dropout_backward",
     "linear_forward", "linear_backward",
     "softmax_xent_forward", "softmax_xent_backward",
-    "adam_update",
+    "adam_update", "sgd_update", "adagrad_update",
 )
 # make, fill and read a backend's arrays (see host.py and the end of cuda.py)
 HELPERS = ("empty", "zeros", "to_device", "to_host", "copy_in", "synchronize")
 # backend name -> (modules of its KERNELS, module of its HELPERS)
-BACKENDS = {"cpu": (("cpu", "cpu_blocks"), "host"), "cuda": (("cuda", "cuda_blocks"), "cuda")}
+BACKENDS = {"cpu": (("cpu", "cpu_blocks", "cpu_optim"), "host"),
+            "cuda": (("cuda", "cuda_blocks", "cuda_optim"), "cuda")}
 
 
 class DeviceUnavailable(RuntimeError):

@@ -540,17 +540,3 @@ def softmax_xent_backward(dlogits, probs, labels, dloss):
             dlogits[v, n] = probs[v, n] * scale
     for n in range(N):
         dlogits[labels[n], n] -= scale
-
-
-@njit(**_JIT)
-def adam_update(params, m, v, grads, step_size, bias_correction2_sqrt, one_minus_beta1, beta2,
-                one_minus_beta2, eps, weight_decay):
-    # updates params, m, v (P,) in place from grads (P,), as torch.optim.Adam's step does;
-    # the caller works the scalars out in float64 from lr, betas and the step, as torch does:
-    # step_size = lr / (1 - beta1**step), bias_correction2_sqrt = sqrt(1 - beta2**step)
-    for idx in prange(params.size):
-        g = grads[idx] + weight_decay * params[idx]  # L2 weight decay, folded into the gradient
-        m[idx] += one_minus_beta1 * (g - m[idx])  # first moment, torch's lerp
-        v[idx] = beta2 * v[idx] + one_minus_beta2 * g * g  # second moment
-        denom = np.sqrt(v[idx]) / bias_correction2_sqrt + eps  # eps after the square root
-        params[idx] -= step_size * (m[idx] / denom)

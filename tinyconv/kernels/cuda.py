@@ -455,32 +455,6 @@ def softmax_xent_backward(dlogits, probs, labels, dloss):
     _softmax_xent_backward[_blocks(dlogits.size), THREADS](dlogits, probs, labels, dloss)
 
 
-# ---- Adam
-
-
-@cuda.jit(cache=True)
-def _adam_update(params, m, v, grads, step_size, bias_correction2_sqrt, one_minus_beta1, beta2,
-                 one_minus_beta2, eps, weight_decay):
-    # updates params, m, v (P,) in place from grads (P,), as torch.optim.Adam's step does;
-    # the scalars are float32, worked out in float64 by tinyconv.optim.adam_scalars
-    idx = cuda.grid(1)
-    if idx >= params.size:
-        return
-    g = grads[idx] + weight_decay * params[idx]  # L2 weight decay, folded into the gradient
-    m[idx] += one_minus_beta1 * (g - m[idx])  # first moment, torch's lerp
-    v[idx] = beta2 * v[idx] + one_minus_beta2 * g * g  # second moment
-    denom = math.sqrt(v[idx]) / bias_correction2_sqrt + eps  # eps after the square root
-    params[idx] -= step_size * (m[idx] / denom)
-
-
-def adam_update(params, m, v, grads, step_size, bias_correction2_sqrt, one_minus_beta1, beta2,
-                one_minus_beta2, eps, weight_decay):
-    """One torch.optim.Adam step (amsgrad off) over flat float32 device buffers, in place."""
-    _adam_update[_blocks(params.size), THREADS](
-        params, m, v, grads, step_size, bias_correction2_sqrt, one_minus_beta1, beta2,
-        one_minus_beta2, eps, weight_decay)
-
-
 # ---- device arrays: made once, moved only where a step begins and ends
 
 

@@ -262,10 +262,15 @@ def softmax_xent_backward(probs, labels, dloss=1.0):
     return dloss * (probs - onehot) / len(labels)
 
 
-def adam_update(params, m, v, grads, lr, beta1, beta2, eps, weight_decay, step):
-    """One step of torch.optim.Adam (amsgrad off): returns the new (params, m, v)."""
-    # https://pytorch.org/docs/stable/generated/torch.optim.Adam.html
-    # step counts from 1; weight decay is L2, folded into the gradient (not AdamW's decoupling)
+def adam_update(params, m, v, grads, lr, beta1, beta2, eps, weight_decay, step,
+                decoupled=False):
+    """One step of torch.optim.Adam (amsgrad off), or with decoupled weight decay of
+    torch.optim.AdamW: returns the new (params, m, v)."""
+    # https://pytorch.org/docs/stable/generated/torch.optim.Adam.html, .../torch.optim.AdamW.html
+    # step counts from 1; Adam's weight decay is L2, folded into the gradient; AdamW's
+    # shrinks the parameters first and leaves the gradient alone
+    if decoupled:
+        params, weight_decay = params * (1 - lr * weight_decay), 0.0
     g = grads + weight_decay * params
     m = m + (1 - beta1) * (g - m)             # first moment, torch's lerp
     v = beta2 * v + (1 - beta2) * g * g       # second moment
@@ -273,3 +278,22 @@ def adam_update(params, m, v, grads, lr, beta1, beta2, eps, weight_decay, step):
     bias_correction2_sqrt = np.sqrt(1 - beta2**step)
     denom = np.sqrt(v) / bias_correction2_sqrt + eps  # eps after the square root
     return params - step_size * (m / denom), m, v
+
+
+def sgd_update(params, buf, grads, lr, momentum, dampening, weight_decay, nesterov, step):
+    """One step of torch.optim.SGD: returns the new (params, momentum buffer)."""
+    # https://pytorch.org/docs/stable/generated/torch.optim.SGD.html
+    d = grads + weight_decay * params
+    if momentum:
+        buf = d if step == 1 else momentum * buf + (1 - dampening) * d
+        d = d + momentum * buf if nesterov else buf
+    return params - lr * d, buf
+
+
+def adagrad_update(params, state_sum, grads, lr, lr_decay, weight_decay, eps, step):
+    """One step of torch.optim.Adagrad (initial accumulator 0): the new (params, state_sum)."""
+    # https://pytorch.org/docs/stable/generated/torch.optim.Adagrad.html
+    g = grads + weight_decay * params
+    state_sum = state_sum + g * g
+    clr = lr / (1 + (step - 1) * lr_decay)
+    return params - clr * g / (np.sqrt(state_sum) + eps), state_sum
