@@ -345,9 +345,9 @@ def test_each_override_flag_reaches_the_config(recipe, flag, value, key, expecte
 FLAGS = {
     train: ["-h", "--help", "--recipe", "--arch", "--list-archs", "--epochs", "--batch-size",
             "--optimizer", "--momentum", "--nesterov", "--lr", "--lr-step", "--lr-gamma",
-            "--weight-decay", "--seed", "--flip", "--no-flip", "--translate", "--resize", "--normalize", "--limit-train", "--limit-test",
-            "--threads", "--device", "--data-dir", "--run-dir", "--init-from", "--trust-pickle",
-            "--resume", "--quiet"],
+            "--weight-decay", "--seed", "--flip", "--no-flip", "--translate", "--resize",
+            "--normalize", "--limit-train", "--limit-test", "--threads", "--device",
+            "--data-dir", "--run-dir", "--init-from", "--trust-pickle", "--resume", "--quiet"],
     evaluate: ["-h", "--help", "CHECKPOINT", "--trust-pickle", "--device", "--threads",
                "--resize", "--normalize", "--data-dir", "--limit", "--batch-size", "--json",
                "--plots"],
