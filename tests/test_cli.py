@@ -114,6 +114,7 @@ def test_every_optimizer_trains_checkpoints_and_resumes_bit_for_bit(optimizer, t
 
 @pytest.mark.parametrize("flags, message", [
     (["--momentum", "0.9"], "error: --momentum: only --optimizer sgd takes it"),
+    (["--warmup-epochs", "2"], "error: --warmup-epochs: only --schedule cosine takes it"),
     (["--optimizer", "adam", "--nesterov", "--momentum", "0.5"],
      "error: --momentum and --nesterov: only --optimizer sgd takes them"),
     (["--optimizer", "sgd", "--nesterov"],
@@ -125,6 +126,18 @@ def test_optimizer_settings_that_cannot_go_together_are_refused(flags, message, 
     assert run_train(tmp_path / "run", *flags) == 2
     assert capsys.readouterr().err.strip() == message
     assert not (tmp_path / "run").exists()
+
+
+def test_a_cosine_schedule_warms_up_then_anneals_and_is_kept(tmp_path):
+    # 3 epochs, 1 of warm-up: lr/2, then the cosine over the other 2 from lr: lr, lr/2
+    assert run_train(tmp_path / "run", "--epochs", "3", "--schedule", "cosine",
+                     "--warmup-epochs", "1") == 0
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    lr = 2e-3  # the default recipe's
+    assert [m["lr"] for m in log] == pytest.approx([lr / 2, lr, lr / 2], rel=1e-12)
+    _, opt, sched, _ = checkpoint.load_run(tmp_path / "run" / "last.npz")
+    assert type(sched).__name__ == "CosineAnnealingLR" and sched.epoch == 3
+    assert (sched.T_max, sched.warmup) == (2, 1) and opt.lr == pytest.approx(0.0, abs=1e-18)
 
 
 def test_list_archs_prints_every_network(capsys):
@@ -304,8 +317,9 @@ def test_recipes_give_their_settings(recipe, settings):
     config = config_of("--recipe", recipe)
     assert {key: config[key] for key in settings} == settings
     assert config["recipe"] == recipe and config["device"] == "cpu"
-    assert set(config) == {*settings, "recipe", "arch", "optimizer", "limit_train",
-                           "limit_test", "threads", "device", "data_dir", "init_from"}
+    assert set(config) == {*settings, "recipe", "arch", "optimizer", "schedule",
+                           "limit_train", "limit_test", "threads", "device", "data_dir",
+                           "init_from"}
     assert config_of(*(["--recipe", recipe] if recipe != "default" else [])) == config
 
 
@@ -330,6 +344,7 @@ def test_recipes_give_their_settings(recipe, settings):
     ("--init-from", "a.pt", "init_from", "a.pt"),
     ("--arch", "lenet5-bn", "arch", "lenet5-bn"),
     ("--optimizer", "adagrad", "optimizer", "adagrad"),
+    ("--schedule", "cosine", "schedule", "cosine"),
 ])
 @pytest.mark.parametrize("recipe", ["default", "report"])
 def test_each_override_flag_reaches_the_config(recipe, flag, value, key, expected):
@@ -344,7 +359,8 @@ def test_each_override_flag_reaches_the_config(recipe, flag, value, key, expecte
 # the list (and with it the README) is updated
 FLAGS = {
     train: ["-h", "--help", "--recipe", "--arch", "--list-archs", "--epochs", "--batch-size",
-            "--optimizer", "--momentum", "--nesterov", "--lr", "--lr-step", "--lr-gamma",
+            "--optimizer", "--momentum", "--nesterov", "--lr", "--schedule", "--warmup-epochs",
+            "--lr-step", "--lr-gamma",
             "--weight-decay", "--seed", "--flip", "--no-flip", "--translate", "--resize",
             "--normalize", "--limit-train", "--limit-test", "--threads", "--device",
             "--data-dir", "--run-dir", "--init-from", "--trust-pickle", "--resume", "--quiet"],

@@ -241,3 +241,45 @@ def test_optimizers_match_torch_for_30_steps(run, impl):
         for name, value in expected.items():
             err = rel_err(got[name], value)
             assert err < bound, f"{run} ({impl}), step {step}: {name} differs by {err:.3g}"
+
+
+# ---- the schedules against torch.optim.lr_scheduler's, epoch for epoch
+
+
+def torch_schedule(kind, opt, options):
+    """torch's twin of a tinyconv schedule: StepLR, or CosineAnnealingLR after a warm-up (a
+    SequentialLR of LinearLR(start_factor=1/(warmup+1)) and the cosine)."""
+    lr_scheduler = torch.optim.lr_scheduler
+    if kind == "StepLR":
+        return lr_scheduler.StepLR(opt, **options)
+    warmup = options.get("warmup", 0)
+    cosine = lr_scheduler.CosineAnnealingLR(opt, T_max=options["T_max"],
+                                            eta_min=options.get("eta_min", 0.0))
+    if not warmup:
+        return cosine
+    linear = lr_scheduler.LinearLR(opt, start_factor=1 / (warmup + 1), total_iters=warmup)
+    return lr_scheduler.SequentialLR(opt, [linear, cosine], milestones=[warmup])
+
+
+@pytest.mark.parametrize("kind, options", [
+    ("StepLR", {"step_size": 3, "gamma": 0.5}),
+    ("CosineAnnealingLR", {"T_max": 10}),
+    ("CosineAnnealingLR", {"T_max": 12, "eta_min": 1e-4, "warmup": 3}),
+    ("CosineAnnealingLR", {"T_max": 7, "warmup": 1}),
+])
+def test_schedules_match_torch(kind, options):
+    # past T_max too (torch's cosine goes on, periodic), and through a state_dict round trip
+    from tinyconv.optim import SCHEDULES, load_schedule
+
+    theirs = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    their_schedule = torch_schedule(kind, theirs, options)
+    ours = OPTIMIZERS["SGD"](FlatModel(CPU, np.zeros(1, np.float32)), lr=0.1)
+    schedule = SCHEDULES[kind](ours, **options)
+    for epoch in range(25):
+        expected = theirs.param_groups[0]["lr"]
+        assert abs(ours.lr - expected) <= 1e-12 * 0.1, f"{kind}, epoch {epoch}"
+        theirs.step()
+        their_schedule.step()
+        schedule.step()
+        if epoch == 12:  # as a resumed run rebuilds it
+            schedule = load_schedule(ours, schedule.state_dict())

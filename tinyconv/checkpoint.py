@@ -23,7 +23,7 @@ import numpy as np
 
 from tinyconv.archs import build
 from tinyconv.atomicio import atomic_write
-from tinyconv.optim import OPTIMIZERS, StepLR
+from tinyconv.optim import OPTIMIZERS, load_schedule
 
 FORMAT = "tinyconv-checkpoint"
 VERSION = 3
@@ -119,11 +119,9 @@ def load_run(path, device="cpu"):
     the optimizer's state on `device` ("cpu" or "cuda"), whichever device wrote it."""
     arrays, header = load(path)
     try:
-        config = header["config"]
         model = load_network(arrays, header, device)
         opt = load_optimizer(model, arrays, header)
-        sched = StepLR(opt, config["lr_step"], config["lr_gamma"])
-        sched.load_state_dict(header["schedule"])
+        sched = load_schedule(opt, header["schedule"])
     except KeyError as exc:
         raise CheckpointError(f"{path}: incomplete tinyconv checkpoint, missing {exc}") from exc
     except ValueError as exc:

@@ -1,9 +1,12 @@
-"""Optimizers and the step learning-rate schedule, with torch.optim's semantics and explicit
-state: Adam, AdamW, SGD (momentum, dampening, Nesterov) and Adagrad over a model's flat
-parameter buffer, one kernel call per step, their per-parameter state on the model's device.
+"""Optimizers and learning-rate schedules, with torch.optim's semantics and explicit state:
+Adam, AdamW, SGD (momentum, dampening, Nesterov) and Adagrad over a model's flat parameter
+buffer, one kernel call per step, their per-parameter state on the model's device; StepLR and
+CosineAnnealingLR (with an optional linear warm-up), called once per epoch or once per step.
 
 https://pytorch.org/docs/stable/optim.html
 """
+
+import math
 
 import numpy as np
 
@@ -177,27 +180,89 @@ class Adagrad(Optimizer):
 OPTIMIZERS = {cls.__name__: cls for cls in (Adam, AdamW, SGD, Adagrad)}
 
 
-class StepLR:
+class Schedule:
+    """What the schedules share: the optimizer's lr as a function of the epochs (or steps)
+    done, from the lr it had at the start (base_lr); explicit state."""
+
+    settings = ()  # the constructor's arguments besides the optimizer, by name
+
+    def __init__(self, optimizer, **settings):
+        self.optimizer, self.base_lr, self.epoch = optimizer, optimizer.lr, 0
+        for key, value in settings.items():
+            setattr(self, key, value)
+        self.optimizer.lr = self.lr_at(0)
+
+    def step(self):
+        """Call once per epoch (or step), after it: sets the optimizer's lr for the next."""
+        self.epoch += 1
+        self.optimizer.lr = self.lr_at(self.epoch)
+
+    def state_dict(self):
+        """What resuming needs: the kind, its settings and how far along it is."""
+        return {"kind": type(self).__name__, "base_lr": self.base_lr, "epoch": self.epoch,
+                **{key: getattr(self, key) for key in self.settings}}
+
+    def load_state_dict(self, state):
+        """Restore what state_dict() returned."""
+        self.base_lr, self.epoch = float(state["base_lr"]), int(state["epoch"])
+        for key in self.settings:
+            setattr(self, key, type(getattr(self, key))(state[key]))
+
+    @classmethod
+    def from_state(cls, optimizer, state):
+        """The schedule a state_dict() describes, over optimizer (whose lr it sets)."""
+        schedule = cls(optimizer, **{key: state[key] for key in cls.settings})
+        schedule.load_state_dict(state)
+        optimizer.lr = schedule.lr_at(schedule.epoch)
+        return schedule
+
+
+class StepLR(Schedule):
     """torch.optim.lr_scheduler.StepLR: lr = base_lr * gamma ** (epoch // step_size)."""
+
+    settings = ("step_size", "gamma")
 
     def __init__(self, optimizer, step_size, gamma=0.1):
         if step_size < 1:
             raise ValueError(f"StepLR: step_size must be >= 1, found {step_size}")
-        self.optimizer, self.step_size, self.gamma = optimizer, step_size, gamma
-        self.base_lr = optimizer.lr
-        self.epoch = 0
+        super().__init__(optimizer, step_size=int(step_size), gamma=float(gamma))
 
-    def step(self):
-        """Call once per epoch, after it: sets the optimizer's lr for the next one."""
-        self.epoch += 1
-        self.optimizer.lr = self.base_lr * self.gamma ** (self.epoch // self.step_size)
+    def lr_at(self, epoch):
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
 
-    def state_dict(self):
-        """What resuming needs: the schedule and how far along it is."""
-        return {"base_lr": self.base_lr, "step_size": self.step_size, "gamma": self.gamma,
-                "epoch": self.epoch}
 
-    def load_state_dict(self, state):
-        """Restore what state_dict() returned."""
-        self.base_lr, self.gamma = float(state["base_lr"]), float(state["gamma"])
-        self.step_size, self.epoch = int(state["step_size"]), int(state["epoch"])
+class CosineAnnealingLR(Schedule):
+    """torch.optim.lr_scheduler.CosineAnnealingLR(T_max, eta_min), after an optional linear
+    warm-up of `warmup` epochs (torch's SequentialLR of LinearLR(start_factor=1/(warmup+1),
+    total_iters=warmup), then the cosine): the lr climbs from base_lr/(warmup+1) to base_lr,
+    then eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2, t counted from the
+    warm-up's end."""
+
+    settings = ("T_max", "eta_min", "warmup")
+
+    def __init__(self, optimizer, T_max, eta_min=0.0, warmup=0):  # noqa: N803 (torch's name)
+        if T_max < 1 or warmup < 0 or eta_min < 0:
+            raise ValueError(f"CosineAnnealingLR: need T_max >= 1, warmup >= 0 and eta_min >= "
+                             f"0, found T_max={T_max}, warmup={warmup}, eta_min={eta_min}")
+        super().__init__(optimizer, T_max=int(T_max), eta_min=float(eta_min),
+                         warmup=int(warmup))
+
+    def lr_at(self, epoch):
+        if epoch < self.warmup:
+            start = 1 / (self.warmup + 1)
+            return self.base_lr * (start + (1 - start) * epoch / self.warmup)
+        t = epoch - self.warmup
+        return self.eta_min + (self.base_lr - self.eta_min) * (
+            1 + math.cos(math.pi * t / self.T_max)) / 2
+
+
+# every schedule by its name: what a checkpoint's "kind" may say (none: StepLR, as before)
+SCHEDULES = {cls.__name__: cls for cls in (StepLR, CosineAnnealingLR)}
+
+
+def load_schedule(optimizer, state):
+    """The schedule of a checkpoint's state_dict(), over optimizer."""
+    kind = state.get("kind", "StepLR")
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}, expected one of {', '.join(SCHEDULES)}")
+    return SCHEDULES[kind].from_state(optimizer, state)

@@ -24,7 +24,7 @@ from tinyconv.checkpoint import load_run, save_run
 from tinyconv.data import iterate_batches, load_mnist, num_batches
 from tinyconv.evaluation import check_classifier, evaluate
 from tinyconv.interop import CHECKPOINT_HELP, load_model
-from tinyconv.optim import OPTIMIZERS, StepLR
+from tinyconv.optim import OPTIMIZERS, CosineAnnealingLR, StepLR
 
 RECIPES = {
     # chosen by measurement (README, "Results"): Adam 2e-3 halved every 4 epochs, LeNet's own
@@ -105,6 +105,15 @@ def make_optimizer(model, config):
     return OPTIMIZERS[name](model, **options)
 
 
+def make_schedule(opt, config):
+    """The run's schedule, per epoch: StepLR (--lr-step, --lr-gamma), or a cosine from the lr
+    to 0 over the epochs after --warmup-epochs of linear warm-up."""
+    if config.get("schedule", "step") == "step":
+        return StepLR(opt, config["lr_step"], config["lr_gamma"])
+    warmup = config.get("warmup_epochs", 0)
+    return CosineAnnealingLR(opt, T_max=max(config["epochs"] - warmup, 1), warmup=warmup)
+
+
 def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
     """Run (or, with resume, continue) a training run in run_dir; returns the last metrics.
 
@@ -130,7 +139,7 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
             model = archs.build(spec, seed=config["seed"], device=config["device"])
             model = check_classifier(model, f"--arch {config['arch']}", labelled=True).train()
         opt = make_optimizer(model, config)
-        sched = StepLR(opt, config["lr_step"], config["lr_gamma"])
+        sched = make_schedule(opt, config)
         start_epoch, best = 0, {"accuracy": -1.0, "epoch": 0}
     train_images, train_labels = load_mnist("train", config.get("data_dir"))
     test_images, test_labels = load_mnist("test", config.get("data_dir"))
@@ -218,6 +227,14 @@ def parser():
     parser.add_argument("--nesterov", action="store_true", default=None,
                         help="SGD's Nesterov momentum (needs --momentum)")
     parser.add_argument("--lr", type=cli.positive, help="the initial learning rate")
+    parser.add_argument("--schedule", choices=("step", "cosine"),
+                        help="the lr per epoch: step, StepLR by --lr-step and --lr-gamma "
+                             "(default), or cosine, CosineAnnealingLR from the lr to 0 over the "
+                             "epochs after --warmup-epochs")
+    parser.add_argument("--warmup-epochs", type=cli.count(0), metavar="N",
+                        help="with --schedule cosine: N epochs of linear warm-up from "
+                             "lr/(N+1) to lr first (default 0); the cosine's length is set when "
+                             "the run starts (a resume to more epochs goes on along it)")
     parser.add_argument("--lr-step", type=cli.count(1), help="multiply the lr by --lr-gamma "
                         "every this many epochs (StepLR step_size)")
     parser.add_argument("--lr-gamma", type=float, help="the StepLR factor")
@@ -257,13 +274,15 @@ def build_config(args):
     if given.get("arch") and given.get("init_from"):
         raise ValueError("--arch and --init-from: a run started from a checkpoint trains the "
                          "checkpoint's own network; give one of them")
+    if "warmup_epochs" in given and given.get("schedule") != "cosine":
+        raise ValueError("--warmup-epochs: only --schedule cosine takes it")
     sgd_only = [f"--{key}" for key in ("momentum", "nesterov") if key in given]
     if sgd_only and given.get("optimizer") != "sgd":
         raise ValueError(f"{' and '.join(sgd_only)}: only --optimizer sgd takes "
                          f"{'them' if len(sgd_only) > 1 else 'it'}")
-    return {**RECIPES[args.recipe], "recipe": args.recipe, "arch": "lenet5", "optimizer": "adam",
-            "limit_train": None, "limit_test": None, "threads": None, "device": "cpu",
-            "data_dir": None, "init_from": None, **given}
+    return {**RECIPES[args.recipe], "recipe": args.recipe, "arch": "lenet5",
+            "optimizer": "adam", "schedule": "step", "limit_train": None, "limit_test": None,
+            "threads": None, "device": "cpu", "data_dir": None, "init_from": None, **given}
 
 
 def resumed_config(args):
