@@ -109,10 +109,11 @@ BAD_NETWORKS = {
                                  "architecture spec: missing 'input_shape' (C, H, W)"),
     "unknown architecture": (lambda: archs.build("lenet6"),
                              "unknown architecture 'lenet6', expected one of lenet5, "
-                             "lenet5-relu, lenet5-bn or a spec"),
+                             "lenet5-relu, lenet5-bn, resnet-mini or a spec"),
     "unknown architecture name": (lambda: archs.find_spec("resnet"),
                                   "unknown architecture 'resnet', expected one of lenet5, "
-                                  "lenet5-relu, lenet5-bn or a spec file (.json)"),
+                                  "lenet5-relu, lenet5-bn, resnet-mini or a spec file "
+                                  "(.json)"),
     "missing spec file": (lambda: archs.find_spec("/nonexistent/net.json"),
                           "/nonexistent/net.json: cannot read the architecture spec (No such "
                           "file or directory)"),
