@@ -105,6 +105,17 @@ def _positive(layer, **values):
         object.__setattr__(layer, name, int(value))
 
 
+def _fraction(layer, name, need, low=0.0, high=1.0, low_included=True):
+    """Check that a field of a layer is a real number (not a bool) from low to high, low
+    itself only if low_included, and store it as a Python float; need says the range in
+    the error."""
+    value = getattr(layer, name)
+    real = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+    if not (real and (low <= value if low_included else low < value) and value <= high):
+        raise ValueError(f"{type(layer).__name__}: {name} must be {need}, found {value!r}")
+    object.__setattr__(layer, name, float(value))
+
+
 class Layer:
     """What every layer kind shares; each kind is a frozen dataclass subclass (see _layer)."""
 
@@ -447,15 +458,9 @@ class _BatchNorm(Layer):
     momentum: float = 0.1
 
     def __post_init__(self):
-        name = type(self).__name__
         _positive(self, num_features=self.num_features)
-        for field, value, low in (("eps", self.eps, 0.0), ("momentum", self.momentum, 0.0)):
-            if (not isinstance(value, (int, float, np.floating)) or isinstance(value, bool)
-                    or not low <= value <= (1.0 if field == "momentum" else math.inf)
-                    or field == "eps" and value == 0):
-                need = "in [0, 1]" if field == "momentum" else "a positive number"
-                raise ValueError(f"{name}: {field} must be {need}, found {value!r}")
-            object.__setattr__(self, field, float(value))
+        _fraction(self, "eps", "a positive number", high=math.inf, low_included=False)
+        _fraction(self, "momentum", "in [0, 1]")
 
     def out_shape(self, in_shape):
         c = self.num_features
@@ -553,10 +558,7 @@ class Dropout(Layer):
     p: float = 0.5
 
     def __post_init__(self):
-        if (not isinstance(self.p, (int, float, np.floating)) or isinstance(self.p, bool)
-                or not 0 <= self.p <= 1):
-            raise ValueError(f"Dropout: p must be a probability in [0, 1], found {self.p!r}")
-        object.__setattr__(self, "p", float(self.p))
+        _fraction(self, "p", "a probability in [0, 1]")
 
     def _mask(self, run):
         """(threshold, scale, seed, step) of the kernels: keep all, unscaled, in eval. The

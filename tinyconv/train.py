@@ -97,7 +97,7 @@ def redraw_curves(run_dir):
 def make_optimizer(model, config):
     """The run's optimizer over model: config["optimizer"] (Adam unless said) with its lr,
     weight decay and, for SGD, momentum and Nesterov."""
-    name = OPTIMIZER_NAMES[config.get("optimizer", "adam")]
+    name = OPTIMIZER_NAMES[config["optimizer"]]
     options = {"lr": config["lr"], "weight_decay": config["weight_decay"]}
     if name == "SGD":
         options.update(momentum=config.get("momentum", 0.0),
@@ -108,7 +108,7 @@ def make_optimizer(model, config):
 def make_schedule(opt, config):
     """The run's schedule, per epoch: StepLR (--lr-step, --lr-gamma), or a cosine from the lr
     to 0 over the epochs after --warmup-epochs of linear warm-up."""
-    if config.get("schedule", "step") == "step":
+    if config["schedule"] == "step":
         return StepLR(opt, config["lr_step"], config["lr_gamma"])
     warmup = config.get("warmup_epochs", 0)
     return CosineAnnealingLR(opt, T_max=max(config["epochs"] - warmup, 1), warmup=warmup)

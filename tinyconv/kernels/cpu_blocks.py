@@ -62,28 +62,16 @@ def add(out, a, b):
 
 
 @njit(**_HELPER)
-def _row_sum(row, shift):
-    # sum of (row - shift) over a (M,) row, in float32, stretch by stretch: a stretch of
-    # _SPAN values sums in vector lanes, then the stretches add up, so no one accumulator
-    # takes more than a few thousand terms
-    total = _ZERO
-    for start in range(0, row.size, _SPAN):
-        part = _ZERO
-        for m in range(start, min(start + _SPAN, row.size)):
-            part += row[m] - shift
-        total += part
-    return total
-
-
-@njit(**_HELPER)
-def _row_sum_squares(row, shift):
-    # sum of (row - shift)^2 over a (M,) row, as _row_sum
+def _row_sum(row, shift, squared):
+    # sum of (row - shift), or of its squares, over a (M,) row, in float32, stretch by
+    # stretch: a stretch of _SPAN values sums in vector lanes, then the stretches add up, so
+    # no one accumulator takes more than a few thousand terms
     total = _ZERO
     for start in range(0, row.size, _SPAN):
         part = _ZERO
         for m in range(start, min(start + _SPAN, row.size)):
             d = row[m] - shift
-            part += d * d
+            part += d * d if squared else d
         total += part
     return total
 
@@ -108,8 +96,8 @@ def batchnorm_forward(out, mean, invstd, running_mean, running_var, num_batches_
     count = np.float32(M)
     for c in prange(C):
         row = inp[c]
-        mu = _row_sum(row, _ZERO) / count
-        var = _row_sum_squares(row, mu) / count
+        mu = _row_sum(row, _ZERO, False) / count
+        var = _row_sum(row, mu, True) / count
         inv = _ONE / np.sqrt(var + eps)
         mean[c], invstd[c] = mu, inv
         running_mean[c] = (_ONE - momentum) * running_mean[c] + momentum * mu
