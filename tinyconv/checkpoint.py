@@ -23,7 +23,7 @@ import numpy as np
 
 from tinyconv.archs import build
 from tinyconv.atomicio import atomic_write
-from tinyconv.optim import OPTIMIZERS, load_schedule
+from tinyconv.optim import OPTIMIZERS, load_optimizer, load_schedule
 
 FORMAT = "tinyconv-checkpoint"
 VERSION = 3
@@ -99,19 +99,15 @@ def load_network(arrays, header, device="cpu"):
     return model
 
 
-def load_optimizer(model, arrays, header):
-    """The optimizer of a run checkpoint, over model, in the state it was saved in."""
+def optimizer_state(arrays, header):
+    """The optimizer's state_dict() in a run checkpoint's arrays and header."""
     if header["version"] < 3:  # Adam's, as "adam" and "adam/m", "adam/v"
-        settings, prefix, kind = header["adam"], "adam/", "Adam"
+        settings, prefix = {"kind": "Adam", **header["adam"]}, "adam/"
     else:
         settings, prefix = header["optimizer"], "optimizer/"
-        kind = settings["kind"]
-    if kind not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {kind!r}, expected one of {', '.join(OPTIMIZERS)}")
-    opt = OPTIMIZERS[kind](model)
-    opt.load_state_dict({**settings, **{buffer: arrays[prefix + buffer]
-                                        for buffer in opt.buffers}})
-    return opt
+    kind = OPTIMIZERS.get(settings["kind"])
+    buffers = kind.buffers if kind else ()  # an unknown kind: load_optimizer names it
+    return {**settings, **{buffer: arrays[prefix + buffer] for buffer in buffers}}
 
 
 def load_run(path, device="cpu"):
@@ -120,7 +116,7 @@ def load_run(path, device="cpu"):
     arrays, header = load(path)
     try:
         model = load_network(arrays, header, device)
-        opt = load_optimizer(model, arrays, header)
+        opt = load_optimizer(model, optimizer_state(arrays, header))
         sched = load_schedule(opt, header["schedule"])
     except KeyError as exc:
         raise CheckpointError(f"{path}: incomplete tinyconv checkpoint, missing {exc}") from exc

@@ -180,6 +180,16 @@ class Adagrad(Optimizer):
 OPTIMIZERS = {cls.__name__: cls for cls in (Adam, AdamW, SGD, Adagrad)}
 
 
+def load_optimizer(model, state):
+    """The optimizer of a state_dict(), over model, in that state."""
+    if state["kind"] not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {state['kind']!r}, expected one of "
+                         f"{', '.join(OPTIMIZERS)}")
+    opt = OPTIMIZERS[state["kind"]](model)
+    opt.load_state_dict(state)
+    return opt
+
+
 class Schedule:
     """What the schedules share: the optimizer's lr as a function of the epochs (or steps)
     done, from the lr it had at the start (base_lr); explicit state."""
