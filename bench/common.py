@@ -5,6 +5,7 @@ their script and with it this file, load only the library they measure.
 """
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -50,6 +51,31 @@ class Row:
         if self.unit in HIGHER_IS_BETTER:
             return self.tinyconv / self.torch
         return self.torch / self.tinyconv
+
+
+def flops(layer, in_shape, batch):
+    """Floating-point operations of one forward call (a multiply-add counts 2) of a
+    convolution or linear layer, or of a residual block's body; 0 for the others, timed in
+    calls/s. A weight meets each output position once: weight.size multiply-adds per position
+    of the output (OH*OW for a convolution, 1 for a linear layer). The backward does twice as
+    many (dinp and dweight), once as many without dinp."""
+    from tinyconv import nn
+
+    if isinstance(layer, nn.Residual):
+        return network_flops(layer.body, in_shape, batch)
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        return 0
+    positions = math.prod(layer.out_shape(in_shape)[1:])
+    return 2 * batch * math.prod(layer.params(in_shape)["weight"]) * positions
+
+
+def network_flops(layers, in_shape, batch):
+    """flops of a chain of layers from in_shape (a Sequential's layers, a body)."""
+    total, shape = 0, tuple(in_shape)
+    for layer in layers:
+        total += flops(layer, shape, batch)
+        shape = tuple(layer.out_shape(shape))
+    return total
 
 
 def cpu_model():

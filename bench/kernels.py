@@ -24,6 +24,7 @@ from bench.common import (  # noqa: E402
     alternate,
     busy_cores,
     busy_warning,
+    flops,
     format_header,
     format_row,
     format_table_head,
@@ -45,21 +46,6 @@ CLASSES = 10
 
 def batch_last(a):
     return np.ascontiguousarray(np.moveaxis(a, 0, -1))
-
-
-def flops(layer, in_shape, batch):
-    """Floating-point operations of one forward call (a multiply-add counts 2) of a
-    convolution or linear layer; 0 for the others, timed in calls/s. A weight meets each
-    output position once: weight.size multiply-adds per position of the output (OH*OW for a
-    convolution, 1 for a linear layer). The backward does twice as many (dinp and dweight),
-    once as many without dinp."""
-    from tinyconv import nn
-
-    shapes = layer.params(in_shape)
-    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
-        return 0
-    positions = math.prod(layer.out_shape(in_shape)[1:])
-    return 2 * batch * math.prod(shapes["weight"]) * positions
 
 
 class Side:

@@ -19,48 +19,35 @@ from tinyconv.nn import (
     ReLU,
     Residual,
     Sequential,
+    SiLU,
     Tanh,
 )
 
+ACTIVATIONS = {"tanh": Tanh, "relu": ReLU, "silu": SiLU}
+POOLINGS = {"avg": AvgPool2d, "max": MaxPool2d}
 
-def lenet5_layers():
-    """The original report's network, the `backbone` nn.Sequential of its module, index for
-    index, so the parameter names (backbone.0.weight, ...) match its state_dict."""
+
+def lenet5_layers(activation="tanh", pooling="avg", batch_norm=False):
+    """LeNet-5 as the report built it, the `backbone` nn.Sequential of its module index for
+    index (backbone.0.weight, ...), or a variant of it: another activation (tanh, relu, silu),
+    max pooling (avg, max), and with batch_norm a batch norm after each convolution and after
+    fc1, before the activation (the report's section 3.4 proposals).
+
+    The report applies its activation after each pooling too; a variant keeps that second
+    activation wherever it can change something, so ReLU's, the identity on pooled ReLU
+    outputs, is left out (the textbook modern LeNet-5).
+    """
+    act, pool = ACTIVATIONS[activation], POOLINGS[pooling]
+    norm2d = (lambda channels: [BatchNorm2d(channels)]) if batch_norm else (lambda _: [])
+    norm1d = [BatchNorm1d(84)] if batch_norm else []
+    after_pool = [act()] if activation != "relu" else []
     return [
-        Conv2d(1, 6, 5), Tanh(),        # 0: (1,32,32) -> (6,28,28)
-        AvgPool2d(2), Tanh(),           # 2: -> (6,14,14)
-        Conv2d(6, 16, 5), Tanh(),       # 4: -> (16,10,10)
-        AvgPool2d(2), Tanh(),           # 6: -> (16,5,5)
-        Conv2d(16, 120, 5), Tanh(),     # 8: -> (120,1,1)
-        Flatten(),                      # 10: -> (120,)
-        Linear(120, 84), Tanh(),        # 11: -> (84,)
-        Linear(84, 10),                 # 13: -> (10,) logits
-    ]
-
-
-def lenet5_relu_layers():
-    """The textbook modern LeNet-5: ReLU for tanh, max for average pooling, one activation
-    after each pooling instead of the report's two."""
-    return [
-        Conv2d(1, 6, 5), ReLU(), MaxPool2d(2),      # 0: (1,32,32) -> (6,14,14)
-        Conv2d(6, 16, 5), ReLU(), MaxPool2d(2),     # 3: -> (16,5,5)
-        Conv2d(16, 120, 5), ReLU(),                 # 6: -> (120,1,1)
-        Flatten(),                                  # 8: -> (120,)
-        Linear(120, 84), ReLU(),                    # 9: -> (84,)
-        Linear(84, 10),                             # 11: -> (10,) logits
-    ]
-
-
-def lenet5_bn_layers():
-    """lenet5-relu with a batch norm after each convolution and after fc1, before the ReLU,
-    as the report's section 3.4 proposes against vanishing and exploding gradients."""
-    return [
-        Conv2d(1, 6, 5), BatchNorm2d(6), ReLU(), MaxPool2d(2),        # 0: -> (6,14,14)
-        Conv2d(6, 16, 5), BatchNorm2d(16), ReLU(), MaxPool2d(2),      # 4: -> (16,5,5)
-        Conv2d(16, 120, 5), BatchNorm2d(120), ReLU(),                 # 8: -> (120,1,1)
-        Flatten(),                                                    # 11: -> (120,)
-        Linear(120, 84), BatchNorm1d(84), ReLU(),                     # 12: -> (84,)
-        Linear(84, 10),                                               # 15: -> (10,) logits
+        Conv2d(1, 6, 5), *norm2d(6), act(), pool(2), *after_pool,      # -> (6,14,14)
+        Conv2d(6, 16, 5), *norm2d(16), act(), pool(2), *after_pool,    # -> (16,5,5)
+        Conv2d(16, 120, 5), *norm2d(120), act(),                       # -> (120,1,1)
+        Flatten(),                                                     # -> (120,)
+        Linear(120, 84), *norm1d, act(),                               # -> (84,)
+        Linear(84, 10),                                                # -> (10,) logits
     ]
 
 
@@ -85,16 +72,18 @@ def resnet_mini_layers():
     ]
 
 
-def _spec(name, layers):
+def spec_of(name, layers):
+    """A spec of layers (a list of tinyconv.nn layers) for 32x32 digits, named name."""
     return {"name": name, "input_shape": [1, 32, 32], "prefix": "backbone.",
             "layers": [layer.spec() for layer in layers]}
 
 
 ARCHS = {
-    "lenet5": _spec("lenet5", lenet5_layers()),
-    "lenet5-relu": _spec("lenet5-relu", lenet5_relu_layers()),
-    "lenet5-bn": _spec("lenet5-bn", lenet5_bn_layers()),
-    "resnet-mini": _spec("resnet-mini", resnet_mini_layers()),
+    "lenet5": spec_of("lenet5", lenet5_layers()),
+    # the textbook modern variant, and it with the report's proposed batch norm
+    "lenet5-relu": spec_of("lenet5-relu", lenet5_layers("relu", "max")),
+    "lenet5-bn": spec_of("lenet5-bn", lenet5_layers("relu", "max", batch_norm=True)),
+    "resnet-mini": spec_of("resnet-mini", resnet_mini_layers()),
 }
 
 

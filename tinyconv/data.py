@@ -1,13 +1,16 @@
-"""MNIST: read and validate IDX files, locate or download them, and serve float32 batches.
+"""MNIST and the data sets in its format (Fashion-MNIST, KMNIST): read and validate IDX
+files, locate or download them, and serve float32 batches.
 
 Shapes: N samples; images stay uint8 (N,28,28) in memory and labels int64 (N,); batches are
 float32 (n,1,32,32), made on the fly, because LeNet-5 expects 32x32 inputs.
 
-Checksum rule: MD5 of the decompressed bytes is enforced for the copies tinyconv manages (the
-bundled data/mnist/ of a checkout, the per-user cache, fresh downloads), where anything but
-MNIST means damage. A directory the user names (data_dir argument, --data-dir, TINYCONV_DATA)
-is validated for structure only, so look-alikes such as Fashion-MNIST, which reuses the same
-file names, load from there.
+Checksum rule: MD5s are enforced for the copies tinyconv manages (the bundled data/mnist/ of
+a checkout, the per-user cache, fresh downloads), where anything but the data set means
+damage: MNIST's of the decompressed bytes (data/mnist/MD5SUMS), the others' of the .gz files
+as their projects publish them (a raw file in the cache, whose MD5 nobody publishes, is
+checked for structure only). A directory the user names (data_dir argument, --data-dir,
+TINYCONV_DATA) is validated for structure only, so any look-alike with MNIST's file names
+loads from there.
 """
 
 import gzip
@@ -19,6 +22,7 @@ import sys
 import tempfile
 import urllib.request
 import zlib
+from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
@@ -43,9 +47,59 @@ DEFAULT_MIRRORS = (
 )
 DOWNLOAD_TIMEOUT_S = 30
 HOW_TO_SUPPLY = (
-    "Supply the four files (raw or .gz) with --data-dir DIR or TINYCONV_DATA=DIR, or copy "
-    "them into {cache}; mirrors can be set with TINYCONV_MNIST_MIRRORS=URL,URL."
+    "Download the four files ({urls}) and supply them (raw or .gz) with --data-dir DIR or "
+    "TINYCONV_DATA=DIR, or copy them into {cache}; mirrors can be set with {env}=URL,URL."
 )
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A data set in MNIST's format: 28x28 uint8 images and labels 0-9 in MNIST's four file
+    names. md5 maps each file name to its checksum, of the decompressed bytes when
+    md5_of_gz is False (MNIST's), of the .gz file as served when True."""
+
+    name: str  # as --dataset takes it
+    title: str
+    mirrors: tuple  # base URLs, tried in order
+    md5: dict
+    md5_of_gz: bool
+    classes: tuple  # what each label means
+    bundled: bool = False  # a checkout holds it in data/mnist/ (BUNDLED_DIR)
+
+    @property
+    def mirrors_variable(self):
+        """The environment variable that replaces the mirrors: TINYCONV_KMNIST_MIRRORS."""
+        return f"TINYCONV_{self.name.upper().replace('-', '_')}_MIRRORS"
+
+
+DATASETS = {dataset.name: dataset for dataset in (
+    Dataset("mnist", "MNIST", DEFAULT_MIRRORS, MNIST_MD5, False, tuple("0123456789"),
+            bundled=True),
+    # github.com/zalandoresearch/fashion-mnist, README, "Get the Data": its links and MD5s
+    Dataset("fashion-mnist", "Fashion-MNIST",
+            ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+            {"train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+             "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
+             "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
+             "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310"}, True,
+            ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+             "Sneaker", "Bag", "Ankle boot")),
+    # github.com/rois-codh/kmnist, README, "Kuzushiji-MNIST": its links; the README gives no
+    # checksums, so these are torchvision's (torchvision.datasets.KMNIST.resources)
+    Dataset("kmnist", "Kuzushiji-MNIST", ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+            {"train-images-idx3-ubyte": "bdb82020997e1d708af4cf47b453dcf7",
+             "train-labels-idx1-ubyte": "e144d726b3acfaa3e44228e80efcd344",
+             "t10k-images-idx3-ubyte": "5c965bf0a639b31b8f53240b1b52f4d7",
+             "t10k-labels-idx1-ubyte": "7320c461ea6c1c855c0b718fb2a4b134"}, True,
+            ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
+)}
+
+
+def dataset_of(name):
+    """The Dataset of a name in DATASETS; a ValueError listing them otherwise."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}, expected one of {', '.join(DATASETS)}")
+    return DATASETS[name]
 
 # IDX data-type codes (third magic byte); every multi-byte type is big-endian.
 IDX_DTYPES = {
@@ -78,8 +132,9 @@ def gunzip(raw, source):
         raise DataError(f"{source}: corrupt gzip stream ({exc})") from exc
 
 
-def read_file_bytes(path):
-    """Return the contents of an IDX file, decompressed when its name ends in .gz."""
+def read_file_bytes(path, decompress=True):
+    """Return the contents of an IDX file, decompressed when its name ends in .gz (unless
+    not decompress)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -87,7 +142,7 @@ def read_file_bytes(path):
         raise DataError(f"{path}: no such file") from exc
     if not raw:
         raise DataError(f"{path}: file is empty (0 bytes), expected an IDX file")
-    return gunzip(raw, path) if path.suffix == ".gz" else raw
+    return gunzip(raw, path) if decompress and path.suffix == ".gz" else raw
 
 
 def parse_idx(data, source, ndim=None):
@@ -135,10 +190,11 @@ def read_idx(path, ndim=None):
     return parse_idx(read_file_bytes(path), path, ndim)
 
 
-def mnist_cache_dir():
-    """Return the per-user download cache: $XDG_CACHE_HOME/tinyconv/mnist or ~/.cache/..."""
+def mnist_cache_dir(dataset="mnist"):
+    """Return a data set's per-user download cache: $XDG_CACHE_HOME/tinyconv/NAME, else
+    ~/.cache/tinyconv/NAME."""
     cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache_home) / "tinyconv" / "mnist"
+    return Path(cache_home) / "tinyconv" / dataset_of(dataset).name
 
 
 def mnist_file(directory, name):
@@ -150,7 +206,7 @@ def mnist_file(directory, name):
 
 
 def missing_files(directory):
-    """Return the names of the four MNIST files that directory lacks."""
+    """Return the names of the four files of MNIST's format that directory lacks."""
     return [name for name in MNIST_MD5 if mnist_file(directory, name) is None]
 
 
@@ -163,22 +219,37 @@ def user_data_dir(data_dir):
     return None, None
 
 
-def mirror_list(mirrors):
-    """Return the mirrors to try: the argument, else TINYCONV_MNIST_MIRRORS, else defaults."""
-    if mirrors is None and os.environ.get("TINYCONV_MNIST_MIRRORS"):
-        mirrors = os.environ["TINYCONV_MNIST_MIRRORS"].split(",")
+def mirror_list(dataset, mirrors):
+    """Return the mirrors to try: the argument, else the data set's TINYCONV_..._MIRRORS,
+    else its defaults."""
+    variable = dataset.mirrors_variable
+    if mirrors is None and os.environ.get(variable):
+        mirrors = os.environ[variable].split(",")
     if mirrors is None:
-        mirrors = DEFAULT_MIRRORS
+        mirrors = dataset.mirrors
     return [mirror.strip() for mirror in mirrors if mirror.strip()]
 
 
-def download_file(url, name, directory):
-    """Fetch url into directory as name.gz if its decompressed MD5 matches; else raise."""
+def md5_mismatch(dataset, name, gz_bytes, data):
+    """What is wrong with a file's checksum ("MD5 of ... is X, expected Y"), or None; gz_bytes
+    is the file as stored (None for a raw file), data its decompressed bytes."""
+    expected = dataset.md5[name]
+    if not dataset.md5_of_gz:
+        found, what = hashlib.md5(data).hexdigest(), "the decompressed data"
+    elif gz_bytes is not None:
+        found, what = hashlib.md5(gz_bytes).hexdigest(), "the .gz file"
+    else:
+        return None  # a raw copy of a data set whose publishers give the .gz's MD5 only
+    return None if found == expected else f"MD5 of {what} is {found}, expected {expected}"
+
+
+def download_file(dataset, url, name, directory):
+    """Fetch url into directory as name.gz if its MD5 matches; else raise."""
     with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
         raw = response.read()
-    found = hashlib.md5(gunzip(raw, url)).hexdigest()
-    if found != MNIST_MD5[name]:
-        raise DataError(f"MD5 of the decompressed data is {found}, expected {MNIST_MD5[name]}")
+    mismatch = md5_mismatch(dataset, name, raw, gunzip(raw, url))
+    if mismatch:
+        raise DataError(mismatch)
     # A bad download never reaches the disk; a good one lands under a temporary name and is
     # renamed only once synced, so the final name never holds a partial file.
     directory.mkdir(parents=True, exist_ok=True)
@@ -194,15 +265,16 @@ def download_file(url, name, directory):
         raise
 
 
-def download_mnist(directory, mirrors, tried):
-    """Download the MNIST files that directory lacks, trying mirrors in order per file."""
+def download_mnist(dataset, directory, mirrors, tried):
+    """Download the files of dataset that directory lacks, trying mirrors in order per file."""
     missing = missing_files(directory)
-    print(f"tinyconv: downloading MNIST {', '.join(missing)} into {directory}", file=sys.stderr)
+    print(f"tinyconv: downloading {dataset.title} {', '.join(missing)} into {directory}",
+          file=sys.stderr)
     for name in missing:
         for mirror in mirrors:
             url = f"{mirror.rstrip('/')}/{name}.gz"
             try:
-                download_file(url, name, directory)
+                download_file(dataset, url, name, directory)
                 break
             except (OSError, ValueError, HTTPException) as exc:
                 tried.append(f"{url}: {exc}")
@@ -211,54 +283,63 @@ def download_mnist(directory, mirrors, tried):
     return True
 
 
-def find_mnist_dir(data_dir=None, *, download=True, mirrors=None):
-    """Return the directory holding the four MNIST files, downloading them if allowed.
+def find_mnist_dir(data_dir=None, *, download=True, mirrors=None, dataset="mnist"):
+    """Return the directory holding the four files of dataset (a name in DATASETS),
+    downloading them if allowed.
 
     Search order: data_dir, then TINYCONV_DATA (either one, when given, must hold the files:
-    no fallback), then the checkout's bundled data/mnist/, then the per-user cache, which a
-    download fills from the mirrors (argument, else TINYCONV_MNIST_MIRRORS, else defaults).
+    no fallback), then, for MNIST, the checkout's bundled data/mnist/, then the per-user
+    cache, which a download fills from the mirrors (argument, else the data set's
+    TINYCONV_..._MIRRORS, else its defaults).
     """
+    dataset = dataset_of(dataset)
     chosen, origin = user_data_dir(data_dir)
     if chosen is not None:
         missing = missing_files(chosen)
         if missing:
             raise DataError(
                 f"{chosen} (from {origin}) lacks {', '.join(missing)}, expected the four "
-                "MNIST files there (each raw or .gz)"
+                f"{dataset.title} files there (each raw or .gz)"
             )
         return chosen
-    cache = mnist_cache_dir()
+    cache = mnist_cache_dir(dataset.name)
     tried = []
-    for directory in (BUNDLED_DIR, cache):
+    for directory in (BUNDLED_DIR, cache) if dataset.bundled else (cache,):
         missing = missing_files(directory)
         if not missing:
             return directory
         tried.append(f"{directory}: lacks {', '.join(missing)}")
-    if download and download_mnist(cache, mirror_list(mirrors), tried):
+    mirrors = mirror_list(dataset, mirrors)
+    if download and download_mnist(dataset, cache, mirrors, tried):
         return cache
     places = "\n  ".join(tried)
-    raise DataError(f"MNIST not found; tried:\n  {places}\n{HOW_TO_SUPPLY.format(cache=cache)}")
+    urls = ", ".join(f"{mirrors[0].rstrip('/')}/{name}.gz" for name in MNIST_MD5) if mirrors \
+        else "no mirror is set"
+    raise DataError(f"{dataset.title} not found; tried:\n  {places}\n" + HOW_TO_SUPPLY.format(
+        urls=urls, cache=cache, env=dataset.mirrors_variable))
 
 
 def load_mnist_file(path, ndim, verify):
-    """Read one MNIST file as a uint8 array, checking its decompressed MD5 first if verify."""
-    data = read_file_bytes(path)
-    if verify:
-        expected = MNIST_MD5[path.name.removesuffix(".gz")]
-        found = hashlib.md5(data).hexdigest()
-        if found != expected:
-            raise DataError(
-                f"{path}: MD5 of the decompressed data is {found}, expected {expected}; "
-                "the file is damaged: delete it and run again to download a fresh copy"
-            )
+    """Read one file of MNIST's format as a uint8 array, checking its MD5 first against
+    those of the Dataset verify (None: no check)."""
+    path = Path(path)
+    stored = read_file_bytes(path, decompress=False)
+    data = gunzip(stored, path) if path.suffix == ".gz" else stored
+    if verify is not None:
+        mismatch = md5_mismatch(verify, path.name.removesuffix(".gz"),
+                                stored if path.suffix == ".gz" else None, data)
+        if mismatch:
+            raise DataError(f"{path}: {mismatch}; the file is damaged: delete it and run "
+                            "again to download a fresh copy")
     array = parse_idx(data, path, ndim)
     if array.dtype != np.uint8:
         raise DataError(f"{path}: expected IDX type 0x08 (uint8) as in MNIST, found {array.dtype}")
     return array
 
 
-def load_mnist(split, data_dir=None, download=True, mirrors=None):
-    """Return (images uint8 (N,28,28), labels int64 (N,)) of split "train" or "test".
+def load_mnist(split, data_dir=None, download=True, mirrors=None, dataset="mnist"):
+    """Return (images uint8 (N,28,28), labels int64 (N,)) of split "train" or "test" of
+    dataset, a name in DATASETS: MNIST or another data set in its format.
 
     Finds the files with find_mnist_dir. MD5 checksums are verified only in the locations
     tinyconv manages (bundled, cache, download); a data_dir or TINYCONV_DATA directory is
@@ -266,8 +347,8 @@ def load_mnist(split, data_dir=None, download=True, mirrors=None):
     """
     if split not in SPLIT_FILES:
         raise ValueError(f"load_mnist: split must be one of {list(SPLIT_FILES)}, got {split!r}")
-    directory = find_mnist_dir(data_dir, download=download, mirrors=mirrors)
-    verify = user_data_dir(data_dir)[0] is None
+    directory = find_mnist_dir(data_dir, download=download, mirrors=mirrors, dataset=dataset)
+    verify = dataset_of(dataset) if user_data_dir(data_dir)[0] is None else None
     image_path, label_path = (mnist_file(directory, name) for name in SPLIT_FILES[split])
     images = load_mnist_file(image_path, 3, verify)
     labels = load_mnist_file(label_path, 1, verify)
