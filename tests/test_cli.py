@@ -120,12 +120,42 @@ def test_every_optimizer_trains_checkpoints_and_resumes_bit_for_bit(optimizer, t
     (["--optimizer", "sgd", "--nesterov"],
      "error: SGD: Nesterov momentum needs a momentum and zero dampening, found momentum=0.0, "
      "dampening=0.0"),
+    (["--no-decay-norm-bias"], "error: --no-decay-norm-bias: the run has no weight decay to "
+     "exempt them from; give --weight-decay (or --optimizer adamw)"),
+    (["--optimizer", "adamw", "--weight-decay", "0", "--no-decay-norm-bias"],
+     "error: --no-decay-norm-bias: the run has no weight decay to exempt them from; give "
+     "--weight-decay (or --optimizer adamw)"),
 ])
 def test_optimizer_settings_that_cannot_go_together_are_refused(flags, message, tmp_path,
                                                                  capsys):
     assert run_train(tmp_path / "run", *flags) == 2
     assert capsys.readouterr().err.strip() == message
     assert not (tmp_path / "run").exists()
+
+
+def test_an_optimizer_brings_its_own_default_weight_decay():
+    assert config_of("--optimizer", "adamw")["weight_decay"] == 1e-2  # torch's AdamW's
+    assert config_of("--optimizer", "adamw", "--weight-decay", "0")["weight_decay"] == 0.0
+    assert config_of("--optimizer", "sgd")["weight_decay"] == 0.0
+    assert config_of()["weight_decay"] == 0.0  # the recipe's, for its Adam
+
+
+def test_no_decay_for_norms_and_biases_trains_and_resumes_bit_for_bit(tmp_path):
+    flags = ["--arch", "lenet5-bn", "--optimizer", "adamw", "--weight-decay", "0.5",
+             "--limit-train", "128"]
+    assert run_train(tmp_path / "straight", *flags, "--no-decay-norm-bias", "--epochs",
+                     "2") == 0
+    assert run_train(tmp_path / "split", *flags, "--no-decay-norm-bias", "--epochs", "1") == 0
+    assert train.main(["--resume", str(tmp_path / "split"), "--epochs", "2", "--quiet"]) == 0
+    assert_same_arrays(final_arrays(tmp_path / "straight"), final_arrays(tmp_path / "split"))
+    model, opt, _, _ = checkpoint.load_run(tmp_path / "split" / "last.npz")
+    assert opt.no_decay == tuple(model.norm_and_bias_names())
+    # against decaying everything: the exempt parameters end elsewhere, the others too
+    assert run_train(tmp_path / "decay-all", *flags, "--epochs", "2") == 0
+    exempt, every = final_arrays(tmp_path / "straight"), final_arrays(tmp_path / "decay-all")
+    assert checkpoint.load(tmp_path / "decay-all" / "last.npz")[1]["optimizer"]["no_decay"] == []
+    name = "model/backbone.1.weight"  # the first batch norm's scale
+    assert not np.array_equal(exempt[name], every[name])
 
 
 def test_a_cosine_schedule_warms_up_then_anneals_and_is_kept(tmp_path):
@@ -317,7 +347,7 @@ def test_recipes_give_their_settings(recipe, settings):
     config = config_of("--recipe", recipe)
     assert {key: config[key] for key in settings} == settings
     assert config["recipe"] == recipe and config["device"] == "cpu"
-    assert set(config) == {*settings, "recipe", "arch", "optimizer", "schedule",
+    assert set(config) == {*settings, "recipe", "arch", "optimizer", "schedule", "dataset",
                            "limit_train", "limit_test", "threads", "device", "data_dir",
                            "init_from"}
     assert config_of(*(["--recipe", recipe] if recipe != "default" else [])) == config
@@ -345,6 +375,7 @@ def test_recipes_give_their_settings(recipe, settings):
     ("--arch", "lenet5-bn", "arch", "lenet5-bn"),
     ("--optimizer", "adagrad", "optimizer", "adagrad"),
     ("--schedule", "cosine", "schedule", "cosine"),
+    ("--dataset", "kmnist", "dataset", "kmnist"),
 ])
 @pytest.mark.parametrize("recipe", ["default", "report"])
 def test_each_override_flag_reaches_the_config(recipe, flag, value, key, expected):
@@ -361,16 +392,18 @@ FLAGS = {
     train: ["-h", "--help", "--recipe", "--arch", "--list-archs", "--epochs", "--batch-size",
             "--optimizer", "--momentum", "--nesterov", "--lr", "--schedule", "--warmup-epochs",
             "--lr-step", "--lr-gamma",
-            "--weight-decay", "--seed", "--flip", "--no-flip", "--translate", "--resize",
-            "--normalize", "--limit-train", "--limit-test", "--threads", "--device",
-            "--data-dir", "--run-dir", "--init-from", "--trust-pickle", "--resume", "--quiet"],
+            "--weight-decay", "--no-decay-norm-bias", "--seed", "--flip", "--no-flip",
+            "--translate", "--resize", "--normalize", "--limit-train", "--limit-test",
+            "--threads", "--device", "--dataset", "--data-dir", "--run-dir", "--init-from",
+            "--trust-pickle", "--resume", "--quiet"],
     evaluate: ["-h", "--help", "CHECKPOINT", "--trust-pickle", "--device", "--threads",
-               "--resize", "--normalize", "--data-dir", "--limit", "--batch-size", "--json",
-               "--plots"],
+               "--resize", "--normalize", "--dataset", "--data-dir", "--limit", "--batch-size",
+               "--json", "--plots"],
     predict: ["-h", "--help", "CHECKPOINT", "--trust-pickle", "--device", "--threads",
               "--resize", "--normalize", "IMAGE", "--top", "--json", "--save-inputs"],
     visualize: ["-h", "--help", "CHECKPOINT", "--trust-pickle", "--device", "--threads",
-                "--resize", "--normalize", "--out", "--image", "--index", "--data-dir"],
+                "--resize", "--normalize", "--out", "--image", "--index", "--dataset",
+                "--data-dir"],
     export: ["-h", "--help", "CHECKPOINT", "--torch", "--onnx", "--trust-pickle"],
 }
 # when each command exits with 1 (None: never)

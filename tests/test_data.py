@@ -4,6 +4,7 @@ import ast
 import functools
 import gzip
 import hashlib
+import json
 import struct
 import sys
 import threading
@@ -466,6 +467,115 @@ def test_mirrors_from_environment(isolated, synthetic, mirrors, monkeypatch):
     assert sorted(requested) == sorted(
         f"/{mirror}/{name}.gz" for mirror in ("nothing", "good") for name in synthetic
     )
+
+
+# ---------------------------------------------------------------- the other data sets
+
+
+def gz_files(files):
+    """{name: .gz bytes} of {name: decompressed bytes}, reproducibly (no time stamp)."""
+    return {name: gzip.compress(payload, mtime=0) for name, payload in files.items()}
+
+
+@pytest.fixture
+def fashion(isolated, mirrors, monkeypatch):
+    """Fashion-MNIST look-alikes served on the local mirror as .gz files whose MD5s become
+    the data set's published ones: (files, their .gz bytes, its cache, requested paths)."""
+    root, base, requested = mirrors
+    files = synthetic_mnist(seed=2)
+    served = gz_files(files)
+    (root / "fashion").mkdir()
+    for name, payload in served.items():
+        (root / "fashion" / f"{name}.gz").write_bytes(payload)
+        monkeypatch.setitem(data.DATASETS["fashion-mnist"].md5, name,
+                            hashlib.md5(payload).hexdigest())
+    monkeypatch.setenv("TINYCONV_FASHION_MNIST_MIRRORS", f"{base}/fashion")
+    return files, served, data.mnist_cache_dir("fashion-mnist"), requested
+
+
+def test_another_dataset_downloads_into_its_own_cache(fashion, synthetic):
+    files, served, cache, requested = fashion
+    write_files(data.BUNDLED_DIR, synthetic)  # MNIST's bundled files are not Fashion-MNIST's
+    images, labels = data.load_mnist("test", dataset="fashion-mnist")
+    assert cache.name == "fashion-mnist" and cache.parent == data.mnist_cache_dir().parent
+    assert sorted(requested) == sorted(f"/fashion/{name}.gz" for name in files)
+    assert {path.name: path.read_bytes() for path in cache.iterdir()} == {
+        f"{name}.gz": payload for name, payload in served.items()}, "stored as served"
+    expected = np.frombuffer(files[TEST_IMAGES], np.uint8, offset=16).reshape(-1, 28, 28)
+    assert np.array_equal(images, expected)
+    assert np.array_equal(labels, np.arange(SYNTHETIC_COUNT) % 10)
+    # from the cache now, without the network
+    assert np.array_equal(data.load_mnist("test", dataset="fashion-mnist", download=False)[0],
+                          expected)
+
+
+def test_another_dataset_checks_the_published_md5_of_the_gz(fashion, mirrors):
+    files, served, cache, _ = fashion
+    root, base, _ = mirrors
+    other = gz_files(tampered(files))
+    (root / "tampered").mkdir()
+    for name, payload in other.items():
+        (root / "tampered" / f"{name}.gz").write_bytes(payload)
+    with pytest.raises(DataError) as error:
+        data.load_mnist("test", dataset="fashion-mnist", mirrors=[f"{base}/tampered"])
+    found = hashlib.md5(other[TEST_IMAGES]).hexdigest()
+    expected = data.DATASETS["fashion-mnist"].md5[TEST_IMAGES]
+    assert (f"{base}/tampered/{TEST_IMAGES}.gz: MD5 of the .gz file is {found}, expected "
+            f"{expected}") in str(error.value)
+    assert "Fashion-MNIST not found" in str(error.value)
+    # the good files landed, the bad one did not; a damaged copy in the cache is named, with
+    # what to do
+    assert sorted(path.name for path in cache.iterdir()) == [f"{TRAIN_IMAGES}.gz",
+                                                              "train-labels-idx1-ubyte.gz"]
+    for name, payload in {**served, TEST_IMAGES: other[TEST_IMAGES]}.items():
+        (cache / f"{name}.gz").write_bytes(payload)
+    with pytest.raises(DataError, match=rf"{TEST_IMAGES}.gz: MD5 of the .gz file is {found}, "
+                                        rf"expected {expected}; the file is damaged"):
+        data.load_mnist("test", dataset="fashion-mnist")
+
+
+def test_a_raw_copy_of_another_dataset_in_the_cache_is_checked_for_structure(fashion):
+    files, _, cache, requested = fashion
+    write_files(cache, files, compress=False)  # nobody publishes the raw files' MD5s
+    images, _ = data.load_mnist("train", dataset="fashion-mnist")
+    assert images.shape == (SYNTHETIC_COUNT, 28, 28) and not requested
+    (cache / TEST_IMAGES).write_bytes(files[TEST_IMAGES][:-1])
+    with pytest.raises(DataError, match=r"truncated"):
+        data.load_mnist("test", dataset="fashion-mnist")
+
+
+def test_offline_says_what_to_download_and_where(isolated):
+    with pytest.raises(DataError) as error:
+        data.load_mnist("train", dataset="kmnist", download=False)
+    message = str(error.value)
+    cache = data.mnist_cache_dir("kmnist")
+    assert message.startswith(f"Kuzushiji-MNIST not found; tried:\n  {cache}: lacks")
+    assert data.BUNDLED_DIR.name not in message  # only MNIST is bundled
+    for name in data.MNIST_MD5:
+        assert f"http://codh.rois.ac.jp/kmnist/dataset/kmnist/{name}.gz" in message
+    assert f"copy them into {cache}" in message and "TINYCONV_KMNIST_MIRRORS" in message
+
+
+def test_unknown_dataset_is_named():
+    with pytest.raises(ValueError, match=r"unknown dataset 'cifar10', expected one of mnist, "
+                                         r"fashion-mnist, kmnist"):
+        data.load_mnist("test", dataset="cifar10")
+
+
+def test_training_on_another_dataset_is_evaluated_on_it(fashion, tmp_path, capsys):
+    from tinyconv import checkpoint, evaluate, train
+
+    run = tmp_path / "run"
+    assert train.main(["--dataset", "fashion-mnist", "--epochs", "1", "--quiet",
+                       "--run-dir", str(run)]) == 0
+    assert checkpoint.load(run / "last.npz")[1]["config"]["dataset"] == "fashion-mnist"
+    capsys.readouterr()
+    assert evaluate.main([str(run / "last.npz"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dataset"] == "fashion-mnist" and report["count"] == SYNTHETIC_COUNT
+    assert evaluate.main([str(run / "last.npz")]) == 0
+    text = capsys.readouterr().out
+    assert "Fashion-MNIST test images 6" in text and "Ankle boot" in text
 
 
 # ---------------------------------------------------------------- batches

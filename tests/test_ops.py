@@ -27,6 +27,7 @@ from tests.harness import (
     torch_results,
 )
 from tests.registry import CASES, LOSS_CASES, REGISTRY, TOLERANCE
+from tinyconv import archs
 from tinyconv.kernels import get_backend
 from tinyconv.kernels import reference as ref
 from tinyconv.optim import OPTIMIZERS
@@ -241,6 +242,63 @@ def test_optimizers_match_torch_for_30_steps(run, impl):
         for name, value in expected.items():
             err = rel_err(got[name], value)
             assert err < bound, f"{run} ({impl}), step {step}: {name} differs by {err:.3g}"
+
+
+# no weight decay for biases and batch norm: torch's two parameter groups
+NO_DECAY_RUNS = {
+    "Adam": {"weight_decay": 0.01},
+    "AdamW": {"weight_decay": 0.1},
+    "SGD": {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+    "Adagrad": {"weight_decay": 0.01},
+}
+
+
+@pytest.mark.parametrize("kind", NO_DECAY_RUNS)
+def test_no_decay_for_norms_and_biases_matches_torch_parameter_groups(kind):
+    options = NO_DECAY_RUNS[kind]
+    model = archs.build("resnet-mini", seed=1)  # nested names, runs of every length
+    exempt = model.norm_and_bias_names()
+    theirs = {name: torch.tensor(value.astype(np.float64), requires_grad=True)
+              for name, value in model.state_dict().items() if name in model.param_shapes}
+    groups = [{"params": [t for name, t in theirs.items() if name not in exempt]},
+              {"params": [theirs[name] for name in exempt], "weight_decay": 0.0}]
+    lrs = {"SGD": (0.1, 0.03), "Adagrad": (0.1, 0.03)}.get(kind, (1e-2, 3e-3))
+    torch_opt = getattr(torch.optim, kind)(groups, lr=lrs[0], **options)
+    ours = OPTIMIZERS[kind](model, lr=lrs[0], no_decay=exempt, **options)
+    rng = np.random.default_rng(4)
+    for step in range(1, 31):
+        lr = lrs[0] if step <= 15 else lrs[1]
+        ours.lr = lr
+        for group in torch_opt.param_groups:
+            group["lr"] = lr
+        model.flat_grads[:] = rng.standard_normal(model.param_count).astype(np.float32)
+        for name, tensor in theirs.items():
+            tensor.grad = torch.from_numpy(model.grads[name].astype(np.float64))
+        ours.step(model.grads)
+        torch_opt.step()
+        for name, tensor in theirs.items():
+            err = rel_err(model.params[name], tensor.detach().numpy())
+            assert err < 1e-6, f"{kind}, step {step}: {name} differs by {err:.3g}"
+    # the exemption changes what decays: without it the biases end elsewhere
+    again = OPTIMIZERS[kind](archs.build("resnet-mini", seed=1), lr=lrs[0], **options)
+    assert again.no_decay == () and ours.no_decay == tuple(exempt)
+    restored = OPTIMIZERS[kind](model)
+    restored.load_state_dict(ours.state_dict())
+    assert restored.no_decay == ours.no_decay and restored._runs == ours._runs
+
+
+def test_no_decay_names_must_be_parameters():
+    model = archs.build("lenet5-bn")
+    with pytest.raises(ValueError, match=r"AdamW: no_decay names \['backbone.1.running_mean'\],"
+                                         r" which are not the model's parameters"):
+        OPTIMIZERS["AdamW"](model, no_decay=["backbone.1.running_mean"])
+
+
+def test_norm_and_bias_names_are_biases_and_batch_norms():
+    model = archs.build("lenet5-bn")
+    expected = [f"backbone.{i}.bias" for i in (0, 4, 8, 12, 15)]
+    expected += [f"backbone.{i}.{p}" for i in (1, 5, 9, 13) for p in ("weight", "bias")]
+    assert sorted(model.norm_and_bias_names()) == sorted(expected)
 
 
 # ---- the schedules against torch.optim.lr_scheduler's, epoch for epoch

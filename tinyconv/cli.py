@@ -18,7 +18,7 @@ import threading
 
 import numba
 
-from tinyconv.data import NORMALIZE_MODES, RESIZE_MODES
+from tinyconv.data import DATASETS, NORMALIZE_MODES, RESIZE_MODES
 from tinyconv.evaluation import check_classifier, preprocessing
 from tinyconv.interop import (
     CHECKPOINT_HELP,
@@ -162,8 +162,24 @@ def add_threads(parser):
 
 def add_data_dir(parser):
     parser.add_argument("--data-dir", metavar="DIR",
-                        help="directory holding the four MNIST files (default: TINYCONV_DATA, "
-                             "the bundled data/mnist, the per-user cache, then a download)")
+                        help="directory holding the data set's four files, in MNIST's names "
+                             "(default: TINYCONV_DATA, the bundled data/mnist for MNIST, the "
+                             "per-user cache, then a download)")
+
+
+def add_dataset(parser, default):
+    """--dataset, one of data.DATASETS; default says what an unset one means."""
+    parser.add_argument("--dataset", choices=DATASETS,
+                        help=f"the data set in MNIST's format (default {default}); only MNIST "
+                             "is bundled, the others are downloaded into the per-user cache")
+
+
+def dataset_of_run(args, header):
+    """--dataset if given, else the one the checkpoint's run trained on (MNIST for a PyTorch
+    file or an older checkpoint, which record none)."""
+    if args.dataset:
+        return args.dataset
+    return header["config"].get("dataset", "mnist") if header else "mnist"
 
 
 def add_preprocessing(parser, default):

@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint on the 10,000 MNIST test images: python -m tinyconv.evaluate CKPT.
+"""Evaluate a checkpoint on the 10,000 test images of MNIST (or of the data set it was trained
+on): python -m tinyconv.evaluate CKPT.
 
 Prints the accuracy, the per-class accuracy and the confusion matrix (rows: true class,
 columns: predicted class); --json prints the same as one JSON object for machines; --plots DIR
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyconv import cli, plots
-from tinyconv.data import iterate_batches, load_mnist
+from tinyconv.data import DATASETS, iterate_batches, load_mnist
 from tinyconv.evaluation import BATCH_SIZE, evaluate, per_class_accuracy
 
 
@@ -27,17 +28,19 @@ def draw_plots(model, images, labels, result, resize, normalize, out_dir, batch_
                            confidence, out_dir / "mistakes.png", len(labels))]
 
 
-def format_report(result, checkpoint_path, count):
+def format_report(result, checkpoint_path, dataset, count):
     """The human-readable report: accuracy, per-class accuracy, confusion matrix."""
     confusion = result["confusion"]
     lines = [f"checkpoint {checkpoint_path}",
-             f"test images {count}   loss {result['loss']:.4f}   "
+             f"{DATASETS[dataset].title} test images {count}   loss {result['loss']:.4f}   "
              f"accuracy {100 * result['accuracy']:.2f}% "
              f"({int(np.trace(confusion))}/{count})",
              "",
              "class  accuracy  count"]
+    names = DATASETS[dataset].classes
     for digit, acc in enumerate(per_class_accuracy(confusion)):
-        lines.append(f"{digit:>5}  {100 * acc:>7.2f}%  {confusion[digit].sum():>5}")
+        meaning = f"  {names[digit]}" if digit < len(names) and names[digit] != str(digit) else ""
+        lines.append(f"{digit:>5}  {100 * acc:>7.2f}%  {confusion[digit].sum():>5}{meaning}")
     lines += ["", "confusion matrix (rows: true, columns: predicted)",
               "true " + "".join(f"{p:>6}" for p in range(len(confusion)))]
     for digit, row in enumerate(confusion):
@@ -54,6 +57,7 @@ def parser():
                   "python -m tinyconv.evaluate runs/NAME --json --plots pictures/",
                   "python -m tinyconv.evaluate report.pt --trust-pickle"])
     cli.add_inference_flags(parser)
+    cli.add_dataset(parser, "the one the checkpoint was trained on")
     cli.add_data_dir(parser)
     parser.add_argument("--limit", type=cli.count(1), metavar="N",
                         help="evaluate the first N test images only")
@@ -69,7 +73,8 @@ def parser():
 def command(args):
     cli.set_threads(args.threads)
     model, config, header = cli.classifier_from_flags(args, labelled=True)
-    images, labels = load_mnist("test", args.data_dir)
+    dataset = cli.dataset_of_run(args, header)
+    images, labels = load_mnist("test", args.data_dir, dataset=dataset)
     images, labels = images[:args.limit], labels[:args.limit]
     notice = cli.compile_notice()
     result = evaluate(model, images, labels, config["resize"], config["normalize"],
@@ -78,12 +83,13 @@ def command(args):
         confusion = result["confusion"]
         print(json.dumps({"checkpoint": str(args.checkpoint),
                           "epoch": header["epoch"] if header else None,
-                          **config, "count": len(labels), "loss": result["loss"],
+                          **config, "dataset": dataset, "count": len(labels),
+                          "loss": result["loss"],
                           "accuracy": result["accuracy"],
                           "per_class_accuracy": per_class_accuracy(confusion).tolist(),
                           "confusion": confusion.tolist()}))
     else:
-        print(format_report(result, args.checkpoint, len(labels)))
+        print(format_report(result, args.checkpoint, dataset, len(labels)))
     if args.plots and plots.available("confusion.png or mistakes.png"):
         with cli.writing(args.plots):
             paths = draw_plots(model, images, labels, result, config["resize"],

@@ -131,6 +131,11 @@ class Layer:
     def buffers(self, in_shape):
         return {}
 
+    def is_norm_or_bias(self, name):
+        """Whether parameter `name` (local) is a bias or a normalisation's: what an optimizer's
+        no_decay commonly exempts from weight decay."""
+        return name == "bias"
+
     def workspace(self, in_shape, batch):
         return {}
 
@@ -472,6 +477,9 @@ class _BatchNorm(Layer):
     def params(self, in_shape):
         return {"weight": (self.num_features,), "bias": (self.num_features,)}
 
+    def is_norm_or_bias(self, name):
+        return True  # the scale and the shift
+
     def buffers(self, in_shape):
         c = self.num_features
         return {"running_mean": ((c,), np.float32), "running_var": ((c,), np.float32),
@@ -641,6 +649,10 @@ class Residual(Layer):
 
     def params(self, in_shape):
         return self._named(in_shape, lambda layer, shape: layer.params(shape))
+
+    def is_norm_or_bias(self, name):
+        _, j, local = name.split(".", 2)  # body.<j>.<local>
+        return self.body[int(j)].is_norm_or_bias(local)
 
     def buffers(self, in_shape):
         return self._named(in_shape, lambda layer, shape: layer.buffers(shape))
@@ -987,6 +999,12 @@ class Sequential:
         widths = [max(len(row[i]) for row in rows) for i in range(3)]
         return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}".rstrip()
                          for a, b, c in rows)
+
+    def norm_and_bias_names(self):
+        """The parameters that are biases or normalisations' scales and shifts, by name: the
+        usual no_decay of an optimizer (train --no-decay-norm-bias)."""
+        return [f"{self.prefix}{index}.{local}" for index, layer in enumerate(self.layers)
+                for local in layer.params(self.shapes[index]) if layer.is_norm_or_bias(local)]
 
     # ---- mode, device and state
 

@@ -29,14 +29,20 @@ class Optimizer:
     """What the optimizers share: the model's flat parameters, an lr that a schedule may set,
     the step count, per-parameter state buffers on the model's device, and state_dict.
 
+    no_decay names parameters that take no weight decay (torch's second parameter group with
+    weight_decay 0; model.norm_and_bias_names() is the usual choice). The flat buffer is then
+    updated in runs of neighbouring parameters that do or do not decay, one kernel call each;
+    without it, one call for the whole buffer.
+
     A kind names its hyper-parameters (saved and restored with the state) and its state
-    buffers (zeros at the start), and writes _update(flat_grads), one kernel call.
+    buffers (zeros at the start), and writes _update_run(run, flat_grads, weight_decay), one
+    kernel call over the slice run of the flat buffers.
     """
 
-    hyper = ()  # the constructor's arguments besides lr, by name
+    hyper = ()  # the constructor's arguments besides lr and no_decay, by name
     buffers = ()  # per-parameter state, each of the parameters' size
 
-    def __init__(self, model, lr, **hyper):
+    def __init__(self, model, lr, no_decay=(), **hyper):
         name = type(self).__name__
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise ValueError(f"{name}: lr must be a positive number, found {lr!r}")
@@ -44,9 +50,33 @@ class Optimizer:
         for key, value in hyper.items():
             setattr(self, key, value)
         self.check()
+        self._set_no_decay(no_decay)
         self.step_count = 0
         for buffer in self.buffers:  # beside the parameters and gradients, on their device
             setattr(self, buffer, model.kernels.zeros(model.flat_params.shape))
+
+    def _set_no_decay(self, names):
+        """Keep the names (in the model's order) and the runs of the flat buffer they make:
+        [(slice, whether its parameters decay)]."""
+        names = [names] if isinstance(names, str) else list(names)
+        if not names:
+            self.no_decay, self._runs = (), [(slice(None), True)]
+            return
+        shapes = getattr(self.model, "param_shapes", {})
+        unknown = [name for name in names if name not in shapes]
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: no_decay names {unknown}, which are not "
+                             f"the model's parameters ({', '.join(shapes) or 'none named'})")
+        self.no_decay = tuple(name for name in shapes if name in names)
+        runs, start = [], 0
+        for name, shape in shapes.items():
+            stop, decays = start + math.prod(shape), name not in self.no_decay
+            if runs and runs[-1][2] == decays:
+                runs[-1][1] = stop
+            else:
+                runs.append([start, stop, decays])
+            start = stop
+        self._runs = [(slice(start, stop), decays) for start, stop, decays in runs]
 
     def check(self):
         """Raise ValueError for a hyper-parameter out of its range."""
@@ -58,12 +88,14 @@ class Optimizer:
         """Apply one update from gradients keyed like the model's state_dict()."""
         flat_grads = self.model.flatten_grads(grads)
         self.step_count += 1
-        self._update(flat_grads)
+        for run, decays in self._runs:
+            self._update_run(run, flat_grads, self.weight_decay if decays else 0.0)
 
     def state_dict(self):
         """The kind, lr, hyper-parameters, step count and host copies of the state buffers."""
         to_host = self.model.kernels.to_host
-        state = {"kind": type(self).__name__, "lr": self.lr, "step": self.step_count}
+        state = {"kind": type(self).__name__, "lr": self.lr, "step": self.step_count,
+                 "no_decay": list(self.no_decay)}
         state.update((key, _jsonable(getattr(self, key))) for key in self.hyper)
         state.update((buffer, to_host(getattr(self, buffer)).copy()) for buffer in self.buffers)
         return state
@@ -83,6 +115,7 @@ class Optimizer:
             value = state[key]
             setattr(self, key, tuple(value) if isinstance(value, list) else type(
                 getattr(self, key))(value))
+        self._set_no_decay(state.get("no_decay", ()))  # none in older checkpoints
         for buffer in self.buffers:
             self.model.kernels.copy_in(getattr(self, buffer), state[buffer])
 
@@ -98,9 +131,10 @@ class Adam(Optimizer):
     buffers = ("m", "v")  # the gradients' running mean and the squares'
     decoupled = False  # AdamW: the decay shrinks the parameters instead
 
-    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(model, lr, betas=tuple(float(b) for b in betas), eps=float(eps),
-                         weight_decay=float(weight_decay))
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 no_decay=()):
+        super().__init__(model, lr, no_decay, betas=tuple(float(b) for b in betas),
+                         eps=float(eps), weight_decay=float(weight_decay))
 
     def check(self):
         if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
@@ -109,11 +143,10 @@ class Adam(Optimizer):
             self._fail("eps and weight_decay must be at least 0",
                        f"eps={self.eps}, weight_decay={self.weight_decay}")
 
-    def _update(self, flat_grads):
-        l2, decoupled = ((0.0, self.weight_decay) if self.decoupled
-                         else (self.weight_decay, 0.0))
+    def _update_run(self, run, flat_grads, weight_decay):
+        l2, decoupled = (0.0, weight_decay) if self.decoupled else (weight_decay, 0.0)
         self.model.kernels.adam_update(
-            self.model.flat_params, self.m, self.v, flat_grads,
+            self.model.flat_params[run], self.m[run], self.v[run], flat_grads[run],
             *adam_scalars(self.lr, *self.betas, self.eps, l2, self.step_count, decoupled))
 
 
@@ -122,8 +155,9 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        super().__init__(model, lr, betas, eps, weight_decay)
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 no_decay=()):
+        super().__init__(model, lr, betas, eps, weight_decay, no_decay)
 
 
 class SGD(Optimizer):
@@ -133,9 +167,10 @@ class SGD(Optimizer):
     buffers = ("momentum_buffer",)
 
     def __init__(self, model, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False):
-        super().__init__(model, lr, momentum=float(momentum), dampening=float(dampening),
-                         weight_decay=float(weight_decay), nesterov=bool(nesterov))
+                 nesterov=False, no_decay=()):
+        super().__init__(model, lr, no_decay, momentum=float(momentum),
+                         dampening=float(dampening), weight_decay=float(weight_decay),
+                         nesterov=bool(nesterov))
 
     def check(self):
         if self.momentum < 0 or self.weight_decay < 0:
@@ -145,12 +180,12 @@ class SGD(Optimizer):
             self._fail("Nesterov momentum needs a momentum and zero dampening",
                        f"momentum={self.momentum}, dampening={self.dampening}")
 
-    def _update(self, flat_grads):
+    def _update_run(self, run, flat_grads, weight_decay):
         f32 = np.float32
         self.model.kernels.sgd_update(
-            self.model.flat_params, self.momentum_buffer, flat_grads, f32(self.lr),
-            f32(self.momentum), f32(self.dampening), f32(self.weight_decay), self.nesterov,
-            self.step_count == 1)
+            self.model.flat_params[run], self.momentum_buffer[run], flat_grads[run],
+            f32(self.lr), f32(self.momentum), f32(self.dampening), f32(weight_decay),
+            self.nesterov, self.step_count == 1)
 
 
 class Adagrad(Optimizer):
@@ -159,9 +194,10 @@ class Adagrad(Optimizer):
     hyper = ("lr_decay", "weight_decay", "eps")
     buffers = ("state_sum",)
 
-    def __init__(self, model, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10):
-        super().__init__(model, lr, lr_decay=float(lr_decay), weight_decay=float(weight_decay),
-                         eps=float(eps))
+    def __init__(self, model, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
+                 no_decay=()):
+        super().__init__(model, lr, no_decay, lr_decay=float(lr_decay),
+                         weight_decay=float(weight_decay), eps=float(eps))
 
     def check(self):
         if min(self.lr_decay, self.weight_decay, self.eps) < 0:
@@ -169,11 +205,11 @@ class Adagrad(Optimizer):
                        f"lr_decay={self.lr_decay}, weight_decay={self.weight_decay}, "
                        f"eps={self.eps}")
 
-    def _update(self, flat_grads):
+    def _update_run(self, run, flat_grads, weight_decay):
         clr = self.lr / (1 + (self.step_count - 1) * self.lr_decay)  # float64, as torch's
-        self.model.kernels.adagrad_update(self.model.flat_params, self.state_sum, flat_grads,
-                                          np.float32(clr), np.float32(self.eps),
-                                          np.float32(self.weight_decay))
+        self.model.kernels.adagrad_update(
+            self.model.flat_params[run], self.state_sum[run], flat_grads[run], np.float32(clr),
+            np.float32(self.eps), np.float32(weight_decay))
 
 
 # every optimizer by its name: what a checkpoint's "kind" may say

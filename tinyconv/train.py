@@ -10,6 +10,7 @@ continues where the last epoch ended.
 """
 
 import argparse
+import inspect
 import json
 import math
 import sys
@@ -96,9 +97,12 @@ def redraw_curves(run_dir):
 
 def make_optimizer(model, config):
     """The run's optimizer over model: config["optimizer"] (Adam unless said) with its lr,
-    weight decay and, for SGD, momentum and Nesterov."""
+    weight decay (none for biases and batch norm with no_decay_norm_bias) and, for SGD,
+    momentum and Nesterov."""
     name = OPTIMIZER_NAMES[config["optimizer"]]
     options = {"lr": config["lr"], "weight_decay": config["weight_decay"]}
+    if config.get("no_decay_norm_bias"):
+        options["no_decay"] = model.norm_and_bias_names()
     if name == "SGD":
         options.update(momentum=config.get("momentum", 0.0),
                        nesterov=config.get("nesterov", False))
@@ -141,8 +145,9 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
         opt = make_optimizer(model, config)
         sched = make_schedule(opt, config)
         start_epoch, best = 0, {"accuracy": -1.0, "epoch": 0}
-    train_images, train_labels = load_mnist("train", config.get("data_dir"))
-    test_images, test_labels = load_mnist("test", config.get("data_dir"))
+    dataset = config.get("dataset", "mnist")
+    train_images, train_labels = load_mnist("train", config.get("data_dir"), dataset=dataset)
+    test_images, test_labels = load_mnist("test", config.get("data_dir"), dataset=dataset)
     train_images, train_labels = (a[:config["limit_train"]] for a in (train_images, train_labels))
     test_images, test_labels = (a[:config["limit_test"]] for a in (test_images, test_labels))
     try:
@@ -239,7 +244,11 @@ def parser():
                         "every this many epochs (StepLR step_size)")
     parser.add_argument("--lr-gamma", type=float, help="the StepLR factor")
     parser.add_argument("--weight-decay", type=float, help="the optimizer's weight decay "
-                        "(L2 in the gradient; AdamW's decoupled)")
+                        "(L2 in the gradient; AdamW's decoupled); default the recipe's 0, or "
+                        "with --optimizer that optimizer's own (AdamW's 1e-2, as torch's)")
+    parser.add_argument("--no-decay-norm-bias", action="store_true", default=None,
+                        help="no weight decay for biases and batch norm's scales and shifts "
+                             "(default: decay every parameter, as torch.optim does)")
     parser.add_argument("--seed", type=int, help="initial weights, order and augmentation")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction,
                         help="random horizontal flips, p=0.5 (the report's augmentation)")
@@ -252,6 +261,7 @@ def parser():
                         "first N test images only")
     cli.add_threads(parser)
     cli.add_device(parser, default=None, note="; with --resume, the run's")
+    cli.add_dataset(parser, "mnist")
     cli.add_data_dir(parser)
     parser.add_argument("--run-dir", help="where checkpoints and metrics.jsonl go "
                         "(default: runs/<time>-<recipe>)")
@@ -280,9 +290,17 @@ def build_config(args):
     if sgd_only and given.get("optimizer") != "sgd":
         raise ValueError(f"{' and '.join(sgd_only)}: only --optimizer sgd takes "
                          f"{'them' if len(sgd_only) > 1 else 'it'}")
+    if "optimizer" in given and "weight_decay" not in given:  # that optimizer's own default
+        given["weight_decay"] = inspect.signature(
+            OPTIMIZERS[OPTIMIZER_NAMES[given["optimizer"]]]).parameters["weight_decay"].default
+    decay = given.get("weight_decay", RECIPES[args.recipe]["weight_decay"])
+    if given.get("no_decay_norm_bias") and not decay:
+        raise ValueError("--no-decay-norm-bias: the run has no weight decay to exempt them "
+                         "from; give --weight-decay (or --optimizer adamw)")
     return {**RECIPES[args.recipe], "recipe": args.recipe, "arch": "lenet5",
-            "optimizer": "adam", "schedule": "step", "limit_train": None, "limit_test": None,
-            "threads": None, "device": "cpu", "data_dir": None, "init_from": None, **given}
+            "optimizer": "adam", "schedule": "step", "dataset": "mnist", "limit_train": None,
+            "limit_test": None, "threads": None, "device": "cpu", "data_dir": None,
+            "init_from": None, **given}
 
 
 def resumed_config(args):

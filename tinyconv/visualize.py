@@ -93,7 +93,8 @@ def parser():
     source.add_argument("--image", metavar="FILE", help="your own digit image (needs Pillow), "
                         "prepared as python -m tinyconv.predict does")
     source.add_argument("--index", type=cli.count(0), default=DEFAULTS["index"],
-                        help="which MNIST test image to show (default %(default)s)")
+                        help="which test image of the data set to show (default %(default)s)")
+    cli.add_dataset(parser, "the one the checkpoint was trained on")
     cli.add_data_dir(parser)
     return parser
 
@@ -102,11 +103,12 @@ def command(args):
     if not plots.available("picture", quiet=True):
         raise MissingDependencyError(plots.MISSING.format("picture"))
     cli.set_threads(args.threads)
-    model, config, _ = cli.classifier_from_flags(args)
+    model, config, header = cli.classifier_from_flags(args)
     if args.image:
         digit, name = mnist_digit(args.image), Path(args.image).name
     else:
-        images, labels = load_mnist("test", args.data_dir)
+        images, labels = load_mnist("test", args.data_dir,
+                                    dataset=cli.dataset_of_run(args, header))
         if args.index >= len(images):
             raise ValueError(f"--index must lie in 0..{len(images) - 1}, found {args.index}")
         digit = images[args.index]
