@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO_ROOT))  # bench.common and tinyconv, from any direct
 from bench.common import commit, cpu_model, network_flops  # noqa: E402
 from tinyconv import archs, cli, plots  # noqa: E402
 from tinyconv.atomicio import atomic_write  # noqa: E402
-from tinyconv.data import DATASETS, load_mnist  # noqa: E402
+from tinyconv.data import DATASETS, load_mnist, num_batches  # noqa: E402
 from tinyconv.evaluation import evaluate  # noqa: E402
 from tinyconv.train import RECIPES, make_optimizer, make_schedule, train_epoch  # noqa: E402
 
@@ -103,7 +103,8 @@ def train_run(variant, lr, seed, epochs, train_set, eval_set):
     config = variant.config(lr, seed, epochs)
     model = archs.build(variant.spec, seed=seed).train()
     opt = make_optimizer(model, config)
-    sched = make_schedule(opt, config)
+    sched = make_schedule(opt, config, num_batches(len(train_set[1]), config["batch_size"],
+                                                   False))
     records = []
     for epoch in range(epochs):
         began = time.perf_counter()

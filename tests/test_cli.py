@@ -2,6 +2,7 @@
 share (tinyconv.cli), atomic writes."""
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -115,6 +116,8 @@ def test_every_optimizer_trains_checkpoints_and_resumes_bit_for_bit(optimizer, t
 @pytest.mark.parametrize("flags, message", [
     (["--momentum", "0.9"], "error: --momentum: only --optimizer sgd takes it"),
     (["--warmup-epochs", "2"], "error: --warmup-epochs: only --schedule cosine takes it"),
+    (["--per-step", "--warmup-epochs", "1"],
+     "error: --warmup-epochs and --per-step: only --schedule cosine takes them"),
     (["--optimizer", "adam", "--nesterov", "--momentum", "0.5"],
      "error: --momentum and --nesterov: only --optimizer sgd takes them"),
     (["--optimizer", "sgd", "--nesterov"],
@@ -131,6 +134,20 @@ def test_optimizer_settings_that_cannot_go_together_are_refused(flags, message, 
     assert run_train(tmp_path / "run", *flags) == 2
     assert capsys.readouterr().err.strip() == message
     assert not (tmp_path / "run").exists()
+
+
+def test_a_per_step_cosine_moves_the_lr_after_every_batch(tmp_path):
+    # 640 images in batches of 64: 10 steps an epoch; 3 epochs, 1 of warm-up (10 steps)
+    flags = ["--schedule", "cosine", "--warmup-epochs", "1", "--per-step", "--epochs", "3"]
+    assert run_train(tmp_path / "run", *flags) == 0
+    _, opt, sched, header = checkpoint.load_run(tmp_path / "run" / "last.npz")
+    assert (sched.epoch, sched.T_max, sched.warmup) == (30, 20, 10)
+    assert header["config"]["per_step"] is True
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    lr = 2e-3  # each epoch's first step's: lr/11 to start, then lr, then half-way down
+    expected = [lr / 11, lr, lr * (1 + math.cos(math.pi * 10 / 20)) / 2]
+    assert [m["lr"] for m in log] == pytest.approx(expected, rel=1e-12)
+    assert opt.lr == pytest.approx(0.0, abs=1e-18)  # at the end of the cosine
 
 
 def test_an_optimizer_brings_its_own_default_weight_decay():
@@ -391,7 +408,7 @@ def test_each_override_flag_reaches_the_config(recipe, flag, value, key, expecte
 FLAGS = {
     train: ["-h", "--help", "--recipe", "--arch", "--list-archs", "--epochs", "--batch-size",
             "--optimizer", "--momentum", "--nesterov", "--lr", "--schedule", "--warmup-epochs",
-            "--lr-step", "--lr-gamma",
+            "--per-step", "--lr-step", "--lr-gamma",
             "--weight-decay", "--no-decay-norm-bias", "--seed", "--flip", "--no-flip",
             "--translate", "--resize", "--normalize", "--limit-train", "--limit-test",
             "--threads", "--device", "--dataset", "--data-dir", "--run-dir", "--init-from",

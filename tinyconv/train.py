@@ -57,8 +57,9 @@ class TrainingError(RuntimeError):
 # ---- the training loop
 
 
-def train_epoch(model, opt, images, labels, config, epoch, quiet):
-    """One pass over the training images; returns the mean loss per sample."""
+def train_epoch(model, opt, images, labels, config, epoch, quiet, after_step=None):
+    """One pass over the training images, calling after_step() (if given) after each
+    update; returns the mean loss per sample."""
     rng = np.random.default_rng([config["seed"], epoch])  # replayable: same seed, same epoch
     batches = iterate_batches(images, labels, config["batch_size"], rng=rng, shuffle=True,
                               resize=config["resize"], flip=config["flip"],
@@ -75,6 +76,8 @@ def train_epoch(model, opt, images, labels, config, epoch, quiet):
             raise TrainingError(f"loss is {loss} at epoch {epoch + 1}, step {step} of {total} "
                                 f"(update {opt.step_count + 1} overall)")
         opt.step(grads)
+        if after_step is not None:
+            after_step()
         notice.cancel()  # the first step has compiled every kernel training needs
         loss_sum += loss * len(y)
         seen += len(y)
@@ -109,13 +112,16 @@ def make_optimizer(model, config):
     return OPTIMIZERS[name](model, **options)
 
 
-def make_schedule(opt, config):
-    """The run's schedule, per epoch: StepLR (--lr-step, --lr-gamma), or a cosine from the lr
-    to 0 over the epochs after --warmup-epochs of linear warm-up."""
+def make_schedule(opt, config, steps_per_epoch):
+    """The run's schedule: StepLR (--lr-step, --lr-gamma) per epoch, or a cosine from the lr
+    to 0 over the epochs after --warmup-epochs of linear warm-up, moved each epoch or, with
+    config["per_step"], each of the epoch's steps_per_epoch steps."""
     if config["schedule"] == "step":
         return StepLR(opt, config["lr_step"], config["lr_gamma"])
+    unit = steps_per_epoch if config.get("per_step") else 1  # schedule steps per epoch
     warmup = config.get("warmup_epochs", 0)
-    return CosineAnnealingLR(opt, T_max=max(config["epochs"] - warmup, 1), warmup=warmup)
+    return CosineAnnealingLR(opt, T_max=max(config["epochs"] - warmup, 1) * unit,
+                             warmup=warmup * unit)
 
 
 def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
@@ -128,13 +134,18 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
     """
     run_dir = Path(run_dir)
     last_path, best_path = run_dir / "last.npz", run_dir / "best.npz"
+    if not resume and last_path.exists():
+        raise ValueError(f"{run_dir} already holds a run (last.npz): continue it with "
+                         f"--resume {run_dir}, or choose another --run-dir")
+    dataset = config.get("dataset", "mnist")
+    train_images, train_labels = load_mnist("train", config.get("data_dir"), dataset=dataset)
+    test_images, test_labels = load_mnist("test", config.get("data_dir"), dataset=dataset)
+    train_images, train_labels = (a[:config["limit_train"]] for a in (train_images, train_labels))
+    test_images, test_labels = (a[:config["limit_test"]] for a in (test_images, test_labels))
     if resume:
         model, opt, sched, header = load_run(last_path, config["device"])
         start_epoch, best = header["epoch"], header["best"]
     else:
-        if last_path.exists():
-            raise ValueError(f"{run_dir} already holds a run (last.npz): continue it with "
-                             f"--resume {run_dir}, or choose another --run-dir")
         if config.get("init_from"):
             model = load_model(config["init_from"], trust_pickle, config["device"])[0]
             model = check_classifier(model, config["init_from"], labelled=True).train()
@@ -143,13 +154,10 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
             model = archs.build(spec, seed=config["seed"], device=config["device"])
             model = check_classifier(model, f"--arch {config['arch']}", labelled=True).train()
         opt = make_optimizer(model, config)
-        sched = make_schedule(opt, config)
+        sched = make_schedule(opt, config,
+                              num_batches(len(train_labels), config["batch_size"], False))
         start_epoch, best = 0, {"accuracy": -1.0, "epoch": 0}
-    dataset = config.get("dataset", "mnist")
-    train_images, train_labels = load_mnist("train", config.get("data_dir"), dataset=dataset)
-    test_images, test_labels = load_mnist("test", config.get("data_dir"), dataset=dataset)
-    train_images, train_labels = (a[:config["limit_train"]] for a in (train_images, train_labels))
-    test_images, test_labels = (a[:config["limit_test"]] for a in (test_images, test_labels))
+    per_step = config.get("per_step", False)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -160,12 +168,14 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
     for epoch in range(start_epoch, config["epochs"]):
         began, lr = time.perf_counter(), opt.lr
         try:
-            train_loss = train_epoch(model, opt, train_images, train_labels, config, epoch, quiet)
+            train_loss = train_epoch(model, opt, train_images, train_labels, config, epoch, quiet,
+                                     sched.step if per_step else None)
         except TrainingError as exc:
             kept = (f"the last good checkpoint, {last_path} (epoch {epoch}), is kept intact"
                     if last_path.exists() else "no checkpoint was written before it")
             raise TrainingError(f"training stopped: {exc}; {kept}") from None
-        sched.step()
+        if not per_step:
+            sched.step()
         # at the training batch size, so the test pass reuses the training buffers
         result = evaluate(model, test_images, test_labels, config["resize"], config["normalize"],
                           config["batch_size"])
@@ -240,6 +250,9 @@ def parser():
                         help="with --schedule cosine: N epochs of linear warm-up from "
                              "lr/(N+1) to lr first (default 0); the cosine's length is set when "
                              "the run starts (a resume to more epochs goes on along it)")
+    parser.add_argument("--per-step", action="store_true", default=None,
+                        help="with --schedule cosine: move the lr after every batch instead of "
+                             "every epoch (the warm-up too)")
     parser.add_argument("--lr-step", type=cli.count(1), help="multiply the lr by --lr-gamma "
                         "every this many epochs (StepLR step_size)")
     parser.add_argument("--lr-gamma", type=float, help="the StepLR factor")
@@ -284,8 +297,11 @@ def build_config(args):
     if given.get("arch") and given.get("init_from"):
         raise ValueError("--arch and --init-from: a run started from a checkpoint trains the "
                          "checkpoint's own network; give one of them")
-    if "warmup_epochs" in given and given.get("schedule") != "cosine":
-        raise ValueError("--warmup-epochs: only --schedule cosine takes it")
+    cosine_only = [f"--{key.replace('_', '-')}" for key in ("warmup_epochs", "per_step")
+                   if key in given]
+    if cosine_only and given.get("schedule") != "cosine":
+        raise ValueError(f"{' and '.join(cosine_only)}: only --schedule cosine takes "
+                         f"{'them' if len(cosine_only) > 1 else 'it'}")
     sgd_only = [f"--{key}" for key in ("momentum", "nesterov") if key in given]
     if sgd_only and given.get("optimizer") != "sgd":
         raise ValueError(f"{' and '.join(sgd_only)}: only --optimizer sgd takes "
