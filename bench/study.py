@@ -309,7 +309,7 @@ def main(argv=None):
     epochs_of = {"tune": args.tune_epochs, "run": args.epochs}
     cost = [(what, epochs_of[what] * per_image[variant.name] / 1e6)
             for what, _, variant, _ in work]
-    bar = tqdm(total=round(sum(c for _, c in cost)), unit="MFLOP/img-epoch", file=sys.stderr,
+    bar = tqdm(total=sum(c for _, c in cost), unit="MFLOP/img-epoch", file=sys.stderr,
                bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}] {postfix}")
     try:
         for (what, key, variant, value), (_, run_cost) in zip(work, cost, strict=True):
