@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -196,11 +197,137 @@ def test_list_archs_prints_every_network(capsys):
     assert tinyconv.archs.build("resnet-mini").param_count < 100_000
 
 
-def test_resume_refuses_changed_settings(tmp_path, capsys):
+def test_resume_accepts_the_same_command_line_and_names_each_real_change(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    started = [*QUICK, "--run-dir", run, "--lr", "0.002", "--recipe", "default", "--arch",
+               "lenet5", "--translate", "2"]
+    assert train.main([*started, "--epochs", "1"]) == 0
+    # the command that started it, with --resume added and more epochs: it goes on
+    assert train.main([*started, "--epochs", "2", "--resume", run]) == 0
+    assert checkpoint.load(tmp_path / "run" / "last.npz")[1]["epoch"] == 2
+    capsys.readouterr()
+    assert train.main(["--resume", run, "--lr", "0.1", "--translate", "2", "--flip",
+                       "--recipe", "report"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: --resume continues a run with its own settings; only --epochs, "
+                   "--threads, --device and --data-dir may change, and these differ: --recipe "
+                   "(saved 'default', given 'report'); --lr (saved 0.002, given 0.1); --flip "
+                   "(saved False, given True)\n")
+    assert train.main(["--resume", run, "--run-dir", str(tmp_path / "other")]) == 2
+    assert f"--run-dir (resuming {run}, given {tmp_path / 'other'})" in capsys.readouterr().err
+    assert train.main(["--from", "best", "--run-dir", str(tmp_path / "new")]) == 2
+    assert capsys.readouterr().err == "error: --from: only --resume takes it\n"
+
+
+def test_a_damaged_last_checkpoint_points_to_best_which_resumes(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_train(run, "--epochs", "1") == 0
+    first = (run / "best.npz").read_bytes()
+    assert train.main(["--resume", str(run), "--epochs", "3", "--quiet"]) == 0
+    (run / "best.npz").write_bytes(first)  # as if epochs 2 and 3 had scored lower
+    best_epoch = 1
+    (run / "last.npz").write_bytes((run / "last.npz").read_bytes()[:1000])  # cut short
+    capsys.readouterr()
+    assert train.main(["--resume", str(run), "--epochs", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {run / 'last.npz'}: unreadable checkpoint") and \
+        err.endswith(f"; {run / 'best.npz'} (epoch {best_epoch}) is whole: continue from it "
+                     f"with --resume {run} --from best\n")
+    log = (run / "metrics.jsonl").read_text().splitlines()
+    assert train.main(["--resume", str(run), "--from", "best", "--epochs", "4", "--quiet"]) == 0
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").open()]
+    assert epochs == [*range(1, best_epoch + 1), *range(best_epoch + 1, 5)]
+    replaced = (run / "metrics.replaced.jsonl").read_text().splitlines()
+    assert replaced == log[best_epoch:]  # the lines of the abandoned epochs, kept
+    assert checkpoint.load(run / "last.npz")[1]["epoch"] == 4
+
+
+# a child that trains and sends itself `signum` after optimizer update `at` (write: during
+# the at-th file write instead), as a Ctrl-C or a kill would arrive
+INTERRUPTING = """
+import os, sys
+import tinyconv.checkpoint
+from tinyconv import train
+from tinyconv.optim import Optimizer
+where, at, signum = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+update, atomic_write, writes = Optimizer.step, tinyconv.checkpoint.atomic_write, []
+def step(self, grads):
+    update(self, grads)
+    if where == "step" and self.step_count == at:
+        os.kill(os.getpid(), signum)
+def write(path, fill):
+    def interrupted_fill(file):
+        writes.append(path)
+        if where == "write" and len(writes) == at:
+            os.kill(os.getpid(), signum)
+        fill(file)
+    atomic_write(path, interrupted_fill)
+Optimizer.step, tinyconv.checkpoint.atomic_write = step, write
+sys.exit(train.main(sys.argv[4:]))
+"""
+
+
+def interrupted_run(run_dir, where, at, signum, *flags):
+    argv = [*QUICK, "--run-dir", str(run_dir), *flags]
+    return subprocess.run([sys.executable, "-c", INTERRUPTING, where, str(at), str(signum),
+                           *argv], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("signum, status, name", [(signal.SIGINT, 130, "SIGINT"),
+                                                  (signal.SIGTERM, 143, "SIGTERM")])
+def test_an_interrupted_run_says_where_and_how_to_go_on(tmp_path, signum, status, name):
+    run = tmp_path / "run"
+    # 640 images in batches of 64: update 14 is epoch 2's fourth step
+    done = interrupted_run(run, "step", 14, signum, "--epochs", "3")
+    assert done.returncode == status
+    assert done.stderr.splitlines()[-1] == (
+        f"stopped: interrupted by {name} at epoch 2, step 4 of 10; {run / 'last.npz'} (epoch 1) "
+        f"is intact; continue with: python -m tinyconv.train --resume {run}")
+    assert "Traceback" not in done.stderr
+    assert sorted(path.name for path in run.iterdir()) == ["best.npz", "curves.png", "last.npz",
+                                                           "metrics.jsonl"]
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").open()] == [1]
+    # the printed command finishes it, as if it had never stopped
+    assert train.main(["--resume", str(run), "--quiet"]) == 0
+    assert run_train(tmp_path / "straight", "--epochs", "3") == 0
+    assert_same_arrays(final_arrays(run), final_arrays(tmp_path / "straight"))
+
+
+def test_an_interrupt_while_writing_lets_the_epoch_finish_writing(tmp_path):
+    run = tmp_path / "run"
+    # writes: epoch 1's last.npz and best.npz, then epoch 2's last.npz: interrupted in it
+    done = interrupted_run(run, "write", 3, signal.SIGINT, "--epochs", "3")
+    assert done.returncode == 130
+    assert done.stderr.splitlines()[-1] == (
+        f"stopped: interrupted by SIGINT at epoch 2, in writing its checkpoint; "
+        f"{run / 'last.npz'} (epoch 2) is intact; continue with: python -m tinyconv.train "
+        f"--resume {run}")
+    header = checkpoint.load(run / "last.npz")[1]
+    assert header["epoch"] == 2 and checkpoint.load(run / "best.npz")[1]["epoch"] == 2
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").open()] == [1, 2]
+    assert not [path for path in run.iterdir() if path.name.startswith(".")], "a temporary file"
+
+
+def test_an_interrupt_before_any_epoch_says_to_start_again(tmp_path):
+    run = tmp_path / "run"
+    done = interrupted_run(run, "step", 3, signal.SIGINT, "--epochs", "2")
+    assert done.returncode == 130
+    assert done.stderr.splitlines()[-1] == (
+        "stopped: interrupted by SIGINT at epoch 1, step 3 of 10; no epoch had finished, so no "
+        "checkpoint was written: run the same command again to start over")
+    assert not (run / "last.npz").exists()
+
+
+def test_other_commands_end_an_interrupt_in_one_line(tmp_path):
     assert run_train(tmp_path / "run", "--epochs", "1") == 0
-    assert train.main(["--resume", str(tmp_path / "run"), "--lr", "0.1"]) == 2
-    assert "only --epochs, --threads, --device and --data-dir may change, found ['--lr']" in \
-        capsys.readouterr().err
+    code = ("import os, signal, sys\n"
+            "from tinyconv import evaluate\n"
+            "def stop(*args, **kwargs):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "evaluate.evaluate = stop\n"
+            f"sys.exit(evaluate.main([{str(tmp_path / 'run' / 'best.npz')!r}]))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 130 and done.stderr == "stopped: interrupted by SIGINT\n"
 
 
 def test_existing_run_is_not_overwritten(tmp_path, capsys):
@@ -412,7 +539,7 @@ FLAGS = {
             "--weight-decay", "--no-decay-norm-bias", "--seed", "--flip", "--no-flip",
             "--translate", "--resize", "--normalize", "--limit-train", "--limit-test",
             "--threads", "--device", "--dataset", "--data-dir", "--run-dir", "--init-from",
-            "--trust-pickle", "--resume", "--quiet"],
+            "--trust-pickle", "--resume", "--from", "--quiet"],
     evaluate: ["-h", "--help", "CHECKPOINT", "--trust-pickle", "--device", "--threads",
                "--resize", "--normalize", "--dataset", "--data-dir", "--limit", "--batch-size",
                "--json", "--plots"],

@@ -7,11 +7,14 @@ Exit statuses, the same in every command (each --help says which apply):
   2  the command was stopped by its input or environment, before or while doing its job: a
      bad flag value (argparse's own usage errors are 2 too), a missing or damaged checkpoint,
      missing MNIST files, an unavailable device, a missing package, a file it cannot write
-Every error is one line on stderr, "error: ...", never a traceback.
+  130, 143  interrupted by SIGINT (Ctrl-C) or SIGTERM: 128 plus the signal's number
+Every error is one line on stderr, "error: ...", never a traceback; an interrupt is one line
+too, "stopped: ...".
 """
 
 import argparse
 import contextlib
+import signal
 import sys
 import textwrap
 import threading
@@ -46,6 +49,68 @@ NORMALIZE_MEANING = {"standard": "(x/255 - 0.1307)/0.3081", "unit": "x/255 (ToTe
                      "report's)", "none": "x as read, 0-255"}
 
 
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM arrived: the command stops, printing `message` (what was
+    done and what is kept) as one line; its exit status is 128 + signum. A BaseException, as
+    KeyboardInterrupt is, so that no `except Exception` swallows it."""
+
+    def __init__(self, signum, message=None):
+        name = signal.Signals(signum).name
+        super().__init__(message or f"interrupted by {name}")
+        self.signum = signum
+
+    def again(self, message):
+        """The same interrupt, with a message that says more."""
+        return Interrupted(self.signum, message)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def interrupts_raised():
+    """SIGINT and SIGTERM raise Interrupted inside the block (the process's handlers are
+    restored after it). In a thread other than the main one, signals cannot be caught, and
+    the block runs as it is."""
+    def raise_interrupted(signum, frame):
+        raise Interrupted(signum)
+
+    try:
+        previous = {signum: signal.signal(signum, raise_interrupted) for signum in STOP_SIGNALS}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """SIGINT and SIGTERM that arrive inside the block are held until its end, then raise
+    Interrupted there: a run's checkpoint, best copy and metrics line are written together or
+    not at all. Outside the main thread, the block runs as it is."""
+    held = []
+
+    def hold(signum, frame):
+        held.append(signum)
+
+    try:
+        previous = {signum: signal.signal(signum, hold) for signum in STOP_SIGNALS}
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if held:
+        raise Interrupted(held[0])
+
+
 class UsageError(ValueError):
     """A command line that argparse refuses (unknown flag, bad value): exit status 2."""
 
@@ -66,7 +131,8 @@ class Parser(argparse.ArgumentParser):
 def parser(prog, description, examples=(), failed=None):
     """A command's Parser: the description wrapped, then the example command lines, then the
     exit statuses, `failed` saying when it exits with 1 (None: it never does)."""
-    statuses = ["0 when done", *([f"1 {failed}"] if failed else []), STOPPED_HELP]
+    statuses = ["0 when done", *([f"1 {failed}"] if failed else []), STOPPED_HELP,
+                "130 or 143 when interrupted by Ctrl-C (SIGINT) or SIGTERM"]
     epilog = "\n".join([
         *(["examples:", *(f"  {line}" for line in examples), ""] if examples else []),
         textwrap.fill("exit status: " + "; ".join(statuses) + ". Every error is one line on "
@@ -78,9 +144,14 @@ def parser(prog, description, examples=(), failed=None):
 def run(parser, command, argv=None, failed=()):
     """Parse argv and run command(args), returning the exit status: command's own (None for
     0), 1 for the exception types in `failed` (the job ran and failed), 2 for those of
-    STOPPING_ERRORS; each error printed as one line."""
+    STOPPING_ERRORS, 128 + the signal's number for SIGINT and SIGTERM; each error printed as
+    one line, an interrupt as one "stopped: ..." line."""
     try:
-        status = command(parser.parse_args(argv))
+        with interrupts_raised():
+            status = command(parser.parse_args(argv))
+    except Interrupted as exc:
+        print(f"stopped: {exc}", file=sys.stderr, flush=True)
+        return 128 + exc.signum
     except failed as exc:
         return report(exc, FAILED)
     except (*STOPPING_ERRORS, UsageError, WriteError) as exc:

@@ -15,13 +15,15 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in a notebook, text elsewhere
 
 from tinyconv import archs, checkpoint, cli, plots
-from tinyconv.checkpoint import load_run, save_run
+from tinyconv.atomicio import atomic_write
+from tinyconv.checkpoint import CheckpointError, load_run, save_run
 from tinyconv.data import iterate_batches, load_mnist, num_batches
 from tinyconv.evaluation import check_classifier, evaluate
 from tinyconv.interop import CHECKPOINT_HELP, load_model
@@ -43,7 +45,13 @@ RECIPES = {
 # --optimizer's names: torch.optim's classes, lower case
 OPTIMIZER_NAMES = {name.lower(): name for name in OPTIMIZERS}
 # what a resumed run may change; the rest must stay as the run started for a faithful replay
-RESUME_OVERRIDABLE = ("epochs", "threads", "device", "data_dir", "quiet")
+RESUME_OVERRIDABLE = ("epochs", "threads", "device", "data_dir")
+# a run's settings beside its recipe's, when no flag gives them
+RUN_DEFAULTS = {"arch": "lenet5", "optimizer": "adam", "schedule": "step", "dataset": "mnist",
+                "limit_train": None, "limit_test": None, "threads": None, "device": "cpu",
+                "data_dir": None, "init_from": None}
+# the flags that say what to do rather than how to train
+NOT_SETTINGS = ("run_dir", "resume", "start_from", "quiet", "trust_pickle", "list_archs")
 # drawing curves.png takes about 0.3 s, which after every epoch of 1.7 s made the default run
 # 15% longer; one drawing in 10 s of training costs 3%
 CURVES_EVERY = 10.0  # seconds
@@ -57,9 +65,11 @@ class TrainingError(RuntimeError):
 # ---- the training loop
 
 
-def train_epoch(model, opt, images, labels, config, epoch, quiet, after_step=None):
+def train_epoch(model, opt, images, labels, config, epoch, quiet, after_step=None,
+                position=None):
     """One pass over the training images, calling after_step() (if given) after each
-    update; returns the mean loss per sample."""
+    update and counting the steps in position (a Position, if given); returns the mean loss
+    per sample."""
     rng = np.random.default_rng([config["seed"], epoch])  # replayable: same seed, same epoch
     batches = iterate_batches(images, labels, config["batch_size"], rng=rng, shuffle=True,
                               resize=config["resize"], flip=config["flip"],
@@ -69,20 +79,26 @@ def train_epoch(model, opt, images, labels, config, epoch, quiet, after_step=Non
                unit="batch", leave=False, disable=quiet, file=sys.stderr)
     loss_sum, seen, start = 0.0, 0, time.perf_counter()
     notice = cli.compile_notice(enabled=not quiet)
-    for step, (x, y) in enumerate(bar, 1):
-        loss, grads = model.loss_and_grads(x, y)
-        if not math.isfinite(loss):
-            bar.close()
-            raise TrainingError(f"loss is {loss} at epoch {epoch + 1}, step {step} of {total} "
-                                f"(update {opt.step_count + 1} overall)")
-        opt.step(grads)
-        if after_step is not None:
-            after_step()
-        notice.cancel()  # the first step has compiled every kernel training needs
-        loss_sum += loss * len(y)
-        seen += len(y)
-        rate = seen / (time.perf_counter() - start)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", samples_s=f"{rate:,.0f}")
+    try:
+        for step, (x, y) in enumerate(bar, 1):
+            if position is not None:
+                position.step = step
+            loss, grads = model.loss_and_grads(x, y)
+            if not math.isfinite(loss):
+                raise TrainingError(f"loss is {loss} at epoch {epoch + 1}, step {step} of "
+                                    f"{total} (update {opt.step_count + 1} overall)")
+            opt.step(grads)
+            if after_step is not None:
+                after_step()
+            notice.cancel()  # the first step has compiled every kernel training needs
+            loss_sum += loss * len(y)
+            seen += len(y)
+            rate = seen / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", samples_s=f"{rate:,.0f}",
+                            refresh=False)
+    finally:  # an interrupt or a bad loss leaves no bar and no pending notice behind
+        notice.cancel()
+        bar.close()
     return loss_sum / seen
 
 
@@ -124,17 +140,82 @@ def make_schedule(opt, config, steps_per_epoch):
                              warmup=warmup * unit)
 
 
-def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
-    """Run (or, with resume, continue) a training run in run_dir; returns the last metrics.
+@dataclass
+class Position:
+    """Where a run is: the epoch under way (from 1; 0 before the first), its step of steps,
+    and what it is doing."""
 
-    A new run trains the network config["arch"] (a name in archs.ARCHS or a spec file;
-    LeNet-5 by default) from the seed's weights, or, when config["init_from"] names one, the
-    network of that checkpoint from its weights (a PyTorch file holds LeNet-5's; trust_pickle
-    lets it unpickle objects).
+    epoch: int = 0
+    step: int = 0
+    steps: int = 0
+    phase: str = "training"
+
+    def __str__(self):
+        if not self.epoch:
+            return "before the first step"
+        if self.phase == "training":
+            return f"epoch {self.epoch}, step {self.step} of {self.steps}"
+        return f"epoch {self.epoch}, in {self.phase}"
+
+
+def new_model(config, trust_pickle):
+    """A new run's network: config["arch"] from the seed's weights, or the network of the
+    checkpoint config["init_from"] with its weights; in training mode."""
+    if config.get("init_from"):
+        model = load_model(config["init_from"], trust_pickle, config["device"])[0]
+        return check_classifier(model, config["init_from"], labelled=True).train()
+    spec = archs.find_spec(config["arch"])
+    model = archs.build(spec, seed=config["seed"], device=config["device"])
+    return check_classifier(model, f"--arch {config['arch']}", labelled=True).train()
+
+
+def resumable(run_dir, start_from):
+    """The path and header of the checkpoint a resume starts from: RUN/last.npz, or
+    RUN/best.npz with start_from "best". A damaged last.npz is an error that names a whole
+    best.npz, its epoch, and how to continue from it."""
+    path = run_dir / f"{start_from}.npz"
+    try:
+        return path, checkpoint.load(path)[1]
+    except CheckpointError as exc:
+        best = run_dir / "best.npz"
+        if start_from != "last" or not best.is_file():
+            raise
+        try:
+            epoch = checkpoint.load(best)[1]["epoch"]
+        except CheckpointError:
+            raise exc from None
+        raise CheckpointError(f"{exc}; {best} (epoch {epoch}) is whole: continue from it with "
+                              f"--resume {run_dir} --from best") from None
+
+
+def rewind_metrics(run_dir, epoch):
+    """Keep metrics.jsonl's lines up to epoch (a resume from best.npz goes on from there);
+    the later ones move to metrics.replaced.jsonl, so no line is lost."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines(keepends=True) if line.strip()]
+    kept = [line for line in lines if json.loads(line)["epoch"] <= epoch]
+    if len(kept) == len(lines):
+        return
+    with open(run_dir / "metrics.replaced.jsonl", "a") as replaced:
+        replaced.writelines(line for line in lines if line not in kept)
+    atomic_write(path, lambda file: file.write("".join(kept).encode()))
+
+
+def train(config, run_dir, resume=False, quiet=False, trust_pickle=False, model=None,
+          start_from="last"):
+    """Run (or, with resume, continue from run_dir's last.npz, or best.npz if start_from
+    says so) a training run; returns the metrics of each epoch it trained.
+
+    A new run trains `model` if given, else new_model(config). run_dir None writes
+    nothing; else each epoch writes last.npz, best.npz when the test accuracy improves and a
+    line of metrics.jsonl, together: a SIGINT or SIGTERM during the writing stops the run
+    right after it. An interrupt raises cli.Interrupted saying where the run stopped, which
+    checkpoint is intact and the command that continues.
     """
-    run_dir = Path(run_dir)
-    last_path, best_path = run_dir / "last.npz", run_dir / "best.npz"
-    if not resume and last_path.exists():
+    run_dir = None if run_dir is None else Path(run_dir)
+    if not resume and run_dir is not None and (run_dir / "last.npz").exists():
         raise ValueError(f"{run_dir} already holds a run (last.npz): continue it with "
                          f"--resume {run_dir}, or choose another --run-dir")
     dataset = config.get("dataset", "mnist")
@@ -142,70 +223,98 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False):
     test_images, test_labels = load_mnist("test", config.get("data_dir"), dataset=dataset)
     train_images, train_labels = (a[:config["limit_train"]] for a in (train_images, train_labels))
     test_images, test_labels = (a[:config["limit_test"]] for a in (test_images, test_labels))
+    steps = num_batches(len(train_labels), config["batch_size"], drop_last=False)
     if resume:
-        model, opt, sched, header = load_run(last_path, config["device"])
+        path, _ = resumable(run_dir, start_from)
+        model, opt, sched, header = load_run(path, config["device"])
         start_epoch, best = header["epoch"], header["best"]
+        if start_from == "best":
+            rewind_metrics(run_dir, start_epoch)
     else:
-        if config.get("init_from"):
-            model = load_model(config["init_from"], trust_pickle, config["device"])[0]
-            model = check_classifier(model, config["init_from"], labelled=True).train()
-        else:
-            spec = archs.find_spec(config["arch"])
-            model = archs.build(spec, seed=config["seed"], device=config["device"])
-            model = check_classifier(model, f"--arch {config['arch']}", labelled=True).train()
+        model = new_model(config, trust_pickle) if model is None else model.train()
         opt = make_optimizer(model, config)
-        sched = make_schedule(opt, config,
-                              num_batches(len(train_labels), config["batch_size"], False))
+        sched = make_schedule(opt, config, steps)
         start_epoch, best = 0, {"accuracy": -1.0, "epoch": 0}
-    per_step = config.get("per_step", False)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise cli.WriteError(f"cannot make the run directory {run_dir}: "
-                             f"{cli.os_reason(exc)}") from None
-    metrics, draw_curves = None, plots.available("curves.png", quiet)
-    drawn = -math.inf  # when curves.png was last drawn
-    for epoch in range(start_epoch, config["epochs"]):
-        began, lr = time.perf_counter(), opt.lr
+    if run_dir is not None:
         try:
-            train_loss = train_epoch(model, opt, train_images, train_labels, config, epoch, quiet,
-                                     sched.step if per_step else None)
-        except TrainingError as exc:
-            kept = (f"the last good checkpoint, {last_path} (epoch {epoch}), is kept intact"
-                    if last_path.exists() else "no checkpoint was written before it")
-            raise TrainingError(f"training stopped: {exc}; {kept}") from None
-        if not per_step:
-            sched.step()
-        # at the training batch size, so the test pass reuses the training buffers
-        result = evaluate(model, test_images, test_labels, config["resize"], config["normalize"],
-                          config["batch_size"])
-        metrics = {"epoch": epoch + 1, "train_loss": train_loss, "test_loss": result["loss"],
-                   "test_accuracy": result["accuracy"], "lr": lr,
-                   "seconds": time.perf_counter() - began}
-        if result["accuracy"] > best["accuracy"]:
-            best = {"accuracy": result["accuracy"], "epoch": epoch + 1}
-        header = {"epoch": epoch + 1, "config": config, "best": best, "metrics": metrics,
-                  "rng": {"seed": config["seed"],
-                          "scheme": "epoch e draws from np.random.default_rng([seed, e])"}}
-        try:  # each checkpoint is written atomically: a failure leaves the previous one whole
-            save_run(last_path, model, opt, sched, header)
-            if best["epoch"] == epoch + 1:
-                save_run(best_path, model, opt, sched, header)
-            with open(run_dir / "metrics.jsonl", "a") as log:
-                log.write(json.dumps(metrics) + "\n")
+            run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise cli.WriteError(f"cannot write epoch {epoch + 1}'s results in {run_dir}: "
-                                 f"{cli.os_reason(exc)} ({exc.filename or run_dir}); the "
-                                 "checkpoints written before it are intact") from None
-        if draw_curves and (epoch + 1 == config["epochs"]
-                            or time.perf_counter() - drawn >= CURVES_EVERY):
-            redraw_curves(run_dir)  # the whole run so far, resumed epochs included
-            drawn = time.perf_counter()
-        if not quiet:
-            print(f"epoch {epoch + 1:>3}/{config['epochs']}  train loss {train_loss:.4f}  "
-                  f"test loss {result['loss']:.4f}  test acc {100 * result['accuracy']:.2f}%  "
-                  f"lr {lr:.3g}  {metrics['seconds']:.1f}s", flush=True)
-    return metrics
+            raise cli.WriteError(f"cannot make the run directory {run_dir}: "
+                                 f"{cli.os_reason(exc)}") from None
+    per_step = config.get("per_step", False)
+    history, position, saved = [], Position(steps=steps), start_epoch
+    draw_curves = run_dir is not None and plots.available("curves.png", quiet)
+    drawn = -math.inf  # when curves.png was last drawn
+    try:
+        for epoch in range(start_epoch, config["epochs"]):
+            position.epoch, position.step, position.phase = epoch + 1, 0, "training"
+            began, lr = time.perf_counter(), opt.lr
+            try:
+                train_loss = train_epoch(model, opt, train_images, train_labels, config, epoch,
+                                         quiet, sched.step if per_step else None, position)
+            except TrainingError as exc:
+                kept = (f"the last good checkpoint, {run_dir / 'last.npz'} (epoch {saved}), is "
+                        "kept intact" if saved else "no checkpoint was written before it")
+                raise TrainingError(f"training stopped: {exc}; {kept}") from None
+            if not per_step:
+                sched.step()
+            position.phase = "the test pass"
+            # at the training batch size, so the test pass reuses the training buffers
+            result = evaluate(model, test_images, test_labels, config["resize"],
+                              config["normalize"], config["batch_size"])
+            metrics = {"epoch": epoch + 1, "train_loss": train_loss,
+                       "test_loss": result["loss"], "test_accuracy": result["accuracy"],
+                       "lr": lr, "seconds": time.perf_counter() - began}
+            history.append(metrics)
+            if result["accuracy"] > best["accuracy"]:
+                best = {"accuracy": result["accuracy"], "epoch": epoch + 1}
+            if run_dir is not None:
+                position.phase = "writing its checkpoint"
+                with cli.interrupts_held():  # an interrupt in here stops the run after it
+                    write_epoch(run_dir, model, opt, sched, config, best, metrics)
+                    saved = epoch + 1
+                if draw_curves and (epoch + 1 == config["epochs"]
+                                    or time.perf_counter() - drawn >= CURVES_EVERY):
+                    redraw_curves(run_dir)  # the whole run so far, resumed epochs included
+                    drawn = time.perf_counter()
+            if not quiet:
+                print(f"epoch {epoch + 1:>3}/{config['epochs']}  train loss {train_loss:.4f}  "
+                      f"test loss {result['loss']:.4f}  test acc "
+                      f"{100 * result['accuracy']:.2f}%  lr {lr:.3g}  "
+                      f"{metrics['seconds']:.1f}s", flush=True)
+    except cli.Interrupted as exc:
+        raise exc.again(interrupted(exc, position, run_dir, saved)) from None
+    return history
+
+
+def write_epoch(run_dir, model, opt, sched, config, best, metrics):
+    """An epoch's results: last.npz, best.npz if the epoch is the best, a metrics line."""
+    epoch = metrics["epoch"]
+    header = {"epoch": epoch, "config": config, "best": best, "metrics": metrics,
+              "rng": {"seed": config["seed"],
+                      "scheme": "epoch e draws from np.random.default_rng([seed, e])"}}
+    try:  # each checkpoint is written atomically: a failure leaves the previous one whole
+        save_run(run_dir / "last.npz", model, opt, sched, header)
+        if best["epoch"] == epoch:
+            save_run(run_dir / "best.npz", model, opt, sched, header)
+        with open(run_dir / "metrics.jsonl", "a") as log:
+            log.write(json.dumps(metrics) + "\n")
+    except OSError as exc:
+        raise cli.WriteError(f"cannot write epoch {epoch}'s results in {run_dir}: "
+                             f"{cli.os_reason(exc)} ({exc.filename or run_dir}); the "
+                             "checkpoints written before it are intact") from None
+
+
+def interrupted(exc, position, run_dir, saved):
+    """The line an interrupted run ends with: where, what is kept, how to go on."""
+    where = f"{exc} at {position}"
+    if run_dir is None:
+        return where
+    if not saved:
+        return (f"{where}; no epoch had finished, so no checkpoint was written: run the same "
+                "command again to start over")
+    return (f"{where}; {run_dir / 'last.npz'} (epoch {saved}) is intact; continue with: "
+            f"python -m tinyconv.train --resume {run_dir}")
 
 
 # ---- command line
@@ -225,8 +334,9 @@ def parser():
         failed="when training stopped at a non-finite loss (the last good checkpoint is kept)")
     recipe_help = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in recipe.items())
                             for name, recipe in RECIPES.items())
-    parser.add_argument("--recipe", choices=RECIPES, default="default",
-                        help=f"starting settings that the flags below override ({recipe_help})")
+    parser.add_argument("--recipe", choices=RECIPES,
+                        help=f"starting settings that the flags below override (default: "
+                             f"default; {recipe_help})")
     parser.add_argument("--arch", metavar="NAME|FILE.json",
                         help=f"the network to train: one of {', '.join(archs.ARCHS)} (default "
                              f"lenet5, the report's), or a spec file (README, 'Layers and "
@@ -284,7 +394,11 @@ def parser():
     cli.add_trust_pickle(parser)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from "
                         "its last.npz; only --epochs, --threads, --device and --data-dir may "
-                        "change")
+                        "change, other flags may be given if they equal the run's")
+    parser.add_argument("--from", dest="start_from", choices=("last", "best"),
+                        help="with --resume: continue from last.npz (default) or from best.npz "
+                             "(metrics.jsonl is cut back to its epoch; the later lines move to "
+                             "metrics.replaced.jsonl)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     return parser
 
@@ -292,8 +406,8 @@ def parser():
 def build_config(args):
     """The run's settings: the recipe's, overridden by the flags given (which the parser has
     checked)."""
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in
-             ("recipe", "run_dir", "resume", "quiet", "trust_pickle", "list_archs")}
+    given = given_settings(args)
+    recipe = given.pop("recipe", "default")
     if given.get("arch") and given.get("init_from"):
         raise ValueError("--arch and --init-from: a run started from a checkpoint trains the "
                          "checkpoint's own network; give one of them")
@@ -309,29 +423,36 @@ def build_config(args):
     if "optimizer" in given and "weight_decay" not in given:  # that optimizer's own default
         given["weight_decay"] = inspect.signature(
             OPTIMIZERS[OPTIMIZER_NAMES[given["optimizer"]]]).parameters["weight_decay"].default
-    decay = given.get("weight_decay", RECIPES[args.recipe]["weight_decay"])
+    decay = given.get("weight_decay", RECIPES[recipe]["weight_decay"])
     if given.get("no_decay_norm_bias") and not decay:
         raise ValueError("--no-decay-norm-bias: the run has no weight decay to exempt them "
                          "from; give --weight-decay (or --optimizer adamw)")
-    return {**RECIPES[args.recipe], "recipe": args.recipe, "arch": "lenet5",
-            "optimizer": "adam", "schedule": "step", "dataset": "mnist", "limit_train": None,
-            "limit_test": None, "threads": None, "device": "cpu", "data_dir": None,
-            "init_from": None, **given}
+    return {**RECIPES[recipe], "recipe": recipe, **RUN_DEFAULTS, **given}
+
+
+def given_settings(args):
+    """The settings the command line gives explicitly, by config key (no defaults)."""
+    return {k: v for k, v in vars(args).items() if v is not None and k not in NOT_SETTINGS}
 
 
 def resumed_config(args):
-    """The saved config of the run to resume, with the few flags a resume may change."""
-    _, header = checkpoint.load(Path(args.resume) / "last.npz")
-    fixed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
-             if v not in (None, False) and k not in (*RESUME_OVERRIDABLE, "recipe", "resume",
-                                                     "list_archs")]
-    if fixed or args.recipe != "default":
+    """The saved config of the run to resume, with the few flags a resume may change; any
+    other flag must equal the saved value (so the command that started the run, with --resume
+    added, continues it), and each real change is named with both values."""
+    run_dir = Path(args.resume)
+    _, header = resumable(run_dir, args.start_from)
+    saved = {**RUN_DEFAULTS, "device": "cpu", **header["config"]}  # older runs lack some keys
+    given = given_settings(args)
+    changes = [f"--{key.replace('_', '-')} (saved {saved.get(key)!r}, given {value!r})"
+               for key, value in given.items()
+               if key not in RESUME_OVERRIDABLE and saved.get(key) != value]
+    if args.run_dir is not None and Path(args.run_dir).resolve() != run_dir.resolve():
+        changes.append(f"--run-dir (resuming {run_dir}, given {args.run_dir})")
+    if changes:
         raise ValueError(f"--resume continues a run with its own settings; only --epochs, "
-                         f"--threads, --device and --data-dir may change, found "
-                         f"{fixed or ['--recipe']}")
-    changes = {k: getattr(args, k) for k in ("epochs", "threads", "device", "data_dir")
-               if getattr(args, k) is not None}
-    return {"device": "cpu", **header["config"], **changes}  # runs before --device: cpu
+                         f"--threads, --device and --data-dir may change, and these differ: "
+                         f"{'; '.join(changes)}")
+    return {**saved, **{k: v for k, v in given.items() if k in RESUME_OVERRIDABLE}}
 
 
 def list_archs():
@@ -345,18 +466,23 @@ def command(args):
     if args.list_archs:
         list_archs()
         return
+    if args.start_from and not args.resume:
+        raise ValueError("--from: only --resume takes it")
+    args.start_from = args.start_from or "last"
     if args.resume:
         config, run_dir = resumed_config(args), Path(args.resume)
     else:
         config = build_config(args)
-        run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{args.recipe}")
+        run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-"
+                                       f"{config['recipe']}")
     cli.set_threads(config["threads"])
     if not args.quiet:
         print(f"run {run_dir}: " + ", ".join(f"{k}={v}" for k, v in config.items()
                                              if v is not None), flush=True)
-    metrics = train(config, run_dir, resume=bool(args.resume), quiet=args.quiet,
-                    trust_pickle=args.trust_pickle)
-    if metrics and not args.quiet:
+    history = train(config, run_dir, resume=bool(args.resume), quiet=args.quiet,
+                    trust_pickle=args.trust_pickle, start_from=args.start_from)
+    if history and not args.quiet:
+        metrics = history[-1]
         print(f"done: test accuracy {100 * metrics['test_accuracy']:.2f}% after epoch "
               f"{metrics['epoch']}; checkpoints in {run_dir}")
 
