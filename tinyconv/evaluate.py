@@ -4,17 +4,40 @@ on): python -m tinyconv.evaluate CKPT.
 Prints the accuracy, the per-class accuracy and the confusion matrix (rows: true class,
 columns: predicted class); --json prints the same as one JSON object for machines; --plots DIR
 also draws DIR/confusion.png and DIR/mistakes.png (needs matplotlib).
+
+From Python, the module itself is the function: tinyconv.evaluate(model) is
+evaluate_split(model), the figures of a model on a split.
 """
 
 import json
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
 
 from tinyconv import cli, plots
-from tinyconv.data import DATASETS, iterate_batches, load_mnist
-from tinyconv.evaluation import BATCH_SIZE, evaluate, per_class_accuracy
+from tinyconv.data import DATASETS, SPLIT_FILES, iterate_batches, load_mnist
+from tinyconv.evaluation import BATCH_SIZE, check_classifier, evaluate, per_class_accuracy
+
+
+def evaluate_split(model, split="test", *, dataset="mnist", resize="pad",
+                   normalize="standard", limit=None, data_dir=None, batch_size=BATCH_SIZE,
+                   after_batch=None):
+    """Accuracy, loss, per-class accuracy, confusion matrix (true x predicted) and
+    predictions of model on a split ("test" or "train") of dataset, its first `limit`
+    images if given, prepared with the preprocessing the model was trained with (the default
+    recipe's unless said: the report's is resize="bilinear", normalize="unit"), in eval
+    mode; a dict with the count too."""
+    if split not in SPLIT_FILES:
+        raise ValueError(f"evaluate: split must be one of {', '.join(SPLIT_FILES)}, found "
+                         f"{split!r}")
+    model = check_classifier(model, "evaluate: the model", labelled=True)
+    images, labels = load_mnist(split, data_dir, dataset=dataset)
+    images, labels = images[:limit], labels[:limit]
+    result = evaluate(model, images, labels, resize, normalize, batch_size, after_batch)
+    return {**result, "count": len(labels),
+            "per_class_accuracy": per_class_accuracy(result["confusion"])}
 
 
 def draw_plots(model, images, labels, result, resize, normalize, out_dir, batch_size):
@@ -74,23 +97,22 @@ def command(args):
     cli.set_threads(args.threads)
     model, config, header = cli.classifier_from_flags(args, labelled=True)
     dataset = cli.dataset_of_run(args, header)
-    images, labels = load_mnist("test", args.data_dir, dataset=dataset)
-    images, labels = images[:args.limit], labels[:args.limit]
     notice = cli.compile_notice()
-    result = evaluate(model, images, labels, config["resize"], config["normalize"],
-                      args.batch_size, after_batch=notice.cancel)
+    result = evaluate_split(model, "test", dataset=dataset, **config, limit=args.limit,
+                            data_dir=args.data_dir, batch_size=args.batch_size,
+                            after_batch=notice.cancel)
     if args.json:
-        confusion = result["confusion"]
         print(json.dumps({"checkpoint": str(args.checkpoint),
                           "epoch": header["epoch"] if header else None,
-                          **config, "dataset": dataset, "count": len(labels),
-                          "loss": result["loss"],
-                          "accuracy": result["accuracy"],
-                          "per_class_accuracy": per_class_accuracy(confusion).tolist(),
-                          "confusion": confusion.tolist()}))
+                          **config, "dataset": dataset, "count": result["count"],
+                          "loss": result["loss"], "accuracy": result["accuracy"],
+                          "per_class_accuracy": result["per_class_accuracy"].tolist(),
+                          "confusion": result["confusion"].tolist()}))
     else:
-        print(format_report(result, args.checkpoint, dataset, len(labels)))
+        print(format_report(result, args.checkpoint, dataset, result["count"]))
     if args.plots and plots.available("confusion.png or mistakes.png"):
+        images, labels = (a[:args.limit] for a in load_mnist("test", args.data_dir,
+                                                             dataset=dataset))
         with cli.writing(args.plots):
             paths = draw_plots(model, images, labels, result, config["resize"],
                                config["normalize"], args.plots, args.batch_size)
@@ -100,6 +122,18 @@ def command(args):
 
 def main(argv=None):
     return cli.run(parser(), command, argv)
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as its library function: tinyconv.evaluate(model, ...) is
+    evaluate_split(model, ...), while tinyconv.evaluate.main stays the command (a package
+    attribute and a submodule of one name can only be one object)."""
+
+    def __call__(self, *args, **kwargs):
+        return evaluate_split(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ RESUME_OVERRIDABLE = ("epochs", "threads", "device", "data_dir")
 RUN_DEFAULTS = {"arch": "lenet5", "optimizer": "adam", "schedule": "step", "dataset": "mnist",
                 "limit_train": None, "limit_test": None, "threads": None, "device": "cpu",
                 "data_dir": None, "init_from": None}
+# the settings beside the recipe's that only some runs have
+OPTIONAL_SETTINGS = ("momentum", "nesterov", "warmup_epochs", "per_step", "no_decay_norm_bias")
 # the flags that say what to do rather than how to train
 NOT_SETTINGS = ("run_dir", "resume", "start_from", "quiet", "trust_pickle", "list_archs")
 # drawing curves.png takes about 0.3 s, which after every epoch of 1.7 s made the default run
@@ -317,6 +319,31 @@ def interrupted(exc, position, run_dir, saved):
             f"python -m tinyconv.train --resume {run_dir}")
 
 
+def fit(model, epochs=None, recipe="default", run_dir=None, quiet=False, **overrides):
+    """Train model (a Sequential from digits to class scores) as python -m tinyconv.train
+    does: the recipe's settings ("default" or "report"), with epochs and any of the CLI's
+    settings by their config names (lr=1e-3, optimizer="adamw", schedule="cosine",
+    limit_train=6000, ...) overriding them. With run_dir, each epoch is checkpointed there as
+    the CLI does, and `python -m tinyconv.train --resume RUN_DIR` continues the run. Returns
+    the per-epoch metrics, a list of dicts (epoch, train_loss, test_loss, test_accuracy, lr,
+    seconds). The progress bar is a notebook widget in a notebook.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"fit: recipe must be one of {', '.join(RECIPES)}, found {recipe!r}")
+    known = {*RECIPES[recipe], *RUN_DEFAULTS, *OPTIONAL_SETTINGS} - {"arch", "init_from",
+                                                                      "device"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"fit: unknown settings {unknown}; the settings are "
+                         f"{', '.join(sorted(known))}")
+    model = check_classifier(model, "fit: the model", labelled=True)
+    given = {**overrides, **({"epochs": epochs} if epochs is not None else {})}
+    config = {**settings(recipe, given), "arch": model.name or "the model given to fit",
+              "device": model.device}
+    cli.set_threads(config["threads"])
+    return train(config, run_dir, quiet=quiet, model=model)
+
+
 # ---- command line
 
 
@@ -407,7 +434,12 @@ def build_config(args):
     """The run's settings: the recipe's, overridden by the flags given (which the parser has
     checked)."""
     given = given_settings(args)
-    recipe = given.pop("recipe", "default")
+    return settings(given.pop("recipe", "default"), given)
+
+
+def settings(recipe, given):
+    """A run's config: the recipe's settings and RUN_DEFAULTS, overridden by given
+    ({config key: value}), once checked to go together."""
     if given.get("arch") and given.get("init_from"):
         raise ValueError("--arch and --init-from: a run started from a checkpoint trains the "
                          "checkpoint's own network; give one of them")
