@@ -13,7 +13,18 @@ import numpy as np
 import pytest
 
 import tinyconv
-from tinyconv import LeNet5, atomicio, checkpoint, cli, evaluate, export, predict, train, visualize
+from tinyconv import (
+    LeNet5,
+    atomicio,
+    checkpoint,
+    cli,
+    evaluate,
+    export,
+    predict,
+    serve,
+    train,
+    visualize,
+)
 from tinyconv.evaluation import evaluate as evaluate_model
 from tinyconv.nn import Sequential
 from tinyconv.optim import Adam, StepLR
@@ -549,11 +560,13 @@ FLAGS = {
                 "--resize", "--normalize", "--out", "--image", "--index", "--dataset",
                 "--data-dir"],
     export: ["-h", "--help", "CHECKPOINT", "--torch", "--onnx", "--trust-pickle"],
+    serve: ["-h", "--help", "CHECKPOINT", "--trust-pickle", "--device", "--threads", "--resize",
+            "--normalize", "--host", "--port", "--quiet"],
 }
 # when each command exits with 1 (None: never)
 FAILED = {train: "1 when training stopped at a non-finite loss",
           predict: "1 when some images could not be classified", evaluate: None,
-          visualize: None, export: None}
+          visualize: None, export: None, serve: None}
 
 
 @pytest.mark.parametrize("command", FLAGS, ids=lambda command: command.__name__)
@@ -569,6 +582,7 @@ def test_help_names_every_flag_and_the_exit_statuses(command):
         assert action.help, f"{action.option_strings or action.metavar} has no help"
     assert "exit status: 0 when done; " in text
     assert "2 when its input or environment stopped it" in text
+    assert "130 or 143 when interrupted by Ctrl-C (SIGINT) or SIGTERM" in text
     if FAILED[command]:
         assert FAILED[command] in text
     else:

@@ -6,6 +6,7 @@ centre. Reading and writing images needs Pillow (pip install 'tinyconv[pictures]
 only when an image is read or written.
 """
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -35,27 +36,36 @@ def pillow():
     return Image
 
 
-def read_gray(path):
-    """Read an image file as float64 grey levels (H, W) on a 0-255 scale.
+def read_gray(path, source=None):
+    """Read an image file (a path, or the file's bytes, named source in errors) as float64
+    grey levels (H, W) on a 0-255 scale.
 
     EXIF rotation is applied (phone photos). Transparent pixels take the grey level opposite
     to the opaque ones, so ink drawn on a transparent background stands out whatever its colour.
     """
     Image = pillow()
     from PIL import ImageOps
-    path = Path(path)
-    if path.is_file() and path.stat().st_size == 0:
-        raise ImageError(f"{path}: file is empty (0 bytes), expected an image (PNG, JPEG, BMP)")
+    if isinstance(path, bytes):
+        source, empty, path = source or "the image", not path, io.BytesIO(path)
+    else:
+        path = source = Path(path)
+        empty = path.is_file() and path.stat().st_size == 0
+    if empty:
+        raise ImageError(f"{source}: file is empty (0 bytes), expected an image (PNG, JPEG, "
+                         "BMP)")
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so truncated data fails here
             image = ImageOps.exif_transpose(image)
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
+        raise ImageError(f"{source}: no such file") from None
     except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory, expected an image file") from None
+        raise ImageError(f"{source}: is a directory, expected an image file") from None
+    except Image.UnidentifiedImageError:  # its message names a file object, not the source
+        raise ImageError(f"{source}: unreadable image, expected PNG, JPEG, BMP or another "
+                         "format Pillow reads, found data of no image format") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{path}: unreadable image, expected PNG, JPEG, BMP or another "
+        raise ImageError(f"{source}: unreadable image, expected PNG, JPEG, BMP or another "
                          f"format Pillow reads, found damaged or foreign data ({exc})") from None
     if image.mode.startswith(("I", "F")):  # 16-bit, 32-bit or float grey: "L" would clip
         gray = np.asarray(image, np.float64)
@@ -67,7 +77,7 @@ def read_gray(path):
     # ITU-R 601-2 luma, the weights of Pillow's own "L" conversion
     luma = rgba[..., :3] @ np.array([0.299, 0.587, 0.114])
     if opacity.sum() == 0:
-        raise ImageError(f"{path}: no digit found, every pixel is fully transparent")
+        raise ImageError(f"{source}: no digit found, every pixel is fully transparent")
     ink_level = np.average(luma, weights=opacity)
     backdrop = 255.0 if ink_level < 127.5 else 0.0
     return luma * opacity + backdrop * (1.0 - opacity)
@@ -121,9 +131,10 @@ def centred_digit(ink):
     return np.round(digit).astype(np.uint8)
 
 
-def mnist_digit(path):
-    """The MNIST-style uint8 (28, 28) digit of an image file; ImageError if there is none."""
-    return centred_digit(ink_of(read_gray(path), path))
+def mnist_digit(path, source=None):
+    """The MNIST-style uint8 (28, 28) digit of an image file (a path, or its bytes named
+    source); ImageError if there is none."""
+    return centred_digit(ink_of(read_gray(path, source), source or path))
 
 
 def save_digit(digit, path):

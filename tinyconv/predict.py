@@ -32,10 +32,16 @@ def classify(model, config, paths, top=DEFAULTS["top"]):
     if good:
         probabilities = model.probabilities(model_inputs(np.stack(digits), config))
         for record, digit, row in zip(good, digits, probabilities, strict=True):
-            best = np.argsort(-row, kind="stable")[:top]
-            record["top"] = [{"class": int(c), "probability": float(row[c])} for c in best]
+            record["top"] = top_classes(row, top)
             record["digit"] = digit
     return records
+
+
+def top_classes(probabilities, top):
+    """The `top` most probable classes of one image's probabilities, most probable first
+    (the lower class on a tie): [{"class", "probability"}, ...]."""
+    best = np.argsort(-probabilities, kind="stable")[:top]
+    return [{"class": int(c), "probability": float(probabilities[c])} for c in best]
 
 
 def percent(probability):
