@@ -1,5 +1,4 @@
-"""From Python, as in a notebook: train LeNet-5, evaluate it, reload its best checkpoint.
-python examples/notebook.py [N]: on the first N training images (default: all 60,000)."""
+"""Train, evaluate, reload, as in a notebook: python examples/notebook.py [N training images]"""
 import sys
 import time
 
