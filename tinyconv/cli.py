@@ -211,6 +211,29 @@ def positive(text):
     return value
 
 
+def non_negative(text):
+    """An argparse type: a number of at least 0, an int when it is whole ("2" -> 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, found {value}")
+    return int(value) if value.is_integer() else value
+
+
+def number_pair(text):
+    """An argparse type: two positive numbers, "A,B" -> [A, B]."""
+    parts = text.split(",")
+    try:
+        pair = [float(part) for part in parts]
+    except ValueError:
+        pair = []
+    if len(pair) != 2 or not all(0 < value < float("inf") for value in pair):
+        raise argparse.ArgumentTypeError(f"expected two positive numbers A,B, found {text!r}")
+    return pair
+
+
 def add_checkpoint(parser):
     """The CHECKPOINT argument of the commands that read a model."""
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)

@@ -433,6 +433,95 @@ def randomly_translated(canvas, rng, shift):
     return bordered.ravel().take(starts[:, None] + window).reshape(n, size, size)
 
 
+@dataclass(frozen=True)
+class Distortions:
+    """Random distortions of each sample, drawn per sample: a rotation by up to `rotate`
+    degrees, a scaling by a factor within 1 +- `scale`, a shear (x += shear * y) within
+    +-`shear`, a shift of up to `translate` pixels per axis (sub-pixel), and with
+    elastic_alpha an elastic deformation (Simard et al. 2003: uniform noise per pixel,
+    smoothed by a Gaussian of elastic_sigma pixels, scaled by elastic_alpha). All become one
+    bilinear warp of the 32x32 canvas with zero fill (tinyconv.kernels.cpu_augment)."""
+
+    rotate: float = 0.0
+    scale: float = 0.0
+    shear: float = 0.0
+    translate: float = 0.0
+    elastic_alpha: float = 0.0
+    elastic_sigma: float = 0.0
+
+    def __post_init__(self):
+        for name, value in vars(self).items():
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"Distortions: {name} must be a number >= 0, found {value!r}")
+        if self.scale >= 1:
+            raise ValueError(f"Distortions: scale must be below 1 (factors 1 +- scale), "
+                             f"found {self.scale}")
+        if (self.elastic_alpha > 0) != (self.elastic_sigma > 0):
+            raise ValueError(f"Distortions: an elastic deformation needs both alpha and sigma "
+                             f"above 0, found alpha={self.elastic_alpha}, "
+                             f"sigma={self.elastic_sigma}")
+
+    def __bool__(self):
+        return any(vars(self).values())
+
+
+def affine_matrices(n, rng, size, distortions):
+    """(n, 2, 3) float32 inverse maps, output pixel to source, of n random affine transforms
+    about the canvas centre: shear, then scale, then rotation, then the shift."""
+    d = distortions
+    angle = np.deg2rad(rng.uniform(-d.rotate, d.rotate, n))
+    zoom = rng.uniform(1 - d.scale, 1 + d.scale, n)
+    shear = rng.uniform(-d.shear, d.shear, n)
+    shift = rng.uniform(-d.translate, d.translate, (n, 2))
+    cos, sin = np.cos(angle), np.sin(angle)
+    # forward (x, y) -> A (x - c, y - c) + c + shift, A = rotation @ zoom @ [[1, shear], [0, 1]]
+    forward = np.stack([np.stack([cos, cos * shear - sin], -1),
+                        np.stack([sin, sin * shear + cos], -1)], 1) * zoom[:, None, None]
+    inverse = np.linalg.inv(forward)
+    centre = (size - 1) / 2
+    offset = centre - inverse @ np.array([centre, centre]) - (inverse @ shift[:, :, None])[..., 0]
+    return np.concatenate([inverse, offset[:, :, None]], axis=2).astype(np.float32)
+
+
+def gaussian_weights(sigma):
+    """The normalised Gaussian of sigma, truncated at 3 sigma, as float32 (K,)."""
+    radius = max(1, math.ceil(3 * sigma))
+    weights = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    return (weights / weights.sum()).astype(np.float32)
+
+
+def elastic_fields(n, rng, size, alpha, sigma):
+    """(size, size, n, 2) float32 displacement fields (each sample's dx, dy; batch-last),
+    Simard's: uniform noise from a seed the rng draws, smoothed by the Gaussian of sigma,
+    times alpha."""
+    from tinyconv.kernels import cpu_augment
+
+    noise = np.empty((size, size, n, 2), np.float32)
+    cpu_augment.elastic_noise(noise.ravel(), rng.integers(0, 2**32))
+    fields, tmp = np.empty_like(noise), np.empty_like(noise)
+    maps = (size, size, 2 * n)
+    cpu_augment.gaussian_blur(fields.reshape(maps), tmp.reshape(maps), noise.reshape(maps),
+                              gaussian_weights(sigma))
+    fields *= np.float32(alpha)
+    return fields
+
+
+def distorted(canvas, rng, distortions):
+    """canvas (n,S,S) float32 warped by per-sample random distortions (zero fill)."""
+    from tinyconv.kernels import cpu_augment
+
+    n, size = len(canvas), canvas.shape[1]
+    matrices = affine_matrices(n, rng, size, distortions)
+    if distortions.elastic_alpha:
+        fields = elastic_fields(n, rng, size, distortions.elastic_alpha,
+                                distortions.elastic_sigma)
+    else:
+        fields = np.empty((size, size, 0, 2), np.float32)
+    out = np.empty_like(canvas)
+    cpu_augment.warp_bilinear(out, np.ascontiguousarray(canvas), matrices, fields)
+    return out
+
+
 def normalized(canvas, mode):
     """Scale a 0-255 float32 canvas in place: "standard", "unit" ([0,1]) or "none"."""
     if mode == "standard":
@@ -444,14 +533,18 @@ def normalized(canvas, mode):
     return canvas
 
 
-def prepare_batch(raw, rng, resize, flip, translate, normalize):
-    """Turn uint8 (n,28,28) into the float32 (n,1,32,32) network input, augmenting on the way."""
+def prepare_batch(raw, rng, resize, flip, translate, normalize, distortions=None):
+    """Turn uint8 (n,28,28) into the float32 (n,1,32,32) network input, augmenting on the way:
+    flips, then whole-pixel shifts of up to translate, or the warp of distortions (which
+    holds its own, sub-pixel shifts)."""
     if flip:
         raw = randomly_flipped(raw, rng)
     canvas = resized(raw, resize)
-    # Fill (padding, translation) happens on raw zeros before normalising, so the border
-    # equals the normalised background.
-    if translate:
+    # Fill (padding, translation, warps) happens on raw zeros before normalising, so the
+    # border equals the normalised background.
+    if distortions:
+        canvas = distorted(canvas, rng, distortions)
+    elif translate:
         canvas = randomly_translated(canvas, rng, translate)
     return normalized(canvas, normalize)[:, None]
 
@@ -496,6 +589,7 @@ def iterate_batches(
     flip=False,
     translate=0,
     normalize="standard",
+    distortions=None,
 ):
     """Yield (x float32 (n,1,32,32) C-contiguous, y int64 (n,)) batches of uint8 (N,28,28) images.
 
@@ -505,23 +599,26 @@ def iterate_batches(
     "bilinear" resizes 28->32 as torchvision's Resize(32). flip mirrors left-right with
     probability 0.5 per sample; translate=t moves each sample by integers in [-t, t] per axis
     with zero fill. normalize: "standard" (default) is (x/255 - 0.1307)/0.3081, zero-centred
-    inputs that suit tanh; "unit" is x/255 as ToTensor; "none" keeps 0-255. Padding and fill
+    inputs that suit tanh; "unit" is x/255 as ToTensor; "none" keeps 0-255. distortions (a
+    Distortions) warps each sample instead of translate's whole-pixel shifts. Padding and fill
     come before normalising, so they equal the normalised background.
     """
     images, labels = np.asarray(images), np.asarray(labels)
     check_batch_arguments(images, labels, batch_size, resize, translate, normalize)
+    if distortions is not None and not isinstance(distortions, Distortions):
+        raise ValueError(f"iterate_batches: distortions must be a Distortions or None, got "
+                         f"{type(distortions).__name__}")
     rng = np.random.default_rng() if rng is None else rng
-    return generate_batches(
-        images, labels, batch_size, rng, shuffle, drop_last, resize, flip, translate, normalize
-    )
+    return generate_batches(images, labels, batch_size, rng, shuffle, drop_last, resize, flip,
+                            translate, normalize, distortions)
 
 
-def generate_batches(
-    images, labels, batch_size, rng, shuffle, drop_last, resize, flip, translate, normalize
-):
+def generate_batches(images, labels, batch_size, rng, shuffle, drop_last, resize, flip,
+                     translate, normalize, distortions):
     """Yield the batches of iterate_batches, whose arguments are already checked."""
     order = rng.permutation(len(images)) if shuffle else np.arange(len(images))
     for index in range(num_batches(len(images), batch_size, drop_last)):
         chosen = order[index * batch_size : (index + 1) * batch_size]
-        x = prepare_batch(images[chosen], rng, resize, flip, translate, normalize)
+        x = prepare_batch(images[chosen], rng, resize, flip, translate, normalize,
+                          distortions)
         yield x, labels[chosen].astype(np.int64, copy=False)

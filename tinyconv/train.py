@@ -10,6 +10,7 @@ continues where the last epoch ended.
 """
 
 import argparse
+import dataclasses
 import inspect
 import json
 import math
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm  # a widget in a notebook, text elsewhere
 from tinyconv import archs, checkpoint, cli, plots
 from tinyconv.atomicio import atomic_write
 from tinyconv.checkpoint import CheckpointError, load_run, save_run
-from tinyconv.data import iterate_batches, load_mnist, num_batches
+from tinyconv.data import Distortions, iterate_batches, load_mnist, num_batches
 from tinyconv.evaluation import check_classifier, evaluate
 from tinyconv.interop import CHECKPOINT_HELP, load_model
 from tinyconv.optim import OPTIMIZERS, CosineAnnealingLR, StepLR
@@ -51,7 +52,8 @@ RUN_DEFAULTS = {"arch": "lenet5", "optimizer": "adam", "schedule": "step", "data
                 "limit_train": None, "limit_test": None, "threads": None, "device": "cpu",
                 "data_dir": None, "init_from": None}
 # the settings beside the recipe's that only some runs have
-OPTIONAL_SETTINGS = ("momentum", "nesterov", "warmup_epochs", "per_step", "no_decay_norm_bias")
+OPTIONAL_SETTINGS = ("momentum", "nesterov", "warmup_epochs", "per_step", "no_decay_norm_bias",
+                     "rotate", "scale", "shear", "elastic")
 # the flags that say what to do rather than how to train
 NOT_SETTINGS = ("run_dir", "resume", "start_from", "quiet", "trust_pickle", "list_archs")
 # drawing curves.png takes about 0.3 s, which after every epoch of 1.7 s made the default run
@@ -73,9 +75,11 @@ def train_epoch(model, opt, images, labels, config, epoch, quiet, after_step=Non
     update and counting the steps in position (a Position, if given); returns the mean loss
     per sample."""
     rng = np.random.default_rng([config["seed"], epoch])  # replayable: same seed, same epoch
+    distortions = distortions_of(config)
     batches = iterate_batches(images, labels, config["batch_size"], rng=rng, shuffle=True,
                               resize=config["resize"], flip=config["flip"],
-                              translate=config["translate"], normalize=config["normalize"])
+                              translate=0 if distortions else config["translate"],
+                              normalize=config["normalize"], distortions=distortions)
     total = num_batches(len(labels), config["batch_size"], drop_last=False)
     bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{config['epochs']}",
                unit="batch", leave=False, disable=quiet, file=sys.stderr)
@@ -102,6 +106,19 @@ def train_epoch(model, opt, images, labels, config, epoch, quiet, after_step=Non
         notice.cancel()
         bar.close()
     return loss_sum / seen
+
+
+def distortions_of(config):
+    """The run's Distortions (--rotate, --scale, --shear, --elastic), with --translate's
+    shifts inside the warp, sub-pixel; None when there are none and --translate is whole (its
+    whole-pixel shifts, as the default recipe's, need no warp)."""
+    alpha, sigma = config.get("elastic") or (0.0, 0.0)
+    distortions = Distortions(rotate=config.get("rotate", 0), scale=config.get("scale", 0),
+                              shear=config.get("shear", 0), elastic_alpha=alpha,
+                              elastic_sigma=sigma)
+    if not distortions and float(config["translate"]).is_integer():
+        return None
+    return dataclasses.replace(distortions, translate=config["translate"])
 
 
 def redraw_curves(run_dir):
@@ -402,8 +419,20 @@ def parser():
     parser.add_argument("--seed", type=int, help="initial weights, order and augmentation")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction,
                         help="random horizontal flips, p=0.5 (the report's augmentation)")
-    parser.add_argument("--translate", type=cli.count(0), metavar="PIXELS",
-                        help="random shifts of up to PIXELS in each direction (0: none)")
+    parser.add_argument("--translate", type=cli.non_negative, metavar="PIXELS",
+                        help="random shifts of up to PIXELS in each direction (0: none): whole "
+                             "pixels, unless PIXELS is fractional or a distortion below is "
+                             "given, which shift by any fraction within it")
+    parser.add_argument("--rotate", type=cli.non_negative, metavar="DEGREES",
+                        help="random rotations of up to DEGREES either way")
+    parser.add_argument("--scale", type=cli.non_negative, metavar="F",
+                        help="random scaling by a factor within 1 +- F (F below 1)")
+    parser.add_argument("--shear", type=cli.non_negative, metavar="F",
+                        help="random shears x += s y, s within +-F")
+    parser.add_argument("--elastic", type=cli.number_pair, metavar="ALPHA,SIGMA",
+                        help="random elastic deformations (Simard et al. 2003): per-pixel "
+                             "noise smoothed by a Gaussian of SIGMA pixels, times ALPHA (e.g. "
+                             "20,4); all distortions are one bilinear warp per sample")
     cli.add_preprocessing(parser, lambda key: "the recipe's")
     parser.add_argument("--limit-train", type=cli.count(1), metavar="N", help="use the first N "
                         "training images only (quick runs)")
@@ -455,6 +484,10 @@ def settings(recipe, given):
     if "optimizer" in given and "weight_decay" not in given:  # that optimizer's own default
         given["weight_decay"] = inspect.signature(
             OPTIMIZERS[OPTIMIZER_NAMES[given["optimizer"]]]).parameters["weight_decay"].default
+    try:
+        distortions_of({**RECIPES[recipe], **given})
+    except ValueError as exc:  # Distortions names the setting and its range
+        raise ValueError(f"--rotate, --scale, --shear, --elastic: {exc}") from None
     decay = given.get("weight_decay", RECIPES[recipe]["weight_decay"])
     if given.get("no_decay_norm_bias") and not decay:
         raise ValueError("--no-decay-norm-bias: the run has no weight decay to exempt them "

@@ -229,6 +229,48 @@ def add(a, b):
     return a + b
 
 
+# ---- the data pipeline's distortions (tinyconv.kernels.cpu_augment), batch-first canvases
+
+
+def elastic_noise(size, seed):
+    """(size,) uniform noise in [-1, 1): element i is 2 * mix32(i ^ mix32(seed)) / 2^32 - 1."""
+    bits = mix32(np.arange(size, dtype=np.uint64) ^ mix32(seed))
+    return 2 * (bits / 2**32) - 1
+
+
+def gaussian_blur(inp, weights):
+    """Each map of inp (S,S,M) convolved with weights (K,) along rows, then along columns,
+    zero beyond the edges (a 'same'-size convolution; the weights are symmetric)."""
+    R, S = len(weights) // 2, inp.shape[0]
+    along_x = np.pad(inp, ((0, 0), (R, R), (0, 0)))
+    rows = sum(w * along_x[:, k:k + S] for k, w in enumerate(weights))
+    along_y = np.pad(rows, ((R, R), (0, 0), (0, 0)))
+    return sum(w * along_y[k:k + S] for k, w in enumerate(weights))
+
+
+def warp_bilinear(src, matrices, fields=None):
+    """src (N,S,S) sampled at each output pixel's source (matrices (N,2,3) applied to
+    (x, y, 1), plus fields (S,S,N,2) if given), bilinearly, zero outside the canvas."""
+    N, S, _ = src.shape
+    y, x = np.mgrid[0:S, 0:S].astype(np.float64)
+    out = np.zeros(src.shape)
+    for n in range(N):
+        m = matrices[n].astype(np.float64)
+        sx = m[0, 0] * x + m[0, 1] * y + m[0, 2]
+        sy = m[1, 0] * x + m[1, 1] * y + m[1, 2]
+        if fields is not None:
+            sx, sy = sx + fields[:, :, n, 0], sy + fields[:, :, n, 1]
+        x0, y0 = np.floor(sx), np.floor(sy)
+        for dy in (0, 1):
+            for dx in (0, 1):
+                cols, rows = (x0 + dx).astype(int), (y0 + dy).astype(int)
+                weight = (sx - x0 if dx else 1 - (sx - x0)) * (sy - y0 if dy else 1 - (sy - y0))
+                inside = (cols >= 0) & (cols < S) & (rows >= 0) & (rows < S)
+                out[n] += np.where(inside, weight * src[n, rows.clip(0, S - 1),
+                                                        cols.clip(0, S - 1)], 0)
+    return out
+
+
 def linear_forward(inp, weight, bias):
     """y = x W^T + b with torch's (OUT, IN) weight layout, as torch.nn.functional.linear."""
     # inp (N,IN), weight (OUT,IN), bias (OUT,) -> out (N,OUT)

@@ -1,0 +1,130 @@
+"""The data pipeline's distortions (tinyconv.kernels.cpu_augment, data.Distortions): each
+kernel against its NumPy reference, identity parameters, known transforms, determinism."""
+
+import numba
+import numpy as np
+import pytest
+
+from tinyconv import data, train
+from tinyconv.kernels import cpu_augment
+from tinyconv.kernels import reference as ref
+
+SIZE = 32
+STRONG = data.Distortions(rotate=15, scale=0.15, shear=0.3, translate=2.5, elastic_alpha=34,
+                          elastic_sigma=4)
+
+
+def canvases(count=5, seed=0):
+    """Digits on LeNet's 32x32 canvas, 0-255 float32, as prepare_batch makes them."""
+    images, _ = data.load_mnist("test")
+    return data.resized(images[seed:seed + count], "pad")
+
+
+class Extremes:
+    """An rng whose uniform draws are all at the top of their range: the transform is known."""
+
+    def uniform(self, low, high, size):
+        return np.broadcast_to(np.asarray(high, np.float64), size).copy()
+
+
+def test_the_warp_matches_its_reference():
+    rng = np.random.default_rng(1)
+    src = canvases()
+    matrices = data.affine_matrices(len(src), rng, SIZE, STRONG)
+    fields = data.elastic_fields(len(src), rng, SIZE, 34, 4)
+    for with_fields in (None, fields):
+        out = np.empty_like(src)
+        given = fields if with_fields is not None else np.empty((SIZE, SIZE, 0, 2), np.float32)
+        cpu_augment.warp_bilinear(out, src, matrices, given)
+        expected = ref.warp_bilinear(src, matrices, with_fields)
+        assert np.abs(out - expected).max() < 1e-3  # of 255: float32 coordinates
+        assert not np.array_equal(out, src)
+
+
+def test_the_blur_and_the_noise_match_their_references():
+    noise = np.empty((SIZE, SIZE, 6), np.float32)
+    cpu_augment.elastic_noise(noise.ravel(), 12345)
+    # the same hash, rounded to float32 on the way (the kernel's steps are float32 ones)
+    assert np.abs(noise.ravel() - ref.elastic_noise(noise.size, 12345)).max() < 1e-6
+    assert -1 <= noise.min() and noise.max() < 1 and abs(noise.mean()) < 0.05
+    weights = data.gaussian_weights(4)
+    assert len(weights) == 25 and abs(weights.sum() - 1) < 1e-6
+    out, tmp = np.empty_like(noise), np.empty_like(noise)
+    cpu_augment.gaussian_blur(out, tmp, noise, weights)
+    assert np.abs(out - ref.gaussian_blur(noise.astype(np.float64), weights)).max() < 1e-6
+
+
+def test_identity_parameters_give_the_input_back_exactly():
+    src = canvases()
+    matrices = data.affine_matrices(len(src), np.random.default_rng(0), SIZE,
+                                    data.Distortions())
+    out = np.empty_like(src)
+    cpu_augment.warp_bilinear(out, src, matrices, np.zeros((SIZE, SIZE, len(src), 2),
+                                                           np.float32))
+    assert np.array_equal(out, src)
+    assert not data.Distortions()  # and none is no warp at all
+
+
+def test_known_transforms_move_the_pixels_where_they_should():
+    src = canvases(3)
+    warp = data.affine_matrices
+    # a whole-pixel shift of (+2, +2): zero fill where it came from
+    shifted = data.distorted(src, Extremes(), data.Distortions(translate=2))
+    assert np.array_equal(shifted[:, 2:, 2:], src[:, :-2, :-2])
+    assert not shifted[:, :2].any() and not shifted[:, :, :2].any()
+    # a quarter turn about the centre, by the transform's matrix
+    quarter = warp(3, Extremes(), SIZE, data.Distortions(rotate=90))
+    out = np.empty_like(src)
+    cpu_augment.warp_bilinear(out, src, quarter, np.empty((SIZE, SIZE, 0, 2), np.float32))
+    assert np.abs(out - np.rot90(src, k=-1, axes=(1, 2))).max() < 1e-2
+    # scaling by 1 + 0.5 about the centre makes the digit's ink spread wider
+    grown = data.distorted(src, Extremes(), data.Distortions(scale=0.5))
+    assert (grown > 0).sum() > 1.5 * (src > 0).sum()
+
+
+def test_a_seed_replays_the_same_distortions_whatever_the_threads():
+    images, labels = data.load_mnist("test")
+    images, labels = images[:300], labels[:300]
+
+    def batches(threads, seed):
+        numba.set_num_threads(threads)
+        rng = np.random.default_rng(seed)
+        return np.concatenate([x for x, _ in data.iterate_batches(
+            images, labels, 128, rng=rng, distortions=STRONG)])
+
+    limit = numba.config.NUMBA_NUM_THREADS
+    try:
+        first = batches(limit, 7)
+        assert np.array_equal(first, batches(1, 7))
+        assert not np.array_equal(first, batches(limit, 8))
+    finally:
+        numba.set_num_threads(limit)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"rotate": -1}, "rotate must be a number >= 0"),
+    ({"scale": 1.0}, "scale must be below 1"),
+    ({"elastic_alpha": 10}, "an elastic deformation needs both alpha and sigma"),
+])
+def test_bad_distortions_are_named(settings, message):
+    with pytest.raises(ValueError, match=message):
+        data.Distortions(**settings)
+
+
+def test_training_with_distortions_resumes_bit_for_bit(tmp_path):
+    flags = ["--limit-train", "384", "--limit-test", "100", "--batch-size", "64", "--quiet",
+             "--rotate", "10", "--scale", "0.1", "--shear", "0.2", "--translate", "1.5",
+             "--elastic", "20,4"]
+    assert train.main([*flags, "--epochs", "2", "--run-dir", str(tmp_path / "straight")]) == 0
+    assert train.main([*flags, "--epochs", "1", "--run-dir", str(tmp_path / "split")]) == 0
+    assert train.main(["--resume", str(tmp_path / "split"), "--epochs", "2", "--quiet"]) == 0
+    from tinyconv import checkpoint
+
+    ours, theirs = (checkpoint.load(tmp_path / name / "last.npz") for name in ("straight",
+                                                                            "split"))
+    for name in ours[0]:
+        assert np.array_equal(ours[0][name], theirs[0][name]), name
+    assert ours[1]["config"]["elastic"] == [20.0, 4.0] and ours[1]["config"]["translate"] == 1.5
+    assert train.distortions_of(ours[1]["config"]) == data.Distortions(
+        rotate=10, scale=0.1, shear=0.2, translate=1.5, elastic_alpha=20, elastic_sigma=4)
+    assert train.distortions_of({"translate": 2}) is None  # the default recipe's shifts
