@@ -128,3 +128,23 @@ def test_training_with_distortions_resumes_bit_for_bit(tmp_path):
     assert train.distortions_of(ours[1]["config"]) == data.Distortions(
         rotate=10, scale=0.1, shear=0.2, translate=1.5, elastic_alpha=20, elastic_sigma=4)
     assert train.distortions_of({"translate": 2}) is None  # the default recipe's shifts
+
+
+def test_visualize_draws_the_runs_distortions(tmp_path, capsys):
+    from PIL import Image
+
+    from tinyconv import visualize
+
+    run = tmp_path / "run"
+    assert train.main(["--limit-train", "128", "--limit-test", "50", "--epochs", "1",
+                       "--quiet", "--rotate", "10", "--run-dir", str(run)]) == 0
+    assert visualize.main([str(run / "last.npz"), "--out", str(tmp_path / "pictures"),
+                           "--augment"]) == 0
+    with Image.open(tmp_path / "pictures" / "augment.png") as picture:
+        assert picture.size == (720, 520)  # 9 columns, 6 rows of 0.8 inches at 100 dpi
+    assert train.main(["--limit-train", "128", "--limit-test", "50", "--epochs", "1",
+                       "--quiet", "--run-dir", str(tmp_path / "plain")]) == 0
+    capsys.readouterr()
+    assert visualize.main([str(tmp_path / "plain" / "last.npz"), "--out",
+                           str(tmp_path / "pictures"), "--augment"]) == 2
+    assert "--augment: the run of" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from tinyconv.atomicio import atomic_write
 
 DPI = 100
 INCHES = {"curves": (9.0, 3.4), "confusion": (6.2, 5.2)}  # the pictures of a fixed size
+AUGMENT_CELL = 0.8           # inches per picture of augment.png
 MISTAKE_COLUMNS = 10
 MISTAKE_CELL = (0.85, 1.0)   # inches per digit of the mistakes grid
 MISTAKE_HEADER = 0.45        # inches for its title
@@ -143,6 +144,22 @@ def confusion(counts, path):
                    f"{100 * np.trace(counts) / counts.sum():.2f}%")
     bar = figure.colorbar(image, ax=axes, label="share of the true digit's images (log scale)")
     bar.ax.yaxis.set_major_formatter(lambda share, _: f"{100 * share:g}%")
+    return save(figure, path)
+
+
+def augmented(rows, path, title):
+    """Write a grid of canvases (digits, 1 + variants, S, S), 0-255: each digit's row its
+    canvas as it is, then its variants, as training draws them."""
+    digits, columns = rows.shape[:2]
+    figure = new_figure((AUGMENT_CELL * columns, AUGMENT_CELL * digits + 0.4))
+    figure.suptitle(title, fontsize=10)
+    for axes, canvas in zip(figure.subplots(digits, columns, squeeze=False).ravel(),
+                            rows.reshape(-1, *rows.shape[2:]), strict=True):
+        axes.imshow(canvas, cmap="gray", vmin=0, vmax=255)
+        axes.set(xticks=[], yticks=[])
+    for axes, label in zip(figure.axes[:columns], ["as it is", *["drawn"] * (columns - 1)],
+                           strict=True):
+        axes.set_title(label, fontsize=8)
     return save(figure, path)
 
 

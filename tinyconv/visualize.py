@@ -9,12 +9,15 @@ DIR/feature_maps.png (what the layers make of one input: a test image, or your o
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from tinyconv import cli, plots
-from tinyconv.data import load_mnist
+from tinyconv.data import distorted, load_mnist, resized
 from tinyconv.digits import mnist_digit
 from tinyconv.evaluation import model_inputs
 from tinyconv.interop import MissingDependencyError
 from tinyconv.nn import Conv2d
+from tinyconv.train import distortions_of
 
 DEFAULTS = {"index": 0}
 
@@ -79,6 +82,28 @@ def visualize(model, config, digit, name, out_dir):
     return paths
 
 
+def augment_picture(header, args, path, digits=6, draws=8):
+    """augment.png: the first training digits, each as it is and as `draws` distortions of
+    the checkpoint's run give it (seed 0)."""
+    config = header["config"] if header else {}
+    distortions = distortions_of(config) if "translate" in config else None
+    if distortions is None:
+        raise ValueError(f"--augment: the run of {args.checkpoint} trained with no distortion "
+                         "(train with --rotate, --scale, --shear, --elastic or a fractional "
+                         "--translate)")
+    images, _ = load_mnist("train", args.data_dir, dataset=cli.dataset_of_run(args, header))
+    canvas = resized(images[:digits], config.get("resize", "pad"))
+    rng = np.random.default_rng(0)
+    variants = [distorted(canvas, rng, distortions) for _ in range(draws)]
+    d = distortions
+    settings = [f"{name} {value:g}" for name, value in (("rotate", d.rotate), ("scale", d.scale),
+                ("shear", d.shear), ("translate", d.translate)) if value]
+    if d.elastic_alpha:
+        settings.append(f"elastic {d.elastic_alpha:g},{d.elastic_sigma:g}")
+    return plots.augmented(np.stack([canvas, *variants], axis=1), path,
+                           "training's distortions: " + ", ".join(settings))
+
+
 def parser():
     parser = cli.parser(
         "python -m tinyconv.visualize",
@@ -94,6 +119,10 @@ def parser():
                         "prepared as python -m tinyconv.predict does")
     source.add_argument("--index", type=cli.count(0), default=DEFAULTS["index"],
                         help="which test image of the data set to show (default %(default)s)")
+    parser.add_argument("--augment", action="store_true",
+                        help="also draw DIR/augment.png: training images under the distortions "
+                             "of the checkpoint's run (--rotate, --scale, --shear, --translate, "
+                             "--elastic), 8 draws each")
     cli.add_dataset(parser, "the one the checkpoint was trained on")
     cli.add_data_dir(parser)
     return parser
@@ -115,6 +144,8 @@ def command(args):
         name = f"test image {args.index} (a {labels[args.index]})"
     with cli.writing(args.out):
         paths = visualize(model, config, digit, name, args.out)
+        if args.augment:
+            paths.append(augment_picture(header, args, Path(args.out) / "augment.png"))
     for path in paths:
         print(f"wrote {path}")
 
