@@ -162,6 +162,30 @@ def test_a_per_step_cosine_moves_the_lr_after_every_batch(tmp_path):
     assert opt.lr == pytest.approx(0.0, abs=1e-18)  # at the end of the cosine
 
 
+def test_a_validation_split_is_held_out_and_chooses_the_best_epoch(tmp_path):
+    run = tmp_path / "run"
+    assert run_train(run, "--epochs", "3", "--val", "128") == 0
+    log = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert all({"val_loss", "val_accuracy", "test_loss", "test_accuracy"} <= m.keys()
+               for m in log)
+    best = max(log, key=lambda m: (m["val_accuracy"], -m["epoch"]))
+    header = checkpoint.load(run / "best.npz")[1]
+    assert header["best"] == {"accuracy": best["val_accuracy"], "epoch": best["epoch"],
+                              "on": "val"}
+    # the last 128 of the 640 images are the validation set, never trained on: 8 steps of 64
+    (fit, _), validation, _ = train.run_data({**header["config"], "data_dir": None})
+    assert len(fit) == 512 and len(validation[0]) == 128
+    assert checkpoint.load(run / "last.npz")[1]["epoch"] == 3
+    _, opt, _, _ = checkpoint.load_run(run / "last.npz")
+    assert opt.step_count == 3 * 8
+
+
+def test_a_validation_split_must_leave_training_images(tmp_path, capsys):
+    assert run_train(tmp_path / "run", "--val", "640") == 2
+    assert capsys.readouterr().err == ("error: --val 640 must leave images to train on: the "
+                                       "run has 640 training images\n")
+
+
 def test_an_optimizer_brings_its_own_default_weight_decay():
     assert config_of("--optimizer", "adamw")["weight_decay"] == 1e-2  # torch's AdamW's
     assert config_of("--optimizer", "adamw", "--weight-decay", "0")["weight_decay"] == 0.0
@@ -549,7 +573,7 @@ FLAGS = {
             "--per-step", "--lr-step", "--lr-gamma",
             "--weight-decay", "--no-decay-norm-bias", "--seed", "--flip", "--no-flip",
             "--translate", "--rotate", "--scale", "--shear", "--elastic", "--resize",
-            "--normalize", "--limit-train", "--limit-test",
+            "--normalize", "--limit-train", "--limit-test", "--val",
             "--threads", "--device", "--dataset", "--data-dir", "--run-dir", "--init-from",
             "--trust-pickle", "--resume", "--from", "--quiet"],
     evaluate: ["-h", "--help", "CHECKPOINT", "--trust-pickle", "--device", "--threads",

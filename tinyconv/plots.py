@@ -96,6 +96,9 @@ def curves(metrics, path, title="training"):
     loss, accuracy = figure.subplots(1, 2)
     loss.plot(epochs, [m["train_loss"] for m in metrics], "o-", ms=3, label="train loss")
     loss.plot(epochs, [m["test_loss"] for m in metrics], "s-", ms=3, label="test loss")
+    validated = all("val_loss" in m for m in metrics)
+    if validated:
+        loss.plot(epochs, [m["val_loss"] for m in metrics], "^-", ms=3, label="val loss")
     loss.set(yscale="log", xlabel="epoch", ylabel="mean cross-entropy")
     lr = loss.twinx()
     lr.step(epochs, [m["lr"] for m in metrics], "k--", where="mid", lw=1, alpha=0.5,
@@ -109,11 +112,16 @@ def curves(metrics, path, title="training"):
     handles = loss.get_legend_handles_labels()[0] + lr.get_legend_handles_labels()[0]
     loss.legend(handles=handles, loc="upper right", fontsize="small")
     percent = [100 * m["test_accuracy"] for m in metrics]
-    best = int(np.argmax(percent))
-    accuracy.plot(epochs, percent, "o-", ms=3, color="tab:green")
-    accuracy.plot(epochs[best], percent[best], "*", ms=12, color="tab:red",
-                  label=f"best {percent[best]:.2f}% (epoch {epochs[best]})")
-    accuracy.set(xlabel="epoch", ylabel="test accuracy (%)")
+    accuracy.plot(epochs, percent, "o-", ms=3, color="tab:green", label="test")
+    if validated:  # the best epoch is the validation's, as best.npz's
+        judged = [100 * m["val_accuracy"] for m in metrics]
+        accuracy.plot(epochs, judged, "^-", ms=3, color="tab:purple", label="validation")
+    else:
+        judged = percent
+    best = int(np.argmax(judged))
+    accuracy.plot(epochs[best], judged[best], "*", ms=12, color="tab:red",
+                  label=f"best {judged[best]:.2f}% (epoch {epochs[best]})")
+    accuracy.set(xlabel="epoch", ylabel="accuracy (%)")
     accuracy.legend(loc="lower right", fontsize="small")
     accuracy.set_ylim(top=min(100.0, accuracy.get_ylim()[1]))
     for axes in (loss, accuracy):

@@ -53,7 +53,7 @@ RUN_DEFAULTS = {"arch": "lenet5", "optimizer": "adam", "schedule": "step", "data
                 "data_dir": None, "init_from": None}
 # the settings beside the recipe's that only some runs have
 OPTIONAL_SETTINGS = ("momentum", "nesterov", "warmup_epochs", "per_step", "no_decay_norm_bias",
-                     "rotate", "scale", "shear", "elastic")
+                     "rotate", "scale", "shear", "elastic", "val")
 # the flags that say what to do rather than how to train
 NOT_SETTINGS = ("run_dir", "resume", "start_from", "quiet", "trust_pickle", "list_archs")
 # drawing curves.png takes about 0.3 s, which after every epoch of 1.7 s made the default run
@@ -237,11 +237,7 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False, model=
     if not resume and run_dir is not None and (run_dir / "last.npz").exists():
         raise ValueError(f"{run_dir} already holds a run (last.npz): continue it with "
                          f"--resume {run_dir}, or choose another --run-dir")
-    dataset = config.get("dataset", "mnist")
-    train_images, train_labels = load_mnist("train", config.get("data_dir"), dataset=dataset)
-    test_images, test_labels = load_mnist("test", config.get("data_dir"), dataset=dataset)
-    train_images, train_labels = (a[:config["limit_train"]] for a in (train_images, train_labels))
-    test_images, test_labels = (a[:config["limit_test"]] for a in (test_images, test_labels))
+    (train_images, train_labels), validation, test = run_data(config)
     steps = num_batches(len(train_labels), config["batch_size"], drop_last=False)
     if resume:
         path, _ = resumable(run_dir, start_from)
@@ -278,15 +274,15 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False, model=
             if not per_step:
                 sched.step()
             position.phase = "the test pass"
-            # at the training batch size, so the test pass reuses the training buffers
-            result = evaluate(model, test_images, test_labels, config["resize"],
-                              config["normalize"], config["batch_size"])
             metrics = {"epoch": epoch + 1, "train_loss": train_loss,
-                       "test_loss": result["loss"], "test_accuracy": result["accuracy"],
-                       "lr": lr, "seconds": time.perf_counter() - began}
+                       **scores(model, config, test, validation), "lr": lr,
+                       "seconds": time.perf_counter() - began}
             history.append(metrics)
-            if result["accuracy"] > best["accuracy"]:
-                best = {"accuracy": result["accuracy"], "epoch": epoch + 1}
+            # the best epoch by validation where there is one: the test set chooses nothing
+            judged = "val" if validation else "test"
+            if metrics[f"{judged}_accuracy"] > best["accuracy"]:
+                best = {"accuracy": metrics[f"{judged}_accuracy"], "epoch": epoch + 1,
+                        "on": judged}
             if run_dir is not None:
                 position.phase = "writing its checkpoint"
                 with cli.interrupts_held():  # an interrupt in here stops the run after it
@@ -297,13 +293,50 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False, model=
                     redraw_curves(run_dir)  # the whole run so far, resumed epochs included
                     drawn = time.perf_counter()
             if not quiet:
-                print(f"epoch {epoch + 1:>3}/{config['epochs']}  train loss {train_loss:.4f}  "
-                      f"test loss {result['loss']:.4f}  test acc "
-                      f"{100 * result['accuracy']:.2f}%  lr {lr:.3g}  "
-                      f"{metrics['seconds']:.1f}s", flush=True)
+                print(epoch_line(metrics, config["epochs"]), flush=True)
     except cli.Interrupted as exc:
         raise exc.again(interrupted(exc, position, run_dir, saved)) from None
     return history
+
+
+def run_data(config):
+    """(train, validation or None, test) (images, labels) pairs of a run: the first
+    limit_train training images less the last config["val"], held out as validation, and
+    the first limit_test test images."""
+    dataset, where = config.get("dataset", "mnist"), config.get("data_dir")
+    images, labels = (a[:config["limit_train"]] for a in load_mnist("train", where,
+                                                                    dataset=dataset))
+    test = tuple(a[:config["limit_test"]] for a in load_mnist("test", where, dataset=dataset))
+    held_out = config.get("val", 0)
+    if not held_out:
+        return (images, labels), None, test
+    if held_out >= len(labels):
+        raise ValueError(f"--val {held_out} must leave images to train on: the run has "
+                         f"{len(labels)} training images")
+    return (images[:-held_out], labels[:-held_out]), (images[-held_out:],
+                                                       labels[-held_out:]), test
+
+
+def scores(model, config, test, validation):
+    """test_loss and test_accuracy, and val_loss and val_accuracy with a validation set."""
+    figures = {}
+    for name, (images, labels) in (("test", test), *((("val", validation),) if validation
+                                                     else ())):
+        # at the training batch size, so the pass reuses the training buffers
+        result = evaluate(model, images, labels, config["resize"], config["normalize"],
+                          config["batch_size"])
+        figures.update({f"{name}_loss": result["loss"], f"{name}_accuracy": result["accuracy"]})
+    return figures
+
+
+def epoch_line(metrics, epochs):
+    """What an epoch prints: its losses, accuracies, lr and seconds."""
+    val = (f"val loss {metrics['val_loss']:.4f}  val acc {100 * metrics['val_accuracy']:.2f}%  "
+           if "val_loss" in metrics else "")
+    return (f"epoch {metrics['epoch']:>3}/{epochs}  train loss {metrics['train_loss']:.4f}  "
+            f"{val}test loss {metrics['test_loss']:.4f}  test acc "
+            f"{100 * metrics['test_accuracy']:.2f}%  lr {metrics['lr']:.3g}  "
+            f"{metrics['seconds']:.1f}s")
 
 
 def write_epoch(run_dir, model, opt, sched, config, best, metrics):
@@ -438,6 +471,11 @@ def parser():
                         "training images only (quick runs)")
     parser.add_argument("--limit-test", type=cli.count(1), metavar="N", help="evaluate on the "
                         "first N test images only")
+    parser.add_argument("--val", type=cli.count(0), metavar="N",
+                        help="hold the last N training images out as a validation set, which "
+                             "training never sees: each epoch reports its loss and accuracy, "
+                             "and best.npz is the epoch best on it, not on the test set "
+                             "(5000 for choosing a recipe; default 0, none)")
     cli.add_threads(parser)
     cli.add_device(parser, default=None, note="; with --resume, the run's")
     cli.add_dataset(parser, "mnist")
