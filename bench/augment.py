@@ -1,0 +1,117 @@
+"""The data pipeline's distortions, measured: python bench/augment.py [--help].
+
+Samples/s of the training batches (shuffled, padded to 32x32, normalised) over the 60,000
+MNIST training images at batch 128: the default recipe's whole-pixel shifts, the random
+affine warp (rotation 12 degrees, scale 0.12, shear 0.2, shifts of 2.5 px), and the affine
+plus elastic warp (alpha 20, sigma 4); then one default-recipe training epoch (LeNet-5, test
+pass excluded) with the plain shifts and with the affine plus elastic warp, alternating, and
+how much longer the second is. tinyconv alone: no other library has these kernels to compare.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # bench.common and tinyconv, from any directory
+
+from bench.common import (  # noqa: E402
+    Row,
+    busy_cores,
+    busy_warning,
+    format_header,
+    format_row,
+    format_table_head,
+    make_header,
+    write_json,
+)
+
+AFFINE = {"rotate": 12, "scale": 0.12, "shear": 0.2, "translate": 2.5}
+ELASTIC = {**AFFINE, "elastic": [20.0, 4.0]}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2, help="Numba threads")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each case, alternating")
+    parser.add_argument("--json", metavar="PATH", help="also write the header and rows as JSON")
+    return parser.parse_args(argv)
+
+
+def pipeline_rate(images, labels, config, rounds):
+    """Best samples/s over rounds of one pass of the training batches of config."""
+    from tinyconv.data import iterate_batches
+    from tinyconv.train import distortions_of
+
+    distortions = distortions_of(config)
+    best = 0.0
+    for round_index in range(rounds + 1):  # the first pass compiles and warms up
+        rng = np.random.default_rng([0, round_index])
+        start = time.perf_counter()
+        for _ in iterate_batches(images, labels, 128, rng=rng, translate=0 if distortions
+                                 else config["translate"], distortions=distortions):
+            pass
+        if round_index:
+            best = max(best, len(labels) / (time.perf_counter() - start))
+    return best
+
+
+def epoch_seconds(images, labels, configs, rounds):
+    """Per config, the best seconds of one training epoch over rounds, taking turns."""
+    from tinyconv import LeNet5
+    from tinyconv.train import make_optimizer, train_epoch
+
+    best = [float("inf")] * len(configs)
+    for round_index in range(rounds):
+        for index, config in enumerate(configs):
+            model = LeNet5(seed=0)
+            opt = make_optimizer(model, config)
+            start = time.perf_counter()
+            train_epoch(model, opt, images, labels, config, round_index, quiet=True)
+            best[index] = min(best[index], time.perf_counter() - start)
+    return best
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    busy = busy_cores()
+    import numba
+
+    from tinyconv.data import load_mnist
+    from tinyconv.train import RECIPES, RUN_DEFAULTS
+
+    numba.set_num_threads(args.threads)
+    header = make_header("bench/augment.py: the distortions' kernels in the data pipeline",
+                         {"tinyconv (numba)": args.threads},
+                         f"the best of {args.rounds} rounds after one warm-up pass; the "
+                         "epochs take turns", busy)
+    print(format_header(header))
+    warning = busy_warning(busy)
+    if warning:
+        print(warning)
+    print(format_table_head())
+    images, labels = load_mnist("train")
+    default = {**RECIPES["default"], **RUN_DEFAULTS}
+    rows = []
+    for name, settings in (("shifts (default recipe)", {}), ("affine warp", AFFINE),
+                           ("affine + elastic warp", ELASTIC)):
+        rate = pipeline_rate(images, labels, {**default, **settings}, args.rounds)
+        rows.append(Row(f"batches, {name}", "60000x28x28", rate, None, "samples/s"))
+        print(format_row(rows[-1]), flush=True)
+    plain, warped = epoch_seconds(images, labels, [default, {**default, **ELASTIC}],
+                                  args.rounds)
+    for name, seconds in (("shifts", plain), ("affine + elastic", warped)):
+        rows.append(Row(f"training epoch, {name}", "LeNet-5, b128", seconds, None, "s"))
+        print(format_row(rows[-1]), flush=True)
+    rows.append(Row("epoch lengthened by the warp", "", 100 * (warped / plain - 1), None, "%"))
+    print(format_row(rows[-1]))
+    if args.json:
+        write_json(args.json, header, rows)
+
+
+if __name__ == "__main__":
+    main()
