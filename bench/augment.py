@@ -44,16 +44,15 @@ def parse_args(argv):
 
 def pipeline_rate(images, labels, config, rounds):
     """Best samples/s over rounds of one pass of the training batches of config."""
-    from tinyconv.data import iterate_batches
-    from tinyconv.train import distortions_of
+    from tinyconv.data import augmentation, iterate_batches
 
-    distortions = distortions_of(config)
+    translate, distortions = augmentation(config)
     best = 0.0
     for round_index in range(rounds + 1):  # the first pass compiles and warms up
         rng = np.random.default_rng([0, round_index])
         start = time.perf_counter()
-        for _ in iterate_batches(images, labels, 128, rng=rng, translate=0 if distortions
-                                 else config["translate"], distortions=distortions):
+        for _ in iterate_batches(images, labels, 128, rng=rng, translate=translate,
+                                 distortions=distortions):
             pass
         if round_index:
             best = max(best, len(labels) / (time.perf_counter() - start))

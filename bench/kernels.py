@@ -161,11 +161,12 @@ class LossCase(Side):
                                                  k.empty(self.logits.shape))
 
     def forward(self):
-        self.kernels.softmax_xent_forward(self.losses, self.probs, self.logits, self.labels)
+        self.kernels.softmax_xent_forward(self.losses, self.probs, self.logits, self.labels,
+                                          np.float32(0.0))
 
     def backward(self):
         self.kernels.softmax_xent_backward(self.dlogits, self.probs, self.labels,
-                                           np.float32(1.0))
+                                           np.float32(1.0), np.float32(0.0))
 
     def torch_forward(self):
         return self.torch.nn.functional.cross_entropy(self.t_inp, self.t_labels)

@@ -99,7 +99,7 @@ def grid():
 
 def train_run(variant, lr, seed, epochs, train_set, eval_set):
     """Train variant at lr from seed for epochs on train_set, evaluating on eval_set after
-    each epoch; returns the per-epoch records."""
+    each epoch; yields the records of the epochs so far after each."""
     config = variant.config(lr, seed, epochs)
     model = archs.build(variant.spec, seed=seed).train()
     opt = make_optimizer(model, config)
@@ -249,7 +249,7 @@ def parser():
                              "'relu-*', 'lenet5-sgd*'); may repeat")
     parser.add_argument("--out", type=Path, help="where study.json and study.png go "
                         "(default runs/study-DATASET)")
-    parser.add_argument("--limit-train", type=cli.count(2), metavar="N",
+    parser.add_argument("--limit-train", type=cli.count(10), metavar="N",
                         help="the first N training images only (a quick look; when tuning, "
                              "the last fifth of them validates)")
     parser.add_argument("--limit-test", type=cli.count(1), metavar="N",

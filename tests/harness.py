@@ -132,14 +132,15 @@ def layer_results(k, case, inp, state, dout):
     return results
 
 
-def loss_results(k, logits, labels, dloss):
-    """The loss kernels on backend k from batch-first logits (N, V): {"losses" (N,), "loss"
-    (their mean, in float64 as Sequential takes it), "probs", "dlogits" (N, V)}."""
+def loss_results(k, logits, labels, dloss, smoothing=0.0):
+    """The loss kernels on backend k from batch-first logits (N, V), with label smoothing:
+    {"losses" (N,), "loss" (their mean, in float64 as Sequential takes it), "probs",
+    "dlogits" (N, V)}."""
     batch, classes = logits.shape
     losses, probs, dlogits = nans(batch), nans((classes, batch)), nans((classes, batch))
-    labels = aligned(labels)
-    k.softmax_xent_forward(losses, probs, batch_last(logits), labels)
-    k.softmax_xent_backward(dlogits, probs, labels, dloss)
+    labels, smoothing = aligned(labels), np.float32(smoothing)
+    k.softmax_xent_forward(losses, probs, batch_last(logits), labels, smoothing)
+    k.softmax_xent_backward(dlogits, probs, labels, dloss, smoothing)
     return {"losses": losses, "loss": losses.mean(dtype=np.float64),
             "probs": batch_first(probs), "dlogits": batch_first(dlogits)}
 
@@ -252,7 +253,7 @@ def _record_layer(k, case, seed):
 
 
 def _record_loss(k, case, seed):
-    loss_results(k, *draw_loss(case, seed))
+    loss_results(k, *draw_loss(case, seed), case.smoothing)
 
 
 def _record_optimizer(k, case, seed):

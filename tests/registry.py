@@ -47,11 +47,13 @@ class Case:
 @dataclass(frozen=True)
 class LossCase:
     """The softmax cross-entropy kernels on (N, V) logits, scale * standard normal (large ones
-    test the maximum taken out before exp), and random labels."""
+    test the maximum taken out before exp), and random labels; smoothing is torch's
+    label_smoothing."""
 
     batch: int
     classes: int
     scale: float = 2.0
+    smoothing: float = 0.0
     lenet: bool = False
     simulator: bool = False
 
@@ -418,6 +420,9 @@ LOSS_CASES = {
     "xent_one_class": LossCase(5, 1),
     "xent_sim_large_logits": LossCase(3, 10, scale=20.0, simulator=True),
     "xent_sim_one_sample": LossCase(1, 3, simulator=True),
+    "xent_smoothed": LossCase(37, 10, smoothing=0.1),
+    "xent_lenet_smoothed": LossCase(128, 10, scale=5.0, smoothing=0.05, lenet=True),
+    "xent_sim_smoothed": LossCase(3, 10, smoothing=0.3, simulator=True),
 }
 
 _LENET_PARAMS = archs.LeNet5().param_count

@@ -269,6 +269,15 @@ def test_a_damaged_last_checkpoint_points_to_best_which_resumes(tmp_path, capsys
         err.endswith(f"; {run / 'best.npz'} (epoch {best_epoch}) is whole: continue from it "
                      f"with --resume {run} --from best\n")
     log = (run / "metrics.jsonl").read_text().splitlines()
+    # interrupted before its first epoch, a resume from best.npz leaves the run as it was, and
+    # says the way back is through best.npz still (update 12: epoch 2's second step)
+    done = interrupted_run(run, "step", 12, signal.SIGINT, "--resume", str(run), "--from",
+                           "best", "--epochs", "4")
+    assert done.returncode == 130 and done.stderr.splitlines()[-1].endswith(
+        f"{run / 'best.npz'} (epoch 1) is intact; continue with: python -m tinyconv.train "
+        f"--resume {run} --from best")
+    assert (run / "metrics.jsonl").read_text().splitlines() == log
+    assert not (run / "metrics.replaced.jsonl").exists()
     assert train.main(["--resume", str(run), "--from", "best", "--epochs", "4", "--quiet"]) == 0
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").open()]
     assert epochs == [*range(1, best_epoch + 1), *range(best_epoch + 1, 5)]
@@ -571,7 +580,8 @@ FLAGS = {
     train: ["-h", "--help", "--recipe", "--arch", "--list-archs", "--epochs", "--batch-size",
             "--optimizer", "--momentum", "--nesterov", "--lr", "--schedule", "--warmup-epochs",
             "--per-step", "--lr-step", "--lr-gamma",
-            "--weight-decay", "--no-decay-norm-bias", "--seed", "--flip", "--no-flip",
+            "--weight-decay", "--label-smoothing", "--no-decay-norm-bias", "--seed", "--flip",
+            "--no-flip",
             "--translate", "--rotate", "--scale", "--shear", "--elastic", "--resize",
             "--normalize", "--limit-train", "--limit-test", "--val",
             "--threads", "--device", "--dataset", "--data-dir", "--run-dir", "--init-from",

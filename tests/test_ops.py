@@ -71,11 +71,12 @@ def test_layer_kernels_float32_match_torch(name):
 # ---- the loss: per-sample losses, probabilities and gradient against torch's cross_entropy
 
 
-def torch_loss(logits, labels, dloss):
-    """torch's cross_entropy per sample (reduction "none") and its mean, softmax, and the
-    gradient of dloss * mean, in float64."""
+def torch_loss(logits, labels, dloss, smoothing=0.0):
+    """torch's cross_entropy per sample (reduction "none", label_smoothing) and its mean,
+    softmax, and the gradient of dloss * mean, in float64."""
     x = torch.from_numpy(logits).requires_grad_()
-    losses = F.cross_entropy(x, torch.from_numpy(labels), reduction="none")
+    losses = F.cross_entropy(x, torch.from_numpy(labels), reduction="none",
+                             label_smoothing=smoothing)
     loss = losses.mean()
     (float(dloss) * loss).backward()
     return {"losses": losses.detach().numpy(), "loss": loss.item(),
@@ -84,20 +85,22 @@ def torch_loss(logits, labels, dloss):
 
 @pytest.mark.parametrize("name", LOSS_CASES)
 def test_loss_reference_float64_matches_torch(name):
-    logits, labels, dloss = draw_loss(LOSS_CASES[name])
-    expected = torch_loss(logits, labels, dloss)
-    loss, probs = ref.softmax_xent_forward(logits, labels)
+    case = LOSS_CASES[name]
+    logits, labels, dloss = draw_loss(case)
+    expected = torch_loss(logits, labels, dloss, case.smoothing)
+    loss, probs = ref.softmax_xent_forward(logits, labels, case.smoothing)
     got = {"loss": loss, "probs": probs,
-           "dlogits": ref.softmax_xent_backward(probs, labels, float(dloss))}
+           "dlogits": ref.softmax_xent_backward(probs, labels, float(dloss), case.smoothing)}
     check(name, "reference", got, {key: expected[key] for key in got})
 
 
 @pytest.mark.parametrize("name", LOSS_CASES)
 def test_loss_kernels_float32_match_torch(name):
     # each sample's loss, not only the mean, so that one wrong sample cannot hide in it
-    logits, labels, dloss = draw_loss(LOSS_CASES[name])
-    check(name, "kernel", loss_results(CPU, logits, labels, dloss),
-          torch_loss(logits, labels, dloss))
+    case = LOSS_CASES[name]
+    logits, labels, dloss = draw_loss(case)
+    check(name, "kernel", loss_results(CPU, logits, labels, dloss, case.smoothing),
+          torch_loss(logits, labels, dloss, case.smoothing))
 
 
 # ---- the oracle against finite differences, so that it is not only "agrees with torch"
@@ -150,14 +153,17 @@ def test_reference_matches_finite_differences(name):
         assert err < 1e-7, f"{name}: d{key} differs from finite differences by {err:.3g}"
 
 
-def test_loss_reference_matches_finite_differences():
-    logits, labels, dloss = draw_loss(LOSS_CASES["xent_batch37"], seed=7)
-    _, probs = ref.softmax_xent_forward(logits, labels)
-    got = ref.softmax_xent_backward(probs, labels, float(dloss))
+@pytest.mark.parametrize("name", ["xent_batch37", "xent_smoothed"])
+def test_loss_reference_matches_finite_differences(name):
+    case = LOSS_CASES[name]
+    logits, labels, dloss = draw_loss(case, seed=7)
+    _, probs = ref.softmax_xent_forward(logits, labels, case.smoothing)
+    got = ref.softmax_xent_backward(probs, labels, float(dloss), case.smoothing)
     numeric = finite_differences(
-        lambda: float(dloss) * ref.softmax_xent_forward(logits, labels)[0], {"logits": logits})
+        lambda: float(dloss) * ref.softmax_xent_forward(logits, labels, case.smoothing)[0],
+        {"logits": logits})
     err = rel_err(got, numeric["logits"])
-    assert err < 1e-7, f"xent_batch37: dlogits differs from finite differences by {err:.3g}"
+    assert err < 1e-7, f"{name}: dlogits differs from finite differences by {err:.3g}"
 
 
 # ---- the optimizers against torch.optim's, step for step
@@ -265,23 +271,30 @@ def test_no_decay_for_norms_and_biases_matches_torch_parameter_groups(kind):
     lrs = {"SGD": (0.1, 0.03), "Adagrad": (0.1, 0.03)}.get(kind, (1e-2, 3e-3))
     torch_opt = getattr(torch.optim, kind)(groups, lr=lrs[0], **options)
     ours = OPTIMIZERS[kind](model, lr=lrs[0], no_decay=exempt, **options)
+    decaying = archs.build("resnet-mini", seed=1)  # the same steps, every parameter decayed
+    everything = OPTIMIZERS[kind](decaying, lr=lrs[0], **options)
     rng = np.random.default_rng(4)
     for step in range(1, 31):
         lr = lrs[0] if step <= 15 else lrs[1]
-        ours.lr = lr
+        ours.lr = everything.lr = lr
         for group in torch_opt.param_groups:
             group["lr"] = lr
         model.flat_grads[:] = rng.standard_normal(model.param_count).astype(np.float32)
+        decaying.flat_grads[:] = model.flat_grads
         for name, tensor in theirs.items():
             tensor.grad = torch.from_numpy(model.grads[name].astype(np.float64))
         ours.step(model.grads)
+        everything.step(decaying.grads)
         torch_opt.step()
         for name, tensor in theirs.items():
             err = rel_err(model.params[name], tensor.detach().numpy())
             assert err < 1e-6, f"{kind}, step {step}: {name} differs by {err:.3g}"
-    # the exemption changes what decays: without it the biases end elsewhere
-    again = OPTIMIZERS[kind](archs.build("resnet-mini", seed=1), lr=lrs[0], **options)
-    assert again.no_decay == () and ours.no_decay == tuple(exempt)
+    # the exemption is what made the difference: exempt parameters end elsewhere, the
+    # decayed ones where decaying everything puts them
+    assert everything.no_decay == () and ours.no_decay == tuple(exempt)
+    for name in model.param_shapes:
+        same = np.array_equal(model.params[name], decaying.params[name])
+        assert same == (name not in exempt), name
     restored = OPTIMIZERS[kind](model)
     restored.load_state_dict(ours.state_dict())
     assert restored.no_decay == ours.no_decay and restored._runs == ours._runs

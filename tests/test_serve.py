@@ -124,11 +124,12 @@ def test_maps_show_the_input_and_each_layer(url, classifier):
     ("PUT", "/predict", b"x", 405, "method PUT is not allowed"),
     ("DELETE", "/", None, 405, "method DELETE is not allowed"),
 ])
-def test_bad_requests_get_a_4xx_and_one_json_line(url, method, path, body, status, message):
+def test_bad_requests_get_a_4xx_and_one_json_line(url, checkpoint, method, path, body, status,
+                                                  message):
     got, answer = request(f"{url}{path}", method, body)
     assert got == status and answer["error"].startswith(message) and "\n" not in answer["error"]
-    assert request(f"{url}/healthz") == (200, {"status": "ok", "checkpoint": answer.get(
-        "checkpoint", request(f"{url}/healthz")[1]["checkpoint"]), "classes": 10})
+    assert request(f"{url}/healthz") == (200, {"status": "ok", "checkpoint": str(checkpoint),
+                                               "classes": 10})
 
 
 def test_oversized_and_unsized_bodies_are_refused_unread(url):
@@ -137,7 +138,27 @@ def test_oversized_and_unsized_bodies_are_refused_unread(url):
     assert line.endswith("413 Request Entity Too Large") and "over the limit" in answer["error"]
     line, answer = raw_request(url, b"POST /predict HTTP/1.1\r\nHost: x\r\n\r\n")
     assert line.endswith("411 Length Required") and "Content-Length" in answer["error"]
+    # a length of Unicode digits ('2' superscript, which str.isdigit takes) is no length
+    line, answer = raw_request(url, "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                                    "\u00b2\r\n\r\n".encode("latin-1"))
+    assert line.endswith("411 Length Required")
+    # the standard library's own refusals are JSON lines too
+    line, answer = raw_request(url, b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert line.endswith("501 Not Implemented") and answer["error"]
     assert request(f"{url}/healthz")[0] == 200  # still serving
+
+
+def test_requests_are_served_while_a_prediction_waits(url, classifier):
+    # the network is busy (its lock held): a prediction waits, the server answers others
+    with classifier.lock:
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(request, f"{url}/predict", "POST", drawn_one())
+            assert request(f"{url}/healthz")[0] == 200
+            assert not waiting.done()
+            classifier.lock.release()  # let it through, then take the lock back for `with`
+            status, answer = waiting.result(timeout=30)
+            classifier.lock.acquire()
+    assert status == 200 and answer["top"][0]["class"] == 1
 
 
 def test_fifty_concurrent_requests_are_all_answered(url):

@@ -68,45 +68,44 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
+def _stop_handlers(handler):
+    """handler for SIGINT and SIGTERM inside the block, the previous ones after it. The two
+    signals are blocked while the handlers change, so that none lands half-way (a signal
+    that arrived meanwhile is delivered once the block's handler is in place). Outside the
+    main thread, where signals cannot be caught, the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+@contextlib.contextmanager
 def interrupts_raised():
-    """SIGINT and SIGTERM raise Interrupted inside the block (the process's handlers are
-    restored after it). In a thread other than the main one, signals cannot be caught, and
-    the block runs as it is."""
+    """SIGINT and SIGTERM raise Interrupted inside the block."""
     def raise_interrupted(signum, frame):
         raise Interrupted(signum)
 
-    try:
-        previous = {signum: signal.signal(signum, raise_interrupted) for signum in STOP_SIGNALS}
-    except ValueError:  # not the main thread
+    with _stop_handlers(raise_interrupted):
         yield
-        return
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
 def interrupts_held():
     """SIGINT and SIGTERM that arrive inside the block are held until its end, then raise
     Interrupted there: a run's checkpoint, best copy and metrics line are written together or
-    not at all. Outside the main thread, the block runs as it is."""
+    not at all."""
     held = []
-
-    def hold(signum, frame):
-        held.append(signum)
-
-    try:
-        previous = {signum: signal.signal(signum, hold) for signum in STOP_SIGNALS}
-    except ValueError:
+    with _stop_handlers(lambda signum, frame: held.append(signum)):
         yield
-        return
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     if held:
         raise Interrupted(held[0])
 

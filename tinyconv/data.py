@@ -13,6 +13,7 @@ TINYCONV_DATA) is validated for structure only, so any look-alike with MNIST's f
 loads from there.
 """
 
+import dataclasses
 import gzip
 import hashlib
 import math
@@ -494,10 +495,10 @@ def elastic_fields(n, rng, size, alpha, sigma):
     """(size, size, n, 2) float32 displacement fields (each sample's dx, dy; batch-last),
     Simard's: uniform noise from a seed the rng draws, smoothed by the Gaussian of sigma,
     times alpha."""
-    from tinyconv.kernels import cpu_augment
+    from tinyconv.kernels import cpu_augment, cpu_blocks
 
     noise = np.empty((size, size, n, 2), np.float32)
-    cpu_augment.elastic_noise(noise.ravel(), rng.integers(0, 2**32))
+    cpu_blocks.elastic_noise(noise.ravel(), rng.integers(0, 2**32))
     fields, tmp = np.empty_like(noise), np.empty_like(noise)
     maps = (size, size, 2 * n)
     cpu_augment.gaussian_blur(fields.reshape(maps), tmp.reshape(maps), noise.reshape(maps),
@@ -520,6 +521,21 @@ def distorted(canvas, rng, distortions):
     out = np.empty_like(canvas)
     cpu_augment.warp_bilinear(out, np.ascontiguousarray(canvas), matrices, fields)
     return out
+
+
+def augmentation(config):
+    """(translate, distortions) for iterate_batches from a run's config: --rotate, --scale,
+    --shear and --elastic make Distortions, which hold --translate's shifts too, sub-pixel;
+    without them a whole --translate stays whole-pixel shifts (the default recipe's, which
+    need no warp): (translate, None)."""
+    alpha, sigma = config.get("elastic") or (0.0, 0.0)
+    distortions = Distortions(rotate=config.get("rotate", 0), scale=config.get("scale", 0),
+                              shear=config.get("shear", 0), elastic_alpha=alpha,
+                              elastic_sigma=sigma)
+    translate = config["translate"]
+    if not distortions and float(translate).is_integer():
+        return int(translate), None
+    return 0, dataclasses.replace(distortions, translate=translate)
 
 
 def normalized(canvas, mode):

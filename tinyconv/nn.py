@@ -1162,36 +1162,44 @@ class Sequential:
                              f"{y[(y < 0) | (y >= classes)][0]}")
         return np.ascontiguousarray(y, dtype=np.int64)
 
-    def _loss(self, x, y, training):
-        """Forward and the per-sample cross-entropy; returns the buffers and the device labels."""
+    def _loss(self, x, y, training, label_smoothing):
+        """Forward and the per-sample cross-entropy; returns the buffers, the device labels
+        and the smoothing as the kernels take it."""
         x = self._check_input(x)
         y = self._check_labels(y, len(x))
+        if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing <= 1):
+            raise ValueError(f"{self._title()}: label_smoothing must be a number in [0, 1], "
+                             f"found {label_smoothing!r}")
+        smoothing = np.float32(label_smoothing)
         buf = self._run_forward(x, training)
         labels = self.kernels.to_device(y, buf.labels)  # on the CPU: y itself if aligned
-        self.kernels.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], labels)
-        return buf, labels
+        self.kernels.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], labels,
+                                          smoothing)
+        return buf, labels, smoothing
 
-    def loss(self, x, y, reduction="mean"):
-        """Cross-entropy of a batch and its logits (N, V), without gradients, in the current
-        mode: the mean (a float), or with reduction "none" each sample's (N,) float32."""
+    def loss(self, x, y, reduction="mean", label_smoothing=0.0):
+        """Cross-entropy of a batch (torch's, label_smoothing included) and its logits
+        (N, V), without gradients, in the current mode: the mean (a float), or with
+        reduction "none" each sample's (N,) float32."""
         if reduction not in ("mean", "none"):
             raise ValueError(f"loss: reduction must be 'mean' or 'none', found {reduction!r}")
-        buf, _ = self._loss(x, y, self.training)
+        buf, _, _ = self._loss(x, y, self.training, label_smoothing)
         losses = self.kernels.to_host(buf.losses)
         return (_mean(losses) if reduction == "mean" else losses.copy(),
                 self._batch_first(buf.acts[-1]))
 
-    def loss_and_grads(self, x, y):
-        """Mean cross-entropy of a batch and its gradients, keyed like the parameters of
-        state_dict(), in the current mode.
+    def loss_and_grads(self, x, y, label_smoothing=0.0):
+        """Mean cross-entropy of a batch (torch's CrossEntropyLoss, label_smoothing included)
+        and its gradients, keyed like the parameters of state_dict(), in the current mode.
 
         The gradients are views into the model's flat gradient buffer, overwritten by the
         next call: copy them to keep them.
         """
-        buf, labels = self._loss(x, y, self.training)
+        buf, labels, smoothing = self._loss(x, y, self.training, label_smoothing)
         k = self.kernels
         buf.gradients()
-        k.softmax_xent_backward(buf.tensors[-1].dout, buf.probs, labels, np.float32(1.0))
+        k.softmax_xent_backward(buf.tensors[-1].dout, buf.probs, labels, np.float32(1.0),
+                                smoothing)
         _backward_chain(k, self.layers, buf.tensors, self._layer_params, self._layer_grads,
                         buf.run)
         return _mean(k.to_host(buf.losses)), self.grads

@@ -22,6 +22,7 @@ import io
 import json
 import sys
 import threading
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -42,9 +43,9 @@ LOOPBACK = "127.0.0.1"
 class Classifier:
     """A checkpoint's network and preprocessing, one call at a time."""
 
-    def __init__(self, model, config, checkpoint, top=DEFAULTS["top"]):
+    def __init__(self, model, config, checkpoint, top=DEFAULTS["top"], threads=None):
         self.model, self.config, self.checkpoint = model, config, str(checkpoint)
-        self.top = min(top, model.output_shape[0])
+        self.top, self.threads = min(top, model.output_shape[0]), threads
         self.lock = threading.Lock()
 
     def predict(self, data, maps=False):
@@ -52,6 +53,7 @@ class Classifier:
         feature maps as PNG data URLs; ImageError if it holds no readable digit."""
         digit = mnist_digit(data, "the image")
         with self.lock:
+            cli.set_threads(self.threads)  # Numba's thread count is each thread's own
             x = model_inputs(digit[None], self.config)
             probabilities = self.model.probabilities(x)[0]
             rows = feature_rows(self.model, x) if maps else []
@@ -107,7 +109,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.json(404, {"error": f"no route POST {parts.path}: images go to "
                                             "POST /predict"})
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None or not is_length(length):
             return self.json(411, {"error": "POST /predict needs a Content-Length header "
                                             "and the image's bytes as the body"}, close=True)
         if int(length) > MAX_BODY:
@@ -129,12 +131,17 @@ class Handler(BaseHTTPRequestHandler):
         self.json(405, {"error": f"method {self.command} is not allowed: the routes are GET /, "
                                  "GET /healthz and POST /predict"}, allow="GET, POST")
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = refused
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = refused
+
+    def send_error(self, code, message=None, explain=None):
+        """The standard library's own errors (a malformed request line, an unknown method)
+        as one JSON line too, not its HTML page."""
+        self.json(code, {"error": message or HTTPStatus(code).phrase}, close=True)
 
     def refuse_body(self):
         """Read a small body away so the connection stays usable; close it after a big one."""
         length = self.headers.get("Content-Length", "0")
-        if length.isdigit() and int(length) <= MAX_BODY:
+        if is_length(length) and int(length) <= MAX_BODY:
             self.rfile.read(int(length))
         else:
             self.close_connection = True
@@ -154,7 +161,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # a HEAD answer has the headers of its body, not the body
+            self.wfile.write(body)
 
     def log_message(self, format, *args):  # noqa: A002 (the standard library's signature)
         if not self.quiet:
@@ -167,6 +175,11 @@ class Server(ThreadingHTTPServer):
 
     request_queue_size = 128
     daemon_threads = True
+
+
+def is_length(text):
+    """Whether a Content-Length header is a decimal count (str.isdigit takes '²' too)."""
+    return text.isascii() and text.isdigit()
 
 
 def make_server(classifier, host=LOOPBACK, port=8000, quiet=False):
@@ -199,7 +212,7 @@ def command(args):
     pillow()  # before loading anything: without Pillow no image can be read
     cli.set_threads(args.threads)
     model, config, _ = cli.classifier_from_flags(args)
-    classifier = Classifier(model, config, args.checkpoint)
+    classifier = Classifier(model, config, args.checkpoint, threads=args.threads)
     try:
         server = make_server(classifier, args.host, args.port, args.quiet)
     except OSError as exc:

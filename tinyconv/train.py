@@ -10,7 +10,6 @@ continues where the last epoch ended.
 """
 
 import argparse
-import dataclasses
 import inspect
 import json
 import math
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm  # a widget in a notebook, text elsewhere
 from tinyconv import archs, checkpoint, cli, plots
 from tinyconv.atomicio import atomic_write
 from tinyconv.checkpoint import CheckpointError, load_run, save_run
-from tinyconv.data import Distortions, iterate_batches, load_mnist, num_batches
+from tinyconv.data import augmentation, iterate_batches, load_mnist, num_batches
 from tinyconv.evaluation import check_classifier, evaluate
 from tinyconv.interop import CHECKPOINT_HELP, load_model
 from tinyconv.optim import OPTIMIZERS, CosineAnnealingLR, StepLR
@@ -53,7 +52,7 @@ RUN_DEFAULTS = {"arch": "lenet5", "optimizer": "adam", "schedule": "step", "data
                 "data_dir": None, "init_from": None}
 # the settings beside the recipe's that only some runs have
 OPTIONAL_SETTINGS = ("momentum", "nesterov", "warmup_epochs", "per_step", "no_decay_norm_bias",
-                     "rotate", "scale", "shear", "elastic", "val")
+                     "rotate", "scale", "shear", "elastic", "val", "label_smoothing")
 # the flags that say what to do rather than how to train
 NOT_SETTINGS = ("run_dir", "resume", "start_from", "quiet", "trust_pickle", "list_archs")
 # drawing curves.png takes about 0.3 s, which after every epoch of 1.7 s made the default run
@@ -75,11 +74,11 @@ def train_epoch(model, opt, images, labels, config, epoch, quiet, after_step=Non
     update and counting the steps in position (a Position, if given); returns the mean loss
     per sample."""
     rng = np.random.default_rng([config["seed"], epoch])  # replayable: same seed, same epoch
-    distortions = distortions_of(config)
+    translate, distortions = augmentation(config)
     batches = iterate_batches(images, labels, config["batch_size"], rng=rng, shuffle=True,
                               resize=config["resize"], flip=config["flip"],
-                              translate=0 if distortions else config["translate"],
-                              normalize=config["normalize"], distortions=distortions)
+                              translate=translate, normalize=config["normalize"],
+                              distortions=distortions)
     total = num_batches(len(labels), config["batch_size"], drop_last=False)
     bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{config['epochs']}",
                unit="batch", leave=False, disable=quiet, file=sys.stderr)
@@ -89,7 +88,7 @@ def train_epoch(model, opt, images, labels, config, epoch, quiet, after_step=Non
         for step, (x, y) in enumerate(bar, 1):
             if position is not None:
                 position.step = step
-            loss, grads = model.loss_and_grads(x, y)
+            loss, grads = model.loss_and_grads(x, y, config.get("label_smoothing", 0.0))
             if not math.isfinite(loss):
                 raise TrainingError(f"loss is {loss} at epoch {epoch + 1}, step {step} of "
                                     f"{total} (update {opt.step_count + 1} overall)")
@@ -106,19 +105,6 @@ def train_epoch(model, opt, images, labels, config, epoch, quiet, after_step=Non
         notice.cancel()
         bar.close()
     return loss_sum / seen
-
-
-def distortions_of(config):
-    """The run's Distortions (--rotate, --scale, --shear, --elastic), with --translate's
-    shifts inside the warp, sub-pixel; None when there are none and --translate is whole (its
-    whole-pixel shifts, as the default recipe's, need no warp)."""
-    alpha, sigma = config.get("elastic") or (0.0, 0.0)
-    distortions = Distortions(rotate=config.get("rotate", 0), scale=config.get("scale", 0),
-                              shear=config.get("shear", 0), elastic_alpha=alpha,
-                              elastic_sigma=sigma)
-    if not distortions and float(config["translate"]).is_integer():
-        return None
-    return dataclasses.replace(distortions, translate=config["translate"])
 
 
 def redraw_curves(run_dir):
@@ -243,8 +229,6 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False, model=
         path, _ = resumable(run_dir, start_from)
         model, opt, sched, header = load_run(path, config["device"])
         start_epoch, best = header["epoch"], header["best"]
-        if start_from == "best":
-            rewind_metrics(run_dir, start_epoch)
     else:
         model = new_model(config, trust_pickle) if model is None else model.train()
         opt = make_optimizer(model, config)
@@ -258,6 +242,9 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False, model=
                                  f"{cli.os_reason(exc)}") from None
     per_step = config.get("per_step", False)
     history, position, saved = [], Position(steps=steps), start_epoch
+    # the checkpoint that holds epoch `saved`: best.npz, from which a --from best resume
+    # started, until the first epoch it trains is written (and metrics.jsonl cut back)
+    kept = start_from if resume else "last"
     draw_curves = run_dir is not None and plots.available("curves.png", quiet)
     drawn = -math.inf  # when curves.png was last drawn
     try:
@@ -268,9 +255,10 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False, model=
                 train_loss = train_epoch(model, opt, train_images, train_labels, config, epoch,
                                          quiet, sched.step if per_step else None, position)
             except TrainingError as exc:
-                kept = (f"the last good checkpoint, {run_dir / 'last.npz'} (epoch {saved}), is "
-                        "kept intact" if saved else "no checkpoint was written before it")
-                raise TrainingError(f"training stopped: {exc}; {kept}") from None
+                intact = (f"the last good checkpoint, {run_dir / f'{kept}.npz'} (epoch "
+                          f"{saved}), is kept intact" if saved else "no checkpoint was written "
+                          "before it")
+                raise TrainingError(f"training stopped: {exc}; {intact}") from None
             if not per_step:
                 sched.step()
             position.phase = "the test pass"
@@ -286,8 +274,10 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False, model=
             if run_dir is not None:
                 position.phase = "writing its checkpoint"
                 with cli.interrupts_held():  # an interrupt in here stops the run after it
+                    if kept == "best":
+                        rewind_metrics(run_dir, start_epoch)
                     write_epoch(run_dir, model, opt, sched, config, best, metrics)
-                    saved = epoch + 1
+                    saved, kept = epoch + 1, "last"
                 if draw_curves and (epoch + 1 == config["epochs"]
                                     or time.perf_counter() - drawn >= CURVES_EVERY):
                     redraw_curves(run_dir)  # the whole run so far, resumed epochs included
@@ -295,7 +285,7 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False, model=
             if not quiet:
                 print(epoch_line(metrics, config["epochs"]), flush=True)
     except cli.Interrupted as exc:
-        raise exc.again(interrupted(exc, position, run_dir, saved)) from None
+        raise exc.again(interrupted(exc, position, run_dir, saved, kept)) from None
     return history
 
 
@@ -357,16 +347,18 @@ def write_epoch(run_dir, model, opt, sched, config, best, metrics):
                              "checkpoints written before it are intact") from None
 
 
-def interrupted(exc, position, run_dir, saved):
-    """The line an interrupted run ends with: where, what is kept, how to go on."""
+def interrupted(exc, position, run_dir, saved, kept="last"):
+    """The line an interrupted run ends with: where, what is kept (epoch `saved`, in
+    kept.npz), how to go on."""
     where = f"{exc} at {position}"
     if run_dir is None:
         return where
     if not saved:
         return (f"{where}; no epoch had finished, so no checkpoint was written: run the same "
                 "command again to start over")
-    return (f"{where}; {run_dir / 'last.npz'} (epoch {saved}) is intact; continue with: "
-            f"python -m tinyconv.train --resume {run_dir}")
+    again = " --from best" if kept == "best" else ""
+    return (f"{where}; {run_dir / f'{kept}.npz'} (epoch {saved}) is intact; continue with: "
+            f"python -m tinyconv.train --resume {run_dir}{again}")
 
 
 def fit(model, epochs=None, recipe="default", run_dir=None, quiet=False, **overrides):
@@ -446,6 +438,10 @@ def parser():
     parser.add_argument("--weight-decay", type=float, help="the optimizer's weight decay "
                         "(L2 in the gradient; AdamW's decoupled); default the recipe's 0, or "
                         "with --optimizer that optimizer's own (AdamW's 1e-2, as torch's)")
+    parser.add_argument("--label-smoothing", type=cli.non_negative, metavar="E",
+                        help="train against targets (1 - E) one-hot + E / classes, torch's "
+                             "CrossEntropyLoss(label_smoothing=E), E in [0, 1]; the test and "
+                             "validation losses stay plain cross-entropy (default 0)")
     parser.add_argument("--no-decay-norm-bias", action="store_true", default=None,
                         help="no weight decay for biases and batch norm's scales and shifts "
                              "(default: decay every parameter, as torch.optim does)")
@@ -522,8 +518,11 @@ def settings(recipe, given):
     if "optimizer" in given and "weight_decay" not in given:  # that optimizer's own default
         given["weight_decay"] = inspect.signature(
             OPTIMIZERS[OPTIMIZER_NAMES[given["optimizer"]]]).parameters["weight_decay"].default
+    if not 0 <= given.get("label_smoothing", 0) <= 1:
+        raise ValueError(f"--label-smoothing must lie in [0, 1], found "
+                         f"{given['label_smoothing']}")
     try:
-        distortions_of({**RECIPES[recipe], **given})
+        augmentation({**RECIPES[recipe], **given})
     except ValueError as exc:  # Distortions names the setting and its range
         raise ValueError(f"--rotate, --scale, --shear, --elastic: {exc}") from None
     decay = given.get("weight_decay", RECIPES[recipe]["weight_decay"])

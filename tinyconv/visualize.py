@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from tinyconv import cli, plots
-from tinyconv.data import distorted, load_mnist, resized
+from tinyconv.data import augmentation, distorted, load_mnist, randomly_flipped, resized
 from tinyconv.digits import mnist_digit
 from tinyconv.evaluation import model_inputs
 from tinyconv.interop import MissingDependencyError
 from tinyconv.nn import Conv2d
-from tinyconv.train import distortions_of
 
 DEFAULTS = {"index": 0}
 
@@ -82,19 +81,28 @@ def visualize(model, config, digit, name, out_dir):
     return paths
 
 
-def augment_picture(header, args, path, digits=6, draws=8):
-    """augment.png: the first training digits, each as it is and as `draws` distortions of
-    the checkpoint's run give it (seed 0)."""
+def run_distortions(header, args):
+    """The Distortions the checkpoint's run trained with; a ValueError if none."""
     config = header["config"] if header else {}
-    distortions = distortions_of(config) if "translate" in config else None
+    distortions = augmentation(config)[1] if "translate" in config else None
     if distortions is None:
         raise ValueError(f"--augment: the run of {args.checkpoint} trained with no distortion "
                          "(train with --rotate, --scale, --shear, --elastic or a fractional "
                          "--translate)")
+    return distortions
+
+
+def augment_picture(header, args, distortions, path, digits=6, draws=8):
+    """augment.png: the first training digits, each as it is and as `draws` draws of the
+    run's flips (if it flipped) and distortions give it (seed 0)."""
+    config = header["config"]
     images, _ = load_mnist("train", args.data_dir, dataset=cli.dataset_of_run(args, header))
-    canvas = resized(images[:digits], config.get("resize", "pad"))
+    resize = config.get("resize", "pad")
     rng = np.random.default_rng(0)
-    variants = [distorted(canvas, rng, distortions) for _ in range(draws)]
+    raw = images[:digits]
+    variants = [distorted(resized(randomly_flipped(raw, rng) if config.get("flip") else raw,
+                                  resize), rng, distortions) for _ in range(draws)]
+    canvas = resized(raw, resize)
     d = distortions
     settings = [f"{name} {value:g}" for name, value in (("rotate", d.rotate), ("scale", d.scale),
                 ("shear", d.shear), ("translate", d.translate)) if value]
@@ -142,10 +150,12 @@ def command(args):
             raise ValueError(f"--index must lie in 0..{len(images) - 1}, found {args.index}")
         digit = images[args.index]
         name = f"test image {args.index} (a {labels[args.index]})"
+    distortions = run_distortions(header, args) if args.augment else None  # before any file
     with cli.writing(args.out):
         paths = visualize(model, config, digit, name, args.out)
         if args.augment:
-            paths.append(augment_picture(header, args, Path(args.out) / "augment.png"))
+            paths.append(augment_picture(header, args, distortions,
+                                         Path(args.out) / "augment.png"))
     for path in paths:
         print(f"wrote {path}")
 

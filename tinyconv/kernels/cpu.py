@@ -510,10 +510,11 @@ def _linear_backward_params(dweight, dbias, dout, inp):
 
 
 @njit(**_JIT)
-def softmax_xent_forward(losses, probs, logits, labels):
+def softmax_xent_forward(losses, probs, logits, labels, smoothing):
     # logits (V,N), labels (N,) ints in [0,V) -> losses (N,) per sample, probs (V,N) saved
-    # losses[n] = logsumexp(logits[:,n]) - logits[labels[n],n], with the column max taken out
-    # first so that exp never overflows; the caller takes the mean over the batch
+    # losses[n] = logsumexp(logits[:,n]) - target, with the column max taken out first so
+    # that exp never overflows; target = logits[labels[n],n], or with label smoothing e
+    # (torch's) (1 - e) logits[labels[n],n] + e mean_v logits[v,n]; the caller takes the mean
     V, N = logits.shape
     for n in prange(N):
         col_max = logits[0, n]
@@ -526,17 +527,25 @@ def softmax_xent_forward(losses, probs, logits, labels):
             total += e
         for v in range(V):
             probs[v, n] /= total
-        losses[n] = np.log(total) + col_max - logits[labels[n], n]
+        target = logits[labels[n], n]
+        if smoothing != _ZERO:
+            logit_sum = _ZERO
+            for v in range(V):
+                logit_sum += logits[v, n]
+            target = (_ONE - smoothing) * target + smoothing * (logit_sum / np.float32(V))
+        losses[n] = np.log(total) + col_max - target
 
 
 @njit(**_JIT)
-def softmax_xent_backward(dlogits, probs, labels, dloss):
+def softmax_xent_backward(dlogits, probs, labels, dloss, smoothing):
     # overwrites dlogits (V,N); probs (V,N) saved by the forward, dloss the mean loss's gradient
-    # d mean_n(loss_n) / d logits[v,n] = (probs[v,n] - [v == labels[n]]) / N
+    # d mean_n(loss_n) / d logits[v,n] = (probs[v,n] - (1 - e) [v == labels[n]] - e / V) / N
+    # for label smoothing e (0: the one-hot target)
     V, N = probs.shape
     scale = dloss / np.float32(N)
+    spread = scale * smoothing / np.float32(V)
     for v in prange(V):
         for n in range(N):
-            dlogits[v, n] = probs[v, n] * scale
+            dlogits[v, n] = probs[v, n] * scale - spread
     for n in range(N):
-        dlogits[labels[n], n] -= scale
+        dlogits[labels[n], n] -= scale * (_ONE - smoothing)

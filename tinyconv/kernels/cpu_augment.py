@@ -12,27 +12,14 @@ A warp reads, for each output pixel (y, x), the source at
 (the fields batch-last, (S,S,N,2), since their blur runs over all of a batch's maps at once)
 bilinearly, zero outside the canvas: m is the sample's inverse affine map (output to source)
 and (dx, dy) its elastic displacement field (Simard et al. 2003: uniform noise in [-1, 1]
-per pixel, smoothed by a Gaussian of sigma, scaled by alpha).
+per pixel, cpu_blocks.elastic_noise beside the dropout mask's hash, smoothed by a Gaussian
+of sigma, scaled by alpha).
 """
 
 import numpy as np
 from numba import njit, prange
 
 from tinyconv.kernels.cpu import _HELPER, _JIT, _ONE, _ZERO
-from tinyconv.kernels.cpu_blocks import _mix32  # the dropout mask's hash
-
-_TWO = np.float32(2.0)
-_UNIT = np.float32(1.0 / 4294967296.0)  # 2^-32: a uint32 as a fraction of [0, 1)
-
-
-@njit(**_JIT)
-def elastic_noise(out, seed):
-    # out (L,) = uniform noise in [-1, 1): element i's value hashes (seed, i), so a batch's
-    # field is a function of the seed alone, whatever the thread count
-    key = _mix32(np.uint32(seed))
-    for i in prange(out.size):
-        bits = _mix32(np.uint32(np.uint32(i) ^ key))
-        out[i] = _TWO * (np.float32(bits) * _UNIT) - _ONE
 
 
 @njit(**_JIT)

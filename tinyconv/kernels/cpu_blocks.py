@@ -16,6 +16,9 @@ from numba import njit, prange
 
 from tinyconv.kernels.cpu import _HELPER, _JIT, _ONE, _SPAN, _ZERO
 
+_TWO = np.float32(2.0)
+_UNIT = np.float32(1.0 / 4294967296.0)  # 2^-32: a uint32 as a fraction of [0, 1]
+
 # ---- pad2d: Conv2d(padding=p) pads its input into a buffer of its own, then runs the
 # unpadded kernels (a copy costs far less than the convolution it feeds, and the unpadded
 # path, LeNet's, stays as it was)
@@ -172,6 +175,17 @@ def _mix32(x):
     x = np.uint32(x ^ (x >> _S15))
     x = np.uint32(x * _MIX2)
     return np.uint32(x ^ (x >> _S16))
+
+
+@njit(**_JIT)
+def elastic_noise(out, seed):
+    # out (L,) = uniform noise in [-1, 1] (the data pipeline's elastic fields): element i's
+    # value hashes (seed, i), so a batch's field is a function of the seed alone, whatever
+    # the thread count
+    key = _mix32(np.uint32(seed))
+    for i in prange(out.size):
+        bits = _mix32(np.uint32(np.uint32(i) ^ key))
+        out[i] = _TWO * (np.float32(bits) * _UNIT) - _ONE
 
 
 @njit(**_JIT)

@@ -408,10 +408,10 @@ def linear_backward(dinp, dweight, dbias, dout, inp, weight):
 
 
 @cuda.jit(cache=True)
-def _softmax_xent_forward(losses, probs, logits, labels):
+def _softmax_xent_forward(losses, probs, logits, labels, smoothing):
     # logits (V,N), labels (N,) ints in [0,V) -> losses (N,) per sample, probs (V,N) saved
-    # losses[n] = logsumexp(logits[:,n]) - logits[labels[n],n], with the column max taken out
-    # first so that exp never overflows; a thread per sample
+    # losses[n] = logsumexp(logits[:,n]) - target, with the column max taken out first so
+    # that exp never overflows; target as cpu.py's (label smoothing); a thread per sample
     n = cuda.grid(1)
     V, N = logits.shape
     if n >= N:
@@ -426,33 +426,42 @@ def _softmax_xent_forward(losses, probs, logits, labels):
         total += e
     for v in range(V):
         probs[v, n] /= total
-    losses[n] = math.log(total) + col_max - logits[labels[n], n]
+    target = logits[labels[n], n]
+    if smoothing != _ZERO:
+        logit_sum = _ZERO
+        for v in range(V):
+            logit_sum += logits[v, n]
+        target = (_ONE - smoothing) * target + smoothing * (logit_sum / np.float32(V))
+    losses[n] = math.log(total) + col_max - target
 
 
 @cuda.jit(cache=True)
-def _softmax_xent_backward(dlogits, probs, labels, dloss):
+def _softmax_xent_backward(dlogits, probs, labels, dloss, smoothing):
     # overwrites dlogits (V,N); probs (V,N) saved by the forward, dloss the mean loss's gradient
-    # d mean_n(loss_n) / d logits[v,n] = (probs[v,n] - [v == labels[n]]) / N
+    # d mean_n(loss_n) / d logits[v,n] = (probs[v,n] - (1 - e) [v == labels[n]] - e / V) / N
     idx = cuda.grid(1)
     if idx >= dlogits.size:
         return
-    N = dlogits.shape[1]
+    V, N = dlogits.shape
     v, n = idx // N, idx % N
     scale = dloss / np.float32(N)
-    grad = probs[v, n] * scale
+    grad = probs[v, n] * scale - scale * smoothing / np.float32(V)
     if v == labels[n]:
-        grad -= scale
+        grad -= scale * (_ONE - smoothing)
     dlogits[v, n] = grad
 
 
-def softmax_xent_forward(losses, probs, logits, labels):
-    """Per-sample cross-entropy into losses and the softmax into probs (logits (V,N))."""
-    _softmax_xent_forward[_blocks(losses.size), THREADS](losses, probs, logits, labels)
+def softmax_xent_forward(losses, probs, logits, labels, smoothing):
+    """Per-sample cross-entropy into losses and the softmax into probs (logits (V,N)), with
+    label smoothing (a float32; 0 for none)."""
+    _softmax_xent_forward[_blocks(losses.size), THREADS](losses, probs, logits, labels,
+                                                         smoothing)
 
 
-def softmax_xent_backward(dlogits, probs, labels, dloss):
+def softmax_xent_backward(dlogits, probs, labels, dloss, smoothing):
     """Overwrite dlogits with the gradient of the mean loss, scaled by the float32 dloss."""
-    _softmax_xent_backward[_blocks(dlogits.size), THREADS](dlogits, probs, labels, dloss)
+    _softmax_xent_backward[_blocks(dlogits.size), THREADS](dlogits, probs, labels, dloss,
+                                                           smoothing)
 
 
 # ---- device arrays: made once, moved only where a step begins and ends

@@ -233,7 +233,7 @@ def add(a, b):
 
 
 def elastic_noise(size, seed):
-    """(size,) uniform noise in [-1, 1): element i is 2 * mix32(i ^ mix32(seed)) / 2^32 - 1."""
+    """(size,) uniform noise in [-1, 1]: element i is 2 * mix32(i ^ mix32(seed)) / 2^32 - 1."""
     bits = mix32(np.arange(size, dtype=np.uint64) ^ mix32(seed))
     return 2 * (bits / 2**32) - 1
 
@@ -283,8 +283,9 @@ def linear_backward(dout, inp, weight):
     return dout @ weight, dout.T @ inp, dout.sum(axis=0)
 
 
-def softmax_xent_forward(logits, labels):
-    """Mean cross-entropy of softmax(logits) against integer labels: returns (loss, probs)."""
+def softmax_xent_forward(logits, labels, smoothing=0.0):
+    """Mean cross-entropy of softmax(logits) against integer labels, the target smoothed by
+    `smoothing` as torch's label_smoothing: returns (loss, probs)."""
     # logits (N,V), labels (N,) ints in [0,V) -> loss scalar, probs (N,V)
     # https://pytorch.org/docs/stable/generated/torch.nn.CrossEntropyLoss.html
     # log-sum-exp with the row maximum taken out, so exp never overflows
@@ -292,16 +293,17 @@ def softmax_xent_forward(logits, labels):
     log_sum = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     log_probs = shifted - log_sum
     rows = np.arange(len(labels))
-    loss = -log_probs[rows, labels].mean()
-    return loss, np.exp(log_probs)
+    loss = -((1 - smoothing) * log_probs[rows, labels] + smoothing * log_probs.mean(axis=1))
+    return loss.mean(), np.exp(log_probs)
 
 
-def softmax_xent_backward(probs, labels, dloss=1.0):
-    """Gradient of the mean cross-entropy: dlogits = dloss * (probs - onehot(labels)) / N."""
+def softmax_xent_backward(probs, labels, dloss=1.0, smoothing=0.0):
+    """Gradient of the mean cross-entropy: dlogits = dloss * (probs - target) / N, the target
+    (1 - smoothing) onehot(labels) + smoothing / V."""
     # probs (N,V), labels (N,) -> dlogits (N,V)
-    onehot = np.zeros_like(probs)
-    onehot[np.arange(len(labels)), labels] = 1
-    return dloss * (probs - onehot) / len(labels)
+    target = np.full_like(probs, smoothing / probs.shape[1])
+    target[np.arange(len(labels)), labels] += 1 - smoothing
+    return dloss * (probs - target) / len(labels)
 
 
 def adam_update(params, m, v, grads, lr, beta1, beta2, eps, weight_decay, step,
