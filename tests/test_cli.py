@@ -135,6 +135,7 @@ def test_every_optimizer_trains_checkpoints_and_resumes_bit_for_bit(optimizer, t
     (["--optimizer", "sgd", "--nesterov"],
      "error: SGD: Nesterov momentum needs a momentum and zero dampening, found momentum=0.0, "
      "dampening=0.0"),
+    (["--label-smoothing", "1.5"], "error: --label-smoothing must lie in [0, 1], found 1.5"),
     (["--no-decay-norm-bias"], "error: --no-decay-norm-bias: the run has no weight decay to "
      "exempt them from; give --weight-decay (or --optimizer adamw)"),
     (["--optimizer", "adamw", "--weight-decay", "0", "--no-decay-norm-bias"],

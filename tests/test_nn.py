@@ -246,19 +246,21 @@ def test_dropout_is_the_identity_in_eval_and_zero_at_p_1():
     assert abs(scaled.mean() - 1) < 5 * np.sqrt(0.25 * 0.75 / 100_000) / 0.75  # E[out] = x
 
 
-@pytest.mark.parametrize("name", archs.ARCHS)
-def test_named_architectures_match_their_torch_twins(name):
-    # each named network on MNIST-shaped input: logits, loss and every gradient of a training
-    # step, then eval-mode logits with the running statistics it moved
+@pytest.mark.parametrize("name, smoothing", [(name, 0.0) for name in archs.ARCHS]
+                         + [("lenet5", 0.1)])
+def test_named_architectures_match_their_torch_twins(name, smoothing):
+    # each named network on MNIST-shaped input: logits, loss (label smoothing too) and every
+    # gradient of a training step, then eval-mode logits with the running statistics it moved
     model = archs.build(name, seed=1)
     module = torch_twin(model)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((16, 1, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, size=16)
     logits = module(torch.from_numpy(x.astype(np.float64)))
-    torch_loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y))
+    torch_loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y),
+                                                   label_smoothing=smoothing)
     torch_loss.backward()
-    loss, grads = model.loss_and_grads(x, y)
+    loss, grads = model.loss_and_grads(x, y, label_smoothing=smoothing)
     assert abs(loss - torch_loss.item()) <= FORWARD * torch_loss.item()
     theirs = {key: param.grad.numpy() for key, param in module.named_parameters()}
     scale = max(np.abs(grad).max() for grad in theirs.values())  # biases before batch norm
