@@ -13,6 +13,7 @@ import argparse
 import inspect
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -380,8 +381,12 @@ def fit(model, epochs=None, recipe="default", run_dir=None, quiet=False, **overr
                          f"{', '.join(sorted(known))}")
     model = check_classifier(model, "fit: the model", labelled=True)
     given = {**overrides, **({"epochs": epochs} if epochs is not None else {})}
-    config = {**settings(recipe, given), "arch": model.name or "the model given to fit",
-              "device": model.device}
+    try:
+        config = {**settings(recipe, given), "arch": model.name or "the model given to fit",
+                  "device": model.device}
+    except ValueError as exc:  # settings names the command's flags: name fit's arguments
+        raise ValueError("fit: " + re.sub(r"--([a-z][a-z-]*)",
+                                          lambda m: m[1].replace("-", "_"), str(exc))) from None
     cli.set_threads(config["threads"])
     return train(config, run_dir, quiet=quiet, model=model)
 
