@@ -401,8 +401,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, capsys, mo
     real = Sequential.loss_and_grads
     calls = []
 
-    def diverging(self, x, y):  # the 4th step of the resumed epoch goes non-finite
-        loss, grads = real(self, x, y)
+    def diverging(self, x, y, label_smoothing=0.0):  # the resumed epoch's 4th step: NaN
+        loss, grads = real(self, x, y, label_smoothing)
         calls.append(1)
         return (float("nan") if len(calls) == 4 else loss), grads
 
@@ -504,7 +504,7 @@ def test_import_and_train_never_import_torch(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--epochs", "0"], "argument --epochs: must be at least 1, found 0"),
     (["--limit-train", "0"], "argument --limit-train: must be at least 1, found 0"),
-    (["--translate", "-1"], "argument --translate: must be at least 0, found -1"),
+    (["--translate", "-1"], "argument --translate: must be a finite number >= 0, found -1.0"),
     (["--lr", "-1"], "argument --lr: must be positive, found -1.0"),
     (["--lr", "fast"], "argument --lr: expected a number, found 'fast'"),
     (["--threads", "0"], "argument --threads: must be at least 1, found 0"),
