@@ -13,7 +13,6 @@ import argparse
 import inspect
 import json
 import math
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -382,11 +381,10 @@ def fit(model, epochs=None, recipe="default", run_dir=None, quiet=False, **overr
     model = check_classifier(model, "fit: the model", labelled=True)
     given = {**overrides, **({"epochs": epochs} if epochs is not None else {})}
     try:
-        config = {**settings(recipe, given), "arch": model.name or "the model given to fit",
-                  "device": model.device}
-    except ValueError as exc:  # settings names the command's flags: name fit's arguments
-        raise ValueError("fit: " + re.sub(r"--([a-z][a-z-]*)",
-                                          lambda m: m[1].replace("-", "_"), str(exc))) from None
+        config = {**settings(recipe, given, name=str), "arch": model.name or "the model given "
+                  "to fit", "device": model.device}
+    except ValueError as exc:
+        raise ValueError(f"fit: {exc}") from None
     cli.set_threads(config["threads"])
     return train(config, run_dir, quiet=quiet, model=model)
 
@@ -505,35 +503,40 @@ def build_config(args):
     return settings(given.pop("recipe", "default"), given)
 
 
-def settings(recipe, given):
+def flag(key):
+    """The command's flag of a config key: "weight_decay" -> "--weight-decay"."""
+    return f"--{key.replace('_', '-')}"
+
+
+def settings(recipe, given, name=flag):
     """A run's config: the recipe's settings and RUN_DEFAULTS, overridden by given
-    ({config key: value}), once checked to go together."""
+    ({config key: value}), once checked to go together; errors name each setting by
+    name(key), the command's flag by default (fit passes its arguments' names)."""
     if given.get("arch") and given.get("init_from"):
-        raise ValueError("--arch and --init-from: a run started from a checkpoint trains the "
-                         "checkpoint's own network; give one of them")
-    cosine_only = [f"--{key.replace('_', '-')}" for key in ("warmup_epochs", "per_step")
-                   if key in given]
-    if cosine_only and given.get("schedule") != "cosine":
-        raise ValueError(f"{' and '.join(cosine_only)}: only --schedule cosine takes "
-                         f"{'them' if len(cosine_only) > 1 else 'it'}")
-    sgd_only = [f"--{key}" for key in ("momentum", "nesterov") if key in given]
-    if sgd_only and given.get("optimizer") != "sgd":
-        raise ValueError(f"{' and '.join(sgd_only)}: only --optimizer sgd takes "
-                         f"{'them' if len(sgd_only) > 1 else 'it'}")
+        raise ValueError(f"{name('arch')} and {name('init_from')}: a run started from a "
+                         "checkpoint trains the checkpoint's own network; give one of them")
+    for keys, needed, value in ((("warmup_epochs", "per_step"), "schedule", "cosine"),
+                                (("momentum", "nesterov"), "optimizer", "sgd")):
+        only = [name(key) for key in keys if key in given]
+        if only and given.get(needed) != value:
+            raise ValueError(f"{' and '.join(only)}: only {name(needed)} {value} takes "
+                             f"{'them' if len(only) > 1 else 'it'}")
     if "optimizer" in given and "weight_decay" not in given:  # that optimizer's own default
         given["weight_decay"] = inspect.signature(
             OPTIMIZERS[OPTIMIZER_NAMES[given["optimizer"]]]).parameters["weight_decay"].default
     if not 0 <= given.get("label_smoothing", 0) <= 1:
-        raise ValueError(f"--label-smoothing must lie in [0, 1], found "
+        raise ValueError(f"{name('label_smoothing')} must lie in [0, 1], found "
                          f"{given['label_smoothing']}")
     try:
         augmentation({**RECIPES[recipe], **given})
     except ValueError as exc:  # Distortions names the setting and its range
-        raise ValueError(f"--rotate, --scale, --shear, --elastic: {exc}") from None
+        distortions = ", ".join(map(name, ("rotate", "scale", "shear", "elastic")))
+        raise ValueError(f"{distortions}: {exc}") from None
     decay = given.get("weight_decay", RECIPES[recipe]["weight_decay"])
     if given.get("no_decay_norm_bias") and not decay:
-        raise ValueError("--no-decay-norm-bias: the run has no weight decay to exempt them "
-                         "from; give --weight-decay (or --optimizer adamw)")
+        raise ValueError(f"{name('no_decay_norm_bias')}: the run has no weight decay to exempt "
+                         f"them from; give {name('weight_decay')} (or {name('optimizer')} "
+                         "adamw)")
     return {**RECIPES[recipe], "recipe": recipe, **RUN_DEFAULTS, **given}
 
 
@@ -550,7 +553,7 @@ def resumed_config(args):
     _, header = resumable(run_dir, args.start_from)
     saved = {**RUN_DEFAULTS, "device": "cpu", **header["config"]}  # older runs lack some keys
     given = given_settings(args)
-    changes = [f"--{key.replace('_', '-')} (saved {saved.get(key)!r}, given {value!r})"
+    changes = [f"{flag(key)} (saved {saved.get(key)!r}, given {value!r})"
                for key, value in given.items()
                if key not in RESUME_OVERRIDABLE and saved.get(key) != value]
     if args.run_dir is not None and Path(args.run_dir).resolve() != run_dir.resolve():
