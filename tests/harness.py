@@ -16,7 +16,7 @@ import numpy as np
 from tests.registry import REGISTRY, Case, LossCase, OptimizerCase
 from tinyconv import interop, nn
 from tinyconv.kernels import KERNELS, get_backend, host
-from tinyconv.optim import OPTIMIZERS
+from tinyconv.optim import EMA, OPTIMIZERS
 
 
 def rel_err(ours, theirs):
@@ -158,13 +158,20 @@ class FlatModel:
 
 def optimizer_results(k, case, seed=0):
     """The case's optimizer on backend k for case.steps steps from seeded float32 parameters
-    and gradients: (optimizer, {"params", each state buffer}) after them."""
+    and gradients, and its moving average if it has one: (optimizer, {"params", each state
+    buffer, "ema" (the average's parameters)}) after them."""
     normal = _normal(np.random.default_rng(seed))
     params = k.to_device(aligned(normal(case.size), np.float32))
-    opt = OPTIMIZERS[case.optimizer](FlatModel(k, params), **dict(case.options))
+    model = FlatModel(k, params)
+    opt = OPTIMIZERS[case.optimizer](model, **dict(case.options))
+    ema = EMA(model, case.ema) if case.ema else None
     for _ in range(case.steps):
         opt.step(k.to_device(aligned(normal(case.size), np.float32)))
-    return opt, {"params": params, **{buffer: getattr(opt, buffer) for buffer in opt.buffers}}
+        if ema is not None:
+            ema.update()
+    averaged = {} if ema is None else {"ema": ema.flat_params}
+    return opt, {"params": params, **{buffer: getattr(opt, buffer) for buffer in opt.buffers},
+                 **averaged}
 
 
 # ---- torch

@@ -70,6 +70,7 @@ class OptimizerCase:
     size: int
     options: tuple = ()  # (name, value) pairs of the constructor's keyword arguments
     steps: int = 3
+    ema: float = 0.0  # above 0: an optim.EMA of this decay moves after each step
     lenet: bool = False
     simulator: bool = False
 
@@ -432,6 +433,10 @@ OPTIMIZER_CASES = {
                                 lenet=True),
     "adam_threads": OptimizerCase("Adam", 5001, (("lr", 1e-2),)),
     "adam_sim": OptimizerCase("Adam", 300, (("weight_decay", 0.01),), simulator=True),
+    "adam_lenet_ema": OptimizerCase("Adam", _LENET_PARAMS, (("lr", 1e-2),), ema=0.9,
+                                    lenet=True),
+    "adam_sim_ema": OptimizerCase("Adam", 300, (("lr", 1e-2),), steps=4, ema=0.7,
+                                  simulator=True),
     "adamw_lenet": OptimizerCase("AdamW", _LENET_PARAMS, (("lr", 1e-2),), lenet=True),
     "adamw_sim": OptimizerCase("AdamW", 300, (("weight_decay", 0.1),), simulator=True),
     "sgd_lenet": OptimizerCase("SGD", _LENET_PARAMS, (("lr", 0.1), ("momentum", 0.9)),

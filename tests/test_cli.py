@@ -153,7 +153,7 @@ def test_a_per_step_cosine_moves_the_lr_after_every_batch(tmp_path):
     # 640 images in batches of 64: 10 steps an epoch; 3 epochs, 1 of warm-up (10 steps)
     flags = ["--schedule", "cosine", "--warmup-epochs", "1", "--per-step", "--epochs", "3"]
     assert run_train(tmp_path / "run", *flags) == 0
-    _, opt, sched, header = checkpoint.load_run(tmp_path / "run" / "last.npz")
+    _, opt, sched, header, _ = checkpoint.load_run(tmp_path / "run" / "last.npz")
     assert (sched.epoch, sched.T_max, sched.warmup) == (30, 20, 10)
     assert header["config"]["per_step"] is True
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
@@ -177,7 +177,7 @@ def test_a_validation_split_is_held_out_and_chooses_the_best_epoch(tmp_path):
     (fit, _), validation, _ = train.run_data({**header["config"], "data_dir": None})
     assert len(fit) == 512 and len(validation[0]) == 128
     assert checkpoint.load(run / "last.npz")[1]["epoch"] == 3
-    _, opt, _, _ = checkpoint.load_run(run / "last.npz")
+    _, opt, _, _, _ = checkpoint.load_run(run / "last.npz")
     assert opt.step_count == 3 * 8
 
 
@@ -202,7 +202,7 @@ def test_no_decay_for_norms_and_biases_trains_and_resumes_bit_for_bit(tmp_path):
     assert run_train(tmp_path / "split", *flags, "--no-decay-norm-bias", "--epochs", "1") == 0
     assert train.main(["--resume", str(tmp_path / "split"), "--epochs", "2", "--quiet"]) == 0
     assert_same_arrays(final_arrays(tmp_path / "straight"), final_arrays(tmp_path / "split"))
-    model, opt, _, _ = checkpoint.load_run(tmp_path / "split" / "last.npz")
+    model, opt, _, _, _ = checkpoint.load_run(tmp_path / "split" / "last.npz")
     assert opt.no_decay == tuple(model.norm_and_bias_names())
     # against decaying everything: the exempt parameters end elsewhere, the others too
     assert run_train(tmp_path / "decay-all", *flags, "--epochs", "2") == 0
@@ -212,6 +212,34 @@ def test_no_decay_for_norms_and_biases_trains_and_resumes_bit_for_bit(tmp_path):
     assert not np.array_equal(exempt[name], every[name])
 
 
+def test_an_ema_run_evaluates_and_saves_the_average_and_resumes_bit_for_bit(tmp_path):
+    flags = ["--arch", "lenet5-bn", "--ema", "0.8", "--limit-train", "256"]  # 4 steps an epoch
+    assert run_train(tmp_path / "straight", *flags, "--epochs", "2") == 0
+    assert run_train(tmp_path / "split", *flags, "--epochs", "1") == 0
+    assert train.main(["--resume", str(tmp_path / "split"), "--epochs", "2", "--quiet"]) == 0
+    assert_same_arrays(final_arrays(tmp_path / "straight"), final_arrays(tmp_path / "split"))
+    arrays, header = checkpoint.load(tmp_path / "split" / "last.npz")
+    assert header["ema"] == {"decay": 0.8, "updates": 8}
+    model, _, _, _, ema = checkpoint.load_run(tmp_path / "split" / "last.npz")
+    trained, averaged = model.state_dict(), ema.averaged_state()
+    for name, value in trained.items():  # model/ holds the average, trained/ the weights
+        assert np.array_equal(arrays[f"trained/{name}"], value), name
+        assert np.array_equal(arrays[f"model/{name}"], averaged[name]), name
+    assert not np.array_equal(averaged["backbone.0.weight"], trained["backbone.0.weight"])
+    assert not np.array_equal(averaged["backbone.1.running_var"],
+                              trained["backbone.1.running_var"])
+    # what the epoch reported is the average's accuracy, which evaluate gives back
+    log = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").open()]
+    loaded = tinyconv.load(tmp_path / "split" / "last.npz")
+    config = header["config"]
+    images, labels = (a[:200] for a in tinyconv.data.load_mnist("test"))
+    result = evaluate_model(loaded, images, labels, config["resize"], config["normalize"], 64)
+    assert result["accuracy"] == log[-1]["test_accuracy"]
+    assert result["loss"] == pytest.approx(log[-1]["test_loss"], rel=1e-12)
+    with ema.applied():
+        assert_same_arrays(model.state_dict(), loaded.state_dict())
+
+
 def test_a_cosine_schedule_warms_up_then_anneals_and_is_kept(tmp_path):
     # 3 epochs, 1 of warm-up: lr/2, then the cosine over the other 2 from lr: lr, lr/2
     assert run_train(tmp_path / "run", "--epochs", "3", "--schedule", "cosine",
@@ -219,7 +247,7 @@ def test_a_cosine_schedule_warms_up_then_anneals_and_is_kept(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     lr = 2e-3  # the default recipe's
     assert [m["lr"] for m in log] == pytest.approx([lr / 2, lr, lr / 2], rel=1e-12)
-    _, opt, sched, _ = checkpoint.load_run(tmp_path / "run" / "last.npz")
+    _, opt, sched, _, _ = checkpoint.load_run(tmp_path / "run" / "last.npz")
     assert type(sched).__name__ == "CosineAnnealingLR" and sched.epoch == 3
     assert (sched.T_max, sched.warmup) == (2, 1) and opt.lr == pytest.approx(0.0, abs=1e-18)
 
@@ -510,6 +538,8 @@ def test_import_and_train_never_import_torch(tmp_path):
     (["--threads", "0"], "argument --threads: must be at least 1, found 0"),
     (["--threads", "100000"], "--threads must lie between 1 and"),
     (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    (["--ema", "1"], "--ema is the average's decay, in (0, 1) (as 0.999), found 1.0"),
+    (["--ema", "0"], "--ema is the average's decay, in (0, 1) (as 0.999), found 0.0"),
 ])
 def test_bad_settings_are_refused(tmp_path, capsys, flags, message):
     assert train.main([*flags, "--run-dir", str(tmp_path / "run")]) == 2

@@ -169,7 +169,7 @@ def test_network_steps_match_cpu_in_simulator(tmp_path):
     header = {"epoch": 1, "config": {"seed": 0, "lr_step": 1, "lr_gamma": 0.5}}
     checkpoint.save_run(path, models[1], opts[1], scheds[1], header)
     for device in ("cpu", "cuda"):
-        model, opt, _, _ = checkpoint.load_run(path, device)
+        model, opt, _, _, _ = checkpoint.load_run(path, device)
         assert model.spec() == models[1].spec(), device
         for name, value in models[1].state_dict().items():
             assert np.array_equal(model.state_dict()[name], value), f"{device}: {name}"

@@ -48,7 +48,7 @@ def run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("interop") / "run"
     assert train.main(["--limit-train", "12800", "--limit-test", "500", "--batch-size", "64",
                        "--epochs", "1", "--quiet", "--run-dir", str(run_dir)]) == 0
-    model, _, _, header = load_run(run_dir / "best.npz")
+    model, _, _, header, _ = load_run(run_dir / "best.npz")
     images, labels = load_mnist("test")
     config = header["config"]
     x, y = next(iterate_batches(images, labels, len(labels), shuffle=False,
@@ -331,7 +331,7 @@ def test_train_init_from_a_torch_file(run, torch_file, pickled_report, tmp_path,
              "--lr", "1e-30", "--quiet"]
     assert train.main([*flags, "--init-from", str(torch_file), "--run-dir",
                        str(tmp_path / "a")]) == 0
-    model, _, _, header = load_run(tmp_path / "a" / "last.npz")
+    model, _, _, header, _ = load_run(tmp_path / "a" / "last.npz")
     assert header["config"]["init_from"] == str(torch_file)
     assert_params(model, run["model"].state_dict())
     assert train.main([*flags, "--init-from", str(pickled_report), "--run-dir",

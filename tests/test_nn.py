@@ -187,14 +187,14 @@ def test_dropout_masks_replay_across_a_resumed_run(tmp_path):
         first_opt.step(first.loss_and_grads(x, y)[1])
     header = {"epoch": 1, "config": {"seed": 2, "lr_step": 1, "lr_gamma": 0.5}}
     checkpoint.save_run(tmp_path / "run.npz", first, first_opt, StepLR(first_opt, 1), header)
-    resumed, resumed_opt, _, _ = checkpoint.load_run(tmp_path / "run.npz")
+    resumed, resumed_opt, _, _, _ = checkpoint.load_run(tmp_path / "run.npz")
     assert resumed.steps == 2
     for x, y in batches[2:]:
         resumed_opt.step(resumed.loss_and_grads(x, y)[1])
     for name, value in straight.state_dict().items():
         assert np.array_equal(resumed.state_dict()[name], value), name
     # and a run that forgot its steps would have drawn other masks: the check can fail
-    forgetful, forgetful_opt, _, _ = checkpoint.load_run(tmp_path / "run.npz")
+    forgetful, forgetful_opt, _, _, _ = checkpoint.load_run(tmp_path / "run.npz")
     forgetful.steps = 0
     for x, y in batches[2:]:
         forgetful_opt.step(forgetful.loss_and_grads(x, y)[1])
@@ -371,7 +371,7 @@ def test_run_checkpoints_rebuild_any_network(tmp_path):
     opt.step(model.loss_and_grads(x, np.arange(8) % 4)[1])
     header = {"epoch": 1, "config": {"seed": 5, "lr_step": 1, "lr_gamma": 0.5}}
     checkpoint.save_run(tmp_path / "run.npz", model, opt, StepLR(opt, 1, 0.5), header)
-    loaded, loaded_opt, _, saved = checkpoint.load_run(tmp_path / "run.npz")
+    loaded, loaded_opt, _, saved, _ = checkpoint.load_run(tmp_path / "run.npz")
     assert saved["arch"] == model.spec() and loaded.layers == model.layers
     assert np.array_equal(loaded.forward(x), model.forward(x))
     assert np.array_equal(loaded_opt.state_dict()["v"], opt.state_dict()["v"])
@@ -390,6 +390,6 @@ def test_a_checkpoint_from_before_the_specs_loads_as_lenet5(tmp_path):
     np.savez(tmp_path / "old.npz", __header__=np.frombuffer(json.dumps(header).encode(),
                                                             np.uint8),
              **arrays, **{"adam/m": zeros, "adam/v": zeros})
-    loaded, _, _, _ = checkpoint.load_run(tmp_path / "old.npz")
+    loaded, _, _, _, _ = checkpoint.load_run(tmp_path / "old.npz")
     assert loaded.spec() == archs.ARCHS["lenet5"]
     assert np.array_equal(loaded.flat_params, model.flat_params)

@@ -27,10 +27,10 @@ from tests.harness import (
     torch_results,
 )
 from tests.registry import CASES, LOSS_CASES, REGISTRY, TOLERANCE
-from tinyconv import archs
+from tinyconv import archs, interop
 from tinyconv.kernels import get_backend
 from tinyconv.kernels import reference as ref
-from tinyconv.optim import OPTIMIZERS
+from tinyconv.optim import EMA, OPTIMIZERS
 
 CPU = get_backend("cpu")
 
@@ -298,6 +298,82 @@ def test_no_decay_for_norms_and_biases_matches_torch_parameter_groups(kind):
     restored = OPTIMIZERS[kind](model)
     restored.load_state_dict(ours.state_dict())
     assert restored.no_decay == ours.no_decay and restored._runs == ours._runs
+
+
+# ---- the weights' moving average against torch's AveragedModel
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_ema_matches_torch_averaged_model(impl):
+    # resnet-mini: batch norm's running statistics are averaged too (use_buffers=True); each
+    # step sets every parameter and buffer anew, so the average sees wide moves
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    decay, dtype = 0.9, np.float32 if impl == "kernel" else np.float64
+    model = archs.build("resnet-mini", seed=2)
+    module = interop.torch_module(model.spec()).to(torch.float64 if impl == "reference"
+                                                   else torch.float32)
+    floats = [name for name, value in model.state_dict().items() if value.dtype.kind == "f"]
+    rng = np.random.default_rng(5)
+
+    def new_state():
+        return {name: (rng.standard_normal(value.shape).astype(dtype)
+                       if name in floats else value + 1)
+                for name, value in model.state_dict().items()}
+
+    with torch.no_grad():
+        first = new_state()
+        module.load_state_dict({name: torch.from_numpy(np.asarray(v)) for name, v in
+                                first.items()})
+        averaged = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay),
+                                 use_buffers=True)
+        model.load_state_dict(first)
+        ema = EMA(model, decay)
+        ours = {name: first[name] for name in floats}  # the reference's average
+        for step in range(12):
+            state = new_state()
+            module.load_state_dict({name: torch.from_numpy(np.asarray(v)) for name, v in
+                                    state.items()})
+            averaged.update_parameters(module)
+            if impl == "kernel":
+                model.load_state_dict(state)
+                ema.update()
+                got = ema.averaged_state()
+            else:
+                ours = got = {name: ref.ema_update(ours[name], state[name], decay, step == 0)
+                              for name in floats}
+            expected = averaged.module.state_dict()
+            for name in floats:
+                err = rel_err(got[name], expected[name].numpy())
+                bound = 1e-6 if impl == "kernel" else 1e-12
+                assert err < bound, f"{impl}, update {step + 1}: {name} differs by {err:.3g}"
+    assert ema.updates == (12 if impl == "kernel" else 0)
+
+
+def test_ema_applies_its_average_for_a_with_block_and_restores_the_weights():
+    model = archs.build("lenet5-bn", seed=3)
+    trained = model.state_dict()
+    ema = EMA(model, 0.5)
+    ema.update()  # the first update copies: the average is the model
+    model.load_state_dict({name: value * 3 if value.dtype.kind == "f" else value
+                           for name, value in trained.items()})
+    ema.update()  # half-way to 3x: 2x
+    with ema.applied() as inside:
+        assert inside is model
+        for name, value in model.state_dict().items():
+            factor = 2 if value.dtype.kind == "f" else 1
+            assert np.allclose(value, factor * trained[name], rtol=1e-6), name
+    for name, value in model.state_dict().items():  # the trained weights are back
+        factor = 3 if value.dtype.kind == "f" else 1
+        assert np.array_equal(value, (factor * trained[name]).astype(value.dtype)), name
+    restored = EMA(model, 0.9)
+    restored.load_state_dict(ema.state_dict(), ema.averaged_state())
+    assert restored.decay == 0.5 and restored.updates == 2
+    assert all(np.array_equal(a, b) for a, b in zip(restored.averaged_state().values(),
+                                                    ema.averaged_state().values(), strict=True))
+    for decay in (0, 1, 1.5, "0.9"):
+        with pytest.raises(ValueError, match=r"EMA: decay must lie in \(0, 1\)"):
+            EMA(model, decay)
 
 
 def test_no_decay_names_must_be_parameters():

@@ -8,22 +8,26 @@ Layout inside the .npz (np.load with allow_pickle=False reads it; nothing in it 
                       "optimizer/m", "optimizer/momentum_buffer", ...
 
 save/load handle any such file; save_run/load_run store and restore a whole training run
-(model, optimizer, schedule) in it. A run's header holds the network's spec under "arch", from
-which load_run rebuilds it, and the optimizer's kind and settings under "optimizer". Version 1
-files, written before networks were specs, hold LeNet-5; versions 1 and 2, written before
-there were other optimizers, hold Adam's settings under "adam" and its moments as "adam/m",
-"adam/v".
+(model, optimizer, schedule, the weights' moving average if one is kept) in it. With a moving
+average (--ema), "model/<name>" holds the average, which is what every tool evaluates, and
+"trained/<name>" the weights the optimizer trains, from which a resume goes on. A run's header
+holds the network's spec under "arch", from which load_run rebuilds it, and the optimizer's
+kind and settings under "optimizer". Version 1 files, written before networks were specs, hold
+LeNet-5; versions 1 and 2, written before there were other optimizers, hold Adam's settings
+under "adam" and its moments as "adam/m", "adam/v".
 """
 
+import contextlib
 import json
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from tinyconv.archs import build
 from tinyconv.atomicio import atomic_write
-from tinyconv.optim import OPTIMIZERS, load_optimizer, load_schedule
+from tinyconv.optim import EMA, OPTIMIZERS, load_optimizer, load_schedule
 
 FORMAT = "tinyconv-checkpoint"
 VERSION = 3
@@ -76,25 +80,50 @@ def load(path):
 # ---- a training run: model, optimizer and schedule in one checkpoint
 
 
-def save_run(path, model, opt, sched, header):
+class Run(NamedTuple):
+    """A training run as load_run reads it back: the model with the weights it trains, its
+    optimizer and schedule, the checkpoint's header, and the weights' moving average (an
+    optim.EMA) or None."""
+
+    model: object
+    optimizer: object
+    schedule: object
+    header: dict
+    ema: object = None
+
+
+def save_run(path, model, opt, sched, header, ema=None):
     """Write the network (spec, parameters, buffers, training steps: Dropout's masks go on
-    from there), the optimizer's and the schedule's state plus header fields to path,
-    atomically."""
+    from there), the optimizer's and the schedule's state, the moving average ema (if given)
+    and header fields to path, atomically."""
     settings = opt.state_dict()
-    arrays = {f"model/{name}": value for name, value in model.state_dict().items()}
+    trained = model.state_dict()
+    arrays = _named("model", trained if ema is None else ema.averaged_state())
+    if ema is not None:
+        arrays.update(_named("trained", trained))
+        header = {**header, "ema": ema.state_dict()}
     arrays.update((f"optimizer/{buffer}", settings.pop(buffer)) for buffer in opt.buffers)
     save(path, arrays, {**header, "arch": model.spec(), "steps": model.steps,
                         "optimizer": settings, "schedule": sched.state_dict()})
 
 
+def _named(prefix, state):
+    return {f"{prefix}/{name}": value for name, value in state.items()}
+
+
+def _entries(arrays, prefix):
+    """The {name: array} saved under prefix/."""
+    return {name[len(prefix) + 1:]: value for name, value in arrays.items()
+            if name.startswith(prefix + "/")}
+
+
 def load_network(arrays, header, device="cpu"):
-    """The network of a run checkpoint's arrays and header, on `device` (a KeyError or
-    ValueError for what is missing or wrong; load_run names the file)."""
+    """The network of a run checkpoint's arrays and header, on `device`, with the weights
+    tools evaluate (the moving average, where the run kept one); a KeyError or ValueError for
+    what is missing or wrong (load_run and load_evaluated name the file)."""
     arch = header["arch"] if header["version"] >= 2 else "lenet5"  # version 1: LeNet-5
     model = build(arch, header["config"]["seed"], device)
-    prefix = "model/"
-    model.load_state_dict({name[len(prefix):]: value for name, value in arrays.items()
-                           if name.startswith(prefix)})
+    model.load_state_dict(_entries(arrays, "model"))
     model.steps = int(header.get("steps", 0))  # absent before Dropout: nothing to replay
     return model
 
@@ -111,15 +140,38 @@ def optimizer_state(arrays, header):
 
 
 def load_run(path, device="cpu"):
-    """Read a run checkpoint: returns (model, optimizer, schedule, header), the model and
-    the optimizer's state on `device` ("cpu" or "cuda"), whichever device wrote it."""
+    """Read a run checkpoint to go on training: a Run (model, optimizer, schedule, header,
+    ema), the model, the optimizer's state and the average on `device` ("cpu" or "cuda"),
+    whichever device wrote it."""
     arrays, header = load(path)
-    try:
+    with _named_errors(path):
         model = load_network(arrays, header, device)
+        ema = None
+        if "ema" in header:  # model/ holds the average, trained/ what the optimizer trains
+            ema = EMA(model, header["ema"]["decay"])
+            ema.load_state_dict(header["ema"], model.state_dict())
+            model.load_state_dict(_entries(arrays, "trained"))
         opt = load_optimizer(model, optimizer_state(arrays, header))
         sched = load_schedule(opt, header["schedule"])
+    return Run(model, opt, sched, header, ema)
+
+
+def load_evaluated(path, device="cpu"):
+    """(network, header) of a run checkpoint, with the weights to evaluate: the moving
+    average where the run kept one."""
+    arrays, header = load(path)
+    with _named_errors(path):
+        return load_network(arrays, header, device), header
+
+
+@contextlib.contextmanager
+def _named_errors(path):
+    """A KeyError or ValueError in reading path's contents, as a CheckpointError naming it."""
+    try:
+        yield
     except KeyError as exc:
         raise CheckpointError(f"{path}: incomplete tinyconv checkpoint, missing {exc}") from exc
+    except CheckpointError:
+        raise
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
-    return model, opt, sched, header

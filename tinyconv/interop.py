@@ -19,7 +19,7 @@ import numpy as np
 
 from tinyconv.archs import build
 from tinyconv.atomicio import atomic_write
-from tinyconv.checkpoint import CheckpointError, load_run
+from tinyconv.checkpoint import CheckpointError, load_evaluated
 
 # pinned: an unpinned "torch" pulls a multi-GB CUDA build
 TORCH_INSTALL = ("pip install torch==2.13.0 (for the CPU-only build add "
@@ -193,8 +193,7 @@ def load_model(path, trust_pickle=False, device="cpu", arch="lenet5"):
         path = path / "best.npz"
     if is_torch_file(path):
         return load_torch_into(build(arch, device=device), path, trust_pickle), None
-    model, _, _, header = load_run(path, device)
-    return model, header
+    return load_evaluated(path, device)
 
 
 def load(path, device="cpu", trust_pickle=False, arch="lenet5"):

@@ -925,7 +925,7 @@ class Sequential:
         self.steps = 0
         self.kernels = get_backend(device)  # kernels and array helpers; raises if unusable
         init = host.empty(self.param_count)  # aligned, so the CPU's to_device takes it as it is
-        host_params = self._flat_views(init)
+        host_params = self.flat_views(init)
         host_buffers = {name: host.zeros(shape, dtype)
                         for name, (shape, dtype) in buffer_specs.items()}
         rng = np.random.default_rng(seed)
@@ -933,8 +933,8 @@ class Sequential:
             layer.init(self._local(index, {**host_params, **host_buffers}), rng)
         self.flat_params = self.kernels.to_device(init)  # on the CPU: init itself
         self.flat_grads = self.kernels.zeros(self.param_count)
-        self.params = self._flat_views(self.flat_params)
-        self.grads = self._flat_views(self.flat_grads)
+        self.params = self.flat_views(self.flat_params)
+        self.grads = self.flat_views(self.flat_grads)
         self.buffers = {name: self.kernels.to_device(value)
                         for name, value in host_buffers.items()}
         # per layer: its parameters and buffers, and its gradients, by their local names
@@ -948,7 +948,7 @@ class Sequential:
         """{local name: array} of layer index's entries in a {full name: array} mapping."""
         return _local(named, f"{self.prefix}{index}.")
 
-    def _flat_views(self, flat):
+    def flat_views(self, flat):
         """Named views into a flat buffer (host or device) laid out in param_shapes order."""
         views, offset = {}, 0
         for name, shape in self.param_shapes.items():
@@ -1033,7 +1033,7 @@ class Sequential:
         """Host copies of the parameters (float32) and buffers, named and shaped as torch's."""
         to_host = self.kernels.to_host
         state = {name: view.copy() for name, view in
-                 self._flat_views(to_host(self.flat_params)).items()}
+                 self.flat_views(to_host(self.flat_params)).items()}
         state.update((name, to_host(value).copy()) for name, value in self.buffers.items())
         return {name: state[name] for name in self._state_names()}
 
@@ -1066,14 +1066,14 @@ class Sequential:
                 raise ValueError(f"load_state_dict: {name} must hold "
                                  f"{'floats' if kind == 'f' else 'integers'}, found "
                                  f"{value.dtype.name}")
-        self.kernels.copy_in(self.flat_params, self._flatten(state))
+        self.kernels.copy_in(self.flat_params, self.flat_buffer(state))
         for name, value in self.buffers.items():
             self.kernels.copy_in(value, state[name])
 
-    def _flatten(self, arrays):
+    def flat_buffer(self, arrays):
         """A flat float32 host buffer holding a {name: array} mapping of the parameters."""
         flat = host.empty(self.param_count)
-        for name, view in self._flat_views(flat).items():
+        for name, view in self.flat_views(flat).items():
             view[...] = arrays[name]
         return flat
 
@@ -1085,7 +1085,7 @@ class Sequential:
             if name not in grads or np.shape(grads[name]) != shape:
                 raise ValueError(f"gradient {name}: expected shape {shape}, found "
                                  f"{np.shape(grads[name]) if name in grads else 'nothing'}")
-        return self.kernels.to_device(self._flatten(grads))
+        return self.kernels.to_device(self.flat_buffer(grads))
 
     # ---- forward and backward
 

@@ -1,11 +1,13 @@
 """Optimizers and learning-rate schedules, with torch.optim's semantics and explicit state:
 Adam, AdamW, SGD (momentum, dampening, Nesterov) and Adagrad over a model's flat parameter
 buffer, one kernel call per step, their per-parameter state on the model's device; StepLR and
-CosineAnnealingLR (with an optional linear warm-up), called once per epoch or once per step.
+CosineAnnealingLR (with an optional linear warm-up), called once per epoch or once per step;
+EMA, an exponential moving average of the weights to evaluate in their place.
 
 https://pytorch.org/docs/stable/optim.html
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -224,6 +226,72 @@ def load_optimizer(model, state):
     opt = OPTIMIZERS[state["kind"]](model)
     opt.load_state_dict(state)
     return opt
+
+
+class EMA:
+    """An exponential moving average of a model's weights, evaluated in their place:
+    torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay),
+    use_buffers=True).
+
+    After each optimizer step, update() moves the average 1 - decay of the way to the model's
+    parameters and floating-point buffers (batch norm's running statistics), one kernel call
+    each; the first update copies them. Integer buffers (batch norm's step count, which no
+    computation here reads) are the model's own. Until the first update the average is the
+    model as it was given, as AveragedModel's copy is.
+
+    applied() puts the average into the model for the length of a with-block (evaluation, a
+    checkpoint) and the trained weights back after it.
+    """
+
+    def __init__(self, model, decay):
+        if not (isinstance(decay, (int, float)) and 0 < decay < 1):
+            raise ValueError(f"EMA: decay must lie in (0, 1), found {decay!r}")
+        self.model, self.decay, self.updates = model, float(decay), 0
+        k = model.kernels
+        self.flat_params = k.to_device(k.to_host(model.flat_params).copy())
+        self.buffers = {name: k.to_device(k.to_host(value).copy())
+                        for name, value in getattr(model, "buffers", {}).items()
+                        if value.dtype.kind == "f"}
+
+    def update(self):
+        """Move the average toward the model's weights as they are now."""
+        k, weight, first = self.model.kernels, np.float32(1 - self.decay), self.updates == 0
+        k.ema_update(self.flat_params, self.model.flat_params, weight, first)
+        for name, average in self.buffers.items():
+            k.ema_update(average, self.model.buffers[name], weight, first)
+        self.updates += 1
+
+    def averaged_state(self):
+        """The average as model.state_dict() gives the weights: host copies, torch's names."""
+        to_host = self.model.kernels.to_host
+        state = self.model.state_dict()
+        state.update((name, view.copy()) for name, view
+                     in self.model.flat_views(to_host(self.flat_params)).items())
+        state.update((name, to_host(value).copy()) for name, value in self.buffers.items())
+        return state
+
+    def state_dict(self):
+        """The decay and the number of updates (the averages themselves: averaged_state)."""
+        return {"decay": self.decay, "updates": self.updates}
+
+    def load_state_dict(self, state, averaged):
+        """Restore what state_dict() returned, with the averages from averaged_state()'s
+        mapping (a checkpoint's)."""
+        k = self.model.kernels
+        self.decay, self.updates = float(state["decay"]), int(state["updates"])
+        k.copy_in(self.flat_params, self.model.flat_buffer(averaged))
+        for name, value in self.buffers.items():
+            k.copy_in(value, averaged[name])
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The model holding the average inside the with-block, its trained weights after."""
+        trained = self.model.state_dict()
+        self.model.load_state_dict(self.averaged_state())
+        try:
+            yield self.model
+        finally:
+            self.model.load_state_dict(trained)
 
 
 class Schedule:

@@ -10,6 +10,7 @@ continues where the last epoch ended.
 """
 
 import argparse
+import contextlib
 import inspect
 import json
 import math
@@ -27,7 +28,7 @@ from tinyconv.checkpoint import CheckpointError, load_run, save_run
 from tinyconv.data import augmentation, iterate_batches, load_mnist, num_batches
 from tinyconv.evaluation import check_classifier, evaluate
 from tinyconv.interop import CHECKPOINT_HELP, load_model
-from tinyconv.optim import OPTIMIZERS, CosineAnnealingLR, StepLR
+from tinyconv.optim import EMA, OPTIMIZERS, CosineAnnealingLR, StepLR
 
 RECIPES = {
     # chosen by measurement (README, "Results"): Adam 2e-3 halved every 4 epochs, LeNet's own
@@ -52,7 +53,8 @@ RUN_DEFAULTS = {"arch": "lenet5", "optimizer": "adam", "schedule": "step", "data
                 "data_dir": None, "init_from": None}
 # the settings beside the recipe's that only some runs have
 OPTIONAL_SETTINGS = ("momentum", "nesterov", "warmup_epochs", "per_step", "no_decay_norm_bias",
-                     "rotate", "scale", "shear", "elastic", "val", "label_smoothing")
+                     "rotate", "scale", "shear", "elastic", "val", "label_smoothing",
+                     "ema")
 # the flags that say what to do rather than how to train
 NOT_SETTINGS = ("run_dir", "resume", "start_from", "quiet", "trust_pickle", "list_archs")
 # drawing curves.png takes about 0.3 s, which after every epoch of 1.7 s made the default run
@@ -69,10 +71,10 @@ class TrainingError(RuntimeError):
 
 
 def train_epoch(model, opt, images, labels, config, epoch, quiet, after_step=None,
-                position=None):
-    """One pass over the training images, calling after_step() (if given) after each
-    update and counting the steps in position (a Position, if given); returns the mean loss
-    per sample."""
+                position=None, ema=None):
+    """One pass over the training images, moving the average ema (an optim.EMA, if given)
+    and calling after_step() (if given) after each update, and counting the steps in
+    position (a Position, if given); returns the mean loss per sample."""
     rng = np.random.default_rng([config["seed"], epoch])  # replayable: same seed, same epoch
     translate, distortions = augmentation(config)
     batches = iterate_batches(images, labels, config["batch_size"], rng=rng, shuffle=True,
@@ -93,6 +95,8 @@ def train_epoch(model, opt, images, labels, config, epoch, quiet, after_step=Non
                 raise TrainingError(f"loss is {loss} at epoch {epoch + 1}, step {step} of "
                                     f"{total} (update {opt.step_count + 1} overall)")
             opt.step(grads)
+            if ema is not None:
+                ema.update()
             if after_step is not None:
                 after_step()
             notice.cancel()  # the first step has compiled every kernel training needs
@@ -213,11 +217,13 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False, model=
     """Run (or, with resume, continue from run_dir's last.npz, or best.npz if start_from
     says so) a training run; returns the metrics of each epoch it trained.
 
-    A new run trains `model` if given, else new_model(config). run_dir None writes
-    nothing; else each epoch writes last.npz, best.npz when the test accuracy improves and a
-    line of metrics.jsonl, together: a SIGINT or SIGTERM during the writing stops the run
-    right after it. An interrupt raises cli.Interrupted saying where the run stopped, which
-    checkpoint is intact and the command that continues.
+    A new run trains `model` if given, else new_model(config); with config["ema"], an
+    exponential moving average of its weights is what each epoch evaluates and saves as the
+    model, and what the model holds when the run ends. run_dir None writes nothing; else each
+    epoch writes last.npz, best.npz when the test accuracy improves and a line of
+    metrics.jsonl, together: a SIGINT or SIGTERM during the writing stops the run right after
+    it. An interrupt raises cli.Interrupted saying where the run stopped, which checkpoint is
+    intact and the command that continues.
     """
     run_dir = None if run_dir is None else Path(run_dir)
     if not resume and run_dir is not None and (run_dir / "last.npz").exists():
@@ -227,12 +233,13 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False, model=
     steps = num_batches(len(train_labels), config["batch_size"], drop_last=False)
     if resume:
         path, _ = resumable(run_dir, start_from)
-        model, opt, sched, header = load_run(path, config["device"])
+        model, opt, sched, header, ema = load_run(path, config["device"])
         start_epoch, best = header["epoch"], header["best"]
     else:
         model = new_model(config, trust_pickle) if model is None else model.train()
         opt = make_optimizer(model, config)
         sched = make_schedule(opt, config, steps)
+        ema = EMA(model, config["ema"]) if config.get("ema") else None
         start_epoch, best = 0, {"accuracy": -1.0, "epoch": 0}
     if run_dir is not None:
         try:
@@ -253,7 +260,8 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False, model=
             began, lr = time.perf_counter(), opt.lr
             try:
                 train_loss = train_epoch(model, opt, train_images, train_labels, config, epoch,
-                                         quiet, sched.step if per_step else None, position)
+                                         quiet, sched.step if per_step else None, position,
+                                         ema)
             except TrainingError as exc:
                 intact = (f"the last good checkpoint, {run_dir / f'{kept}.npz'} (epoch "
                           f"{saved}), is kept intact" if saved else "no checkpoint was written "
@@ -263,7 +271,7 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False, model=
                 sched.step()
             position.phase = "the test pass"
             metrics = {"epoch": epoch + 1, "train_loss": train_loss,
-                       **scores(model, config, test, validation), "lr": lr,
+                       **scores(model, config, test, validation, ema), "lr": lr,
                        "seconds": time.perf_counter() - began}
             history.append(metrics)
             # the best epoch by validation where there is one: the test set chooses nothing
@@ -276,7 +284,7 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False, model=
                 with cli.interrupts_held():  # an interrupt in here stops the run after it
                     if kept == "best":
                         rewind_metrics(run_dir, start_epoch)
-                    write_epoch(run_dir, model, opt, sched, config, best, metrics)
+                    write_epoch(run_dir, model, opt, sched, config, best, metrics, ema)
                     saved, kept = epoch + 1, "last"
                 if draw_curves and (epoch + 1 == config["epochs"]
                                     or time.perf_counter() - drawn >= CURVES_EVERY):
@@ -286,6 +294,8 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False, model=
                 print(epoch_line(metrics, config["epochs"]), flush=True)
     except cli.Interrupted as exc:
         raise exc.again(interrupted(exc, position, run_dir, saved, kept)) from None
+    if ema is not None:  # the weights every epoch was judged by
+        model.load_state_dict(ema.averaged_state())
     return history
 
 
@@ -307,15 +317,18 @@ def run_data(config):
                                                        labels[-held_out:]), test
 
 
-def scores(model, config, test, validation):
-    """test_loss and test_accuracy, and val_loss and val_accuracy with a validation set."""
+def scores(model, config, test, validation, ema=None):
+    """test_loss and test_accuracy, and val_loss and val_accuracy with a validation set: of
+    the moving average ema where there is one."""
     figures = {}
-    for name, (images, labels) in (("test", test), *((("val", validation),) if validation
-                                                     else ())):
-        # at the training batch size, so the pass reuses the training buffers
-        result = evaluate(model, images, labels, config["resize"], config["normalize"],
-                          config["batch_size"])
-        figures.update({f"{name}_loss": result["loss"], f"{name}_accuracy": result["accuracy"]})
+    with ema.applied() if ema is not None else contextlib.nullcontext():
+        for name, (images, labels) in (("test", test), *((("val", validation),) if validation
+                                                         else ())):
+            # at the training batch size, so the pass reuses the training buffers
+            result = evaluate(model, images, labels, config["resize"], config["normalize"],
+                              config["batch_size"])
+            figures.update({f"{name}_loss": result["loss"],
+                            f"{name}_accuracy": result["accuracy"]})
     return figures
 
 
@@ -329,16 +342,17 @@ def epoch_line(metrics, epochs):
             f"{metrics['seconds']:.1f}s")
 
 
-def write_epoch(run_dir, model, opt, sched, config, best, metrics):
-    """An epoch's results: last.npz, best.npz if the epoch is the best, a metrics line."""
+def write_epoch(run_dir, model, opt, sched, config, best, metrics, ema=None):
+    """An epoch's results: last.npz, best.npz if the epoch is the best, a metrics line; the
+    checkpoints' model is the moving average ema where there is one."""
     epoch = metrics["epoch"]
     header = {"epoch": epoch, "config": config, "best": best, "metrics": metrics,
               "rng": {"seed": config["seed"],
                       "scheme": "epoch e draws from np.random.default_rng([seed, e])"}}
     try:  # each checkpoint is written atomically: a failure leaves the previous one whole
-        save_run(run_dir / "last.npz", model, opt, sched, header)
+        save_run(run_dir / "last.npz", model, opt, sched, header, ema)
         if best["epoch"] == epoch:
-            save_run(run_dir / "best.npz", model, opt, sched, header)
+            save_run(run_dir / "best.npz", model, opt, sched, header, ema)
         with open(run_dir / "metrics.jsonl", "a") as log:
             log.write(json.dumps(metrics) + "\n")
     except OSError as exc:
@@ -368,7 +382,8 @@ def fit(model, epochs=None, recipe="default", run_dir=None, quiet=False, **overr
     limit_train=6000, ...) overriding them. With run_dir, each epoch is checkpointed there as
     the CLI does, and `python -m tinyconv.train --resume RUN_DIR` continues the run. Returns
     the per-epoch metrics, a list of dicts (epoch, train_loss, test_loss, test_accuracy, lr,
-    seconds). The progress bar is a notebook widget in a notebook.
+    seconds). With ema=DECAY the model ends holding the moving average of its weights, which
+    every epoch was evaluated by. The progress bar is a notebook widget in a notebook.
     """
     if recipe not in RECIPES:
         raise ValueError(f"fit: recipe must be one of {', '.join(RECIPES)}, found {recipe!r}")
@@ -445,6 +460,11 @@ def parser():
                         help="train against targets (1 - E) one-hot + E / classes, torch's "
                              "CrossEntropyLoss(label_smoothing=E), E in [0, 1]; the test and "
                              "validation losses stay plain cross-entropy (default 0)")
+    parser.add_argument("--ema", type=float, metavar="DECAY",
+                        help="evaluate and save an exponential moving average of the weights, "
+                             "moved 1 - DECAY of the way after each step (torch's AveragedModel "
+                             "with get_ema_multi_avg_fn(DECAY), batch norm's statistics "
+                             "averaged too), DECAY in (0, 1), e.g. 0.999 (default: none)")
     parser.add_argument("--no-decay-norm-bias", action="store_true", default=None,
                         help="no weight decay for biases and batch norm's scales and shifts "
                              "(default: decay every parameter, as torch.optim does)")
@@ -524,6 +544,9 @@ def settings(recipe, given, name=flag):
     if "optimizer" in given and "weight_decay" not in given:  # that optimizer's own default
         given["weight_decay"] = inspect.signature(
             OPTIMIZERS[OPTIMIZER_NAMES[given["optimizer"]]]).parameters["weight_decay"].default
+    if "ema" in given and not 0 < given["ema"] < 1:
+        raise ValueError(f"{name('ema')} is the average's decay, in (0, 1) (as 0.999), found "
+                         f"{given['ema']}")
     if not 0 <= given.get("label_smoothing", 0) <= 1:
         raise ValueError(f"{name('label_smoothing')} must lie in [0, 1], found "
                          f"{given['label_smoothing']}")

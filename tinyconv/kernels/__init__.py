@@ -18,7 +18,7 @@ KERNELS = (
     "dropout_forward", "dropout_backward",
     "linear_forward", "linear_backward",
     "softmax_xent_forward", "softmax_xent_backward",
-    "adam_update", "sgd_update", "adagrad_update",
+    "adam_update", "sgd_update", "adagrad_update", "ema_update",
 )
 # make, fill and read a backend's arrays (see host.py and the end of cuda.py)
 HELPERS = ("empty", "zeros", "to_device", "to_host", "copy_in", "synchronize")

@@ -56,3 +56,15 @@ def adagrad_update(params, state_sum, grads, clr, eps, weight_decay):
         g = grads[idx] + weight_decay * params[idx]
         state_sum[idx] += g * g
         params[idx] -= clr * (g / (np.sqrt(state_sum[idx]) + eps))
+
+
+@njit(**_JIT)
+def ema_update(averaged, current, weight, first):
+    # moves averaged (P,) weight of the way to current (P,) in place, torch's lerp in
+    # torch.optim.swa_utils.get_ema_multi_avg_fn (weight = 1 - decay); the first update
+    # copies current, as AveragedModel's does
+    for idx in prange(averaged.size):
+        if first:
+            averaged[idx] = current[idx]
+        else:
+            averaged[idx] += weight * (current[idx] - averaged[idx])

@@ -55,6 +55,18 @@ def _adagrad_update(params, state_sum, grads, clr, eps, weight_decay):
     params[idx] -= clr * (g / (math.sqrt(state_sum[idx]) + eps))
 
 
+@cuda.jit(cache=True)
+def _ema_update(averaged, current, weight, first):
+    # moves averaged (P,) weight of the way to current (P,), as cpu_optim.ema_update
+    idx = cuda.grid(1)
+    if idx >= averaged.size:
+        return
+    if first:
+        averaged[idx] = current[idx]
+    else:
+        averaged[idx] += weight * (current[idx] - averaged[idx])
+
+
 def adam_update(params, m, v, grads, step_size, bias_correction2_sqrt, one_minus_beta1, beta2,
                 one_minus_beta2, eps, weight_decay, decay):
     """One torch.optim.Adam (or AdamW) step over flat float32 device buffers, in place."""
@@ -75,3 +87,8 @@ def adagrad_update(params, state_sum, grads, clr, eps, weight_decay):
     """One torch.optim.Adagrad step over flat float32 device buffers, in place."""
     _adagrad_update[_blocks(params.size), THREADS](params, state_sum, grads, clr, eps,
                                                    weight_decay)
+
+
+def ema_update(averaged, current, weight, first):
+    """One step of an exponential moving average over flat float32 device buffers, in place."""
+    _ema_update[_blocks(averaged.size), THREADS](averaged, current, weight, bool(first))

@@ -341,3 +341,10 @@ def adagrad_update(params, state_sum, grads, lr, lr_decay, weight_decay, eps, st
     state_sum = state_sum + g * g
     clr = lr / (1 + (step - 1) * lr_decay)
     return params - clr * g / (np.sqrt(state_sum) + eps), state_sum
+
+
+def ema_update(averaged, current, decay, first):
+    """One update of torch.optim.swa_utils.AveragedModel with get_ema_multi_avg_fn(decay):
+    the new average, current itself on the first update."""
+    # https://pytorch.org/docs/stable/optim.html#weight-averaging-swa-and-ema
+    return current.copy() if first else averaged + (1 - decay) * (current - averaged)
