@@ -1,0 +1,168 @@
+"""The recipes behind README's accuracy figures, chosen on validation: python bench/recipes.py
+[--help].
+
+Each group is a target with its candidate recipes (python -m tinyconv.train's flags):
+- default: the report's exact LeNet-5 in at most 30 epochs;
+- best: the report's exact LeNet-5 (tanh, average pooling) in at most 15 minutes on 2 cores;
+- variant: the study's strongest cheap variant, relu-avg-bn (README, "The report's question").
+
+--stage val trains each candidate of the group with --val 5000 (the last 5,000 training
+images held out, never trained on) and a token test set of 16 images, so the test set chooses
+nothing; the candidate with the best mean final validation accuracy over the seeds is the
+group's recipe. --stage final trains that recipe on all 60,000 training images with seeds 0,
+1, 2 and reports the final test accuracy, once. Every run is a run directory of
+python -m tinyconv.train under OUT/<stage>/<candidate>-seed<k>; a finished one is not
+redone and a stopped one resumes, so the script can be stopped and run again. It prints a
+Markdown table of the stage's runs and writes it with the figures to OUT/<stage>-<group>.json.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # bench.common and tinyconv, from any directory
+
+from bench.common import commit, cpu_model  # noqa: E402
+from tinyconv import archs, checkpoint, cli, train  # noqa: E402
+from tinyconv.atomicio import atomic_write  # noqa: E402
+
+COSINE = ["--schedule", "cosine", "--lr", "3e-3"]
+# random affine distortions: the probe of issue 19's (rotation, scale, shear, sub-pixel shifts)
+AFFINE = ["--translate", "2.5", "--rotate", "12", "--scale", "0.12", "--shear", "0.12"]
+ELASTIC = ["--elastic", "20,4"]  # Simard et al. 2003's deformations, at alpha 20, sigma 4
+VARIANT = "relu-avg-bn"  # the study's best variant at 3.4 s an epoch (resnet-mini: 85 s)
+
+# group -> {candidate: flags}
+CANDIDATES = {
+    "default": {
+        "today": [],  # the default recipe as it stands: 20 epochs, StepLR, 2 px shifts
+        "affine-30": [*COSINE, *AFFINE, "--epochs", "30"],
+        "affine-ema-30": [*COSINE, *AFFINE, "--ema", "0.999", "--epochs", "30"],
+        "affine-ema-ls-30": [*COSINE, *AFFINE, "--ema", "0.999", "--label-smoothing", "0.1",
+                             "--epochs", "30"],
+        "elastic-ema-30": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.999", "--epochs", "30"],
+        "affine-ema-20": [*COSINE, *AFFINE, "--ema", "0.999", "--epochs", "20"],
+    },
+    "best": {
+        "affine-ema-100": [*COSINE, *AFFINE, "--ema", "0.9995", "--epochs", "100"],
+        "elastic-ema-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995", "--epochs", "100"],
+        "elastic-ema-ls-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
+                               "--label-smoothing", "0.1", "--epochs", "100"],
+    },
+    "variant": {
+        "bn-elastic-ema-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995", "--epochs",
+                               "100"],
+    },
+}
+VAL = 5000
+VAL_SEEDS = {"default": (0, 1), "best": (0,), "variant": (0,)}
+FINAL_SEEDS = (0, 1, 2)
+
+
+def arch_flags(group, out):
+    """The --arch of a group's runs: LeNet-5, or the variant's spec written to a file."""
+    if group != "variant":
+        return []
+    path = out / f"{VARIANT}.json"
+    if not path.exists():
+        layers = archs.lenet5_layers("relu", "avg", batch_norm=True)
+        spec = archs.spec_of(VARIANT, layers)
+        atomic_write(path, lambda file: file.write(json.dumps(spec, indent=1).encode()))
+    return ["--arch", str(path)]
+
+
+def run(run_dir, flags, threads):
+    """Train (or resume, or leave alone when finished) one run directory; its metrics."""
+    metrics = run_dir / "metrics.jsonl"
+    if (run_dir / "last.npz").exists():
+        header = checkpoint.load(run_dir / "last.npz")[1]
+        if header["epoch"] < header["config"]["epochs"]:
+            status = train.main(["--resume", str(run_dir), "--quiet", "--threads",
+                                 str(threads)])
+            if status:
+                raise SystemExit(f"{run_dir}: the resumed run failed ({status})")
+    else:
+        began = time.strftime("%H:%M:%S")
+        print(f"{began} {run_dir.name}: {' '.join(flags)}", flush=True)
+        status = train.main([*flags, "--run-dir", str(run_dir), "--quiet", "--threads",
+                             str(threads)])
+        if status:
+            raise SystemExit(f"{run_dir}: the run failed ({status})")
+    return [json.loads(line) for line in metrics.open()]
+
+
+def chosen(out, group):
+    """The candidate the validation stage chose: the best mean final validation accuracy."""
+    path = out / f"val-{group}.json"
+    if not path.exists():
+        raise SystemExit(f"{path}: no validation results for {group}; run --stage val first")
+    rows = json.loads(path.read_text())["rows"]
+    return max(rows, key=lambda row: row["mean"])["candidate"]
+
+
+def summary(name, seeds, logs, key):
+    finals = [100 * log[-1][key] for log in logs]
+    seconds = [sum(m["seconds"] for m in log) for log in logs]
+    return {"candidate": name, "seeds": list(seeds), "epochs": len(logs[0]), "finals": finals,
+            "mean": statistics.mean(finals),
+            "std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+            "minutes": statistics.mean(seconds) / 60}
+
+
+def table(rows, what):
+    lines = [f"| recipe | epochs | {what}, mean ± std (each seed) | minutes a run |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {r['candidate']} | {r['epochs']} | {r['mean']:.2f} ± {r['std']:.2f} "
+              f"({', '.join(f'{a:.2f}' for a in r['finals'])}) | {r['minutes']:.1f} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--group", choices=CANDIDATES, required=True)
+    parser.add_argument("--stage", choices=("val", "final"), required=True)
+    parser.add_argument("--only", metavar="CANDIDATE", action="append",
+                        help="run just this candidate (repeatable; the table shows those done)")
+    parser.add_argument("--threads", type=cli.count(1), default=1)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "recipes")
+    parser.add_argument("--limit-train", type=cli.count(1), metavar="N",
+                        help="the first N training images only (a quick check of the script)")
+    args = parser.parse_args(argv)
+    out, group = args.out, args.group
+    (out / args.stage).mkdir(parents=True, exist_ok=True)
+    base = [*arch_flags(group, out),
+            *(["--limit-train", str(args.limit_train)] if args.limit_train else [])]
+    if args.stage == "val":
+        candidates, seeds = CANDIDATES[group], VAL_SEEDS[group]
+        base += ["--val", str(VAL), "--limit-test", "16"]  # the test set chooses nothing
+    else:
+        name = chosen(out, group)
+        candidates, seeds = {name: CANDIDATES[group][name]}, FINAL_SEEDS
+    key = "val_accuracy" if args.stage == "val" else "test_accuracy"
+    rows = []
+    for name, flags in candidates.items():
+        if args.only and name not in args.only:
+            continue
+        logs = [run(out / args.stage / f"{name}-seed{seed}",
+                    [*base, *flags, "--seed", str(seed)], args.threads) for seed in seeds]
+        rows.append(summary(name, seeds, logs, key))
+    what = "validation accuracy (5,000 held out)" if args.stage == "val" else "test accuracy"
+    text = table(rows, what)
+    print(text)
+    record = {"group": group, "stage": args.stage, "rows": rows, "table": text,
+              "arch": VARIANT if group == "variant" else "lenet5", "threads": args.threads,
+              "commit": commit(), "cpu": cpu_model()}
+    if not args.only:
+        atomic_write(out / f"{args.stage}-{group}.json",
+                     lambda file: file.write(json.dumps(record, indent=1).encode()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
