@@ -45,8 +45,9 @@ if HAVE_NUMBA_CUDA:
                   vars(module).items()}
 REAL_GPU = HAVE_NUMBA_CUDA and not SIMULATOR and cuda.is_available()
 
-pytestmark = pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason="numba-cuda is not installed "
-                                "(pip install -e '.[test]' brings it)")
+# without numba-cuda, which the test extra installs, test_registry.py's CUDA twin checks fail
+# and these cannot run
+pytestmark = pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason="numba-cuda is not installed")
 in_simulator = pytest.mark.skipif(not SIMULATOR, reason="runs in test_in_simulator's child "
                                   "process, under NUMBA_ENABLE_CUDASIM=1")
 outside_simulator = pytest.mark.skipif(SIMULATOR, reason="checks numba-cuda itself, not the "
@@ -262,22 +263,72 @@ def float64_lines(function, signature):
 
 @pytest.fixture(scope="module")
 def ptx_compiler():
-    """Skip unless numba-cuda can compile to PTX here (it needs NVVM and NVRTC, no GPU)."""
+    """Skip unless numba-cuda finds a compiler here (NVVM, libdevice and NVRTC; no GPU is
+    needed). Only their absence skips: any other failure of a first compilation fails."""
     from numba import types
+    from numba.cuda.cudadrv.error import NvrtcSupportError, NvvmSupportError
+    from numba.cuda.cudadrv.nvvm import MISSING_LIBDEVICE_FILE_MSG
 
     def scale(out, inp):
         out[0] = inp[0]
 
     try:
         float64_lines(scale, (types.float32[::1], types.float32[::1]))
-    except Exception as exc:  # a missing libnvvm or libnvrtc, in whatever words
-        pytest.skip(f"cannot compile PTX here ({type(exc).__name__}: {exc}); the CUDA "
-                    "toolkit's libnvvm and pip's nvidia-cuda-nvrtc provide what it needs")
+    except (NvvmSupportError, NvrtcSupportError) as exc:
+        pytest.skip(f"no CUDA compiler here ({type(exc).__name__}: {exc}): pip install -e "
+                    "'.[cuda13]' (or '.[cuda12]') brings NVVM and NVRTC")
+    except RuntimeError as exc:
+        if str(exc) != MISSING_LIBDEVICE_FILE_MSG:
+            raise
+        pytest.skip("no libdevice here: pip install -e '.[cuda13]' (or '.[cuda12]') brings it")
 
 
 @outside_simulator
 def test_every_cuda_kernel_is_launched_by_some_case():
     assert sorted(launched_signatures()) == cuda_kernels_defined()
+
+
+@outside_simulator
+def test_the_low_occupancy_warning_is_silenced_by_its_own_class():
+    # numba-cuda's dispatcher warns with its own NumbaPerformanceWarning, not numba's, its
+    # text in a terminal colour; in a child, as pytest drops the filters set while collecting
+    code = ("import warnings, tinyconv.kernels.cuda\n"
+            "from numba.cuda.core.errors import NumbaPerformanceWarning as W\n"
+            "warnings.warn(W('Grid size 1 will likely result in GPU under-utilization due to "
+            "low occupancy.'))\n"
+            "warnings.warn(W('another performance warning'))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, check=True)
+    assert "another performance warning" in done.stderr and "Grid size" not in done.stderr
+
+
+@outside_simulator
+def test_a_gpu_without_a_compiler_says_what_to_install(monkeypatch):
+    from numba.cuda.cudadrv import nvvm
+
+    from tinyconv.kernels import _require_compiler
+
+    monkeypatch.setattr(nvvm, "_nvvm", None)  # as when no libNVVM is found
+    with pytest.raises(DeviceUnavailable, match=r"a GPU is here, but numba-cuda cannot compile "
+                       r"kernels for it: the CUDA toolkit's NVVM and libdevice are missing "
+                       r"\(libNVVM is not available\); pip install 'tinyconv\[cuda\]'"):
+        _require_compiler()
+
+
+@outside_simulator
+def test_a_toolkit_newer_than_the_driver_says_which_extra_fits(monkeypatch):
+    from cuda import bindings
+    from numba.cuda.cudadrv import driver
+
+    from tinyconv.kernels import _require_compiler
+
+    monkeypatch.setattr(bindings, "__version__", "13.0.2")
+    monkeypatch.setattr(driver.driver, "get_version", lambda: (12, 4))
+    with pytest.raises(DeviceUnavailable, match=r"the installed CUDA 13 packages make code this "
+                       r"driver \(CUDA 12.4\) cannot run: pip install 'tinyconv\[cuda12\]'"):
+        _require_compiler()
+    monkeypatch.setattr(driver.driver, "get_version", lambda: (13, 1))
+    _require_compiler()  # NVVM and libdevice are found here, and the versions fit
 
 
 @outside_simulator
@@ -368,19 +419,37 @@ def test_clis_stop_at_once_without_a_gpu(tmp_path):
 # ---- the simulator cases, from the normal run
 
 
+def simulator_tests():
+    """The node ids of this file's tests that run in the simulator (marked in_simulator)."""
+    ids = []
+    for name, function in globals().items():
+        if name.startswith("test_") and in_simulator.mark in getattr(function, "pytestmark", []):
+            marks = [m for m in function.pytestmark if m.name == "parametrize"]
+            params = marks[0].args[1] if marks else [None]
+            ids += [name if p is None else f"{name}[{p}]" for p in params]
+    return sorted(ids)
+
+
 @outside_simulator
-def test_in_simulator():
-    """Run this file under NUMBA_ENABLE_CUDASIM=1 in a child pytest; it must pass them all."""
+def test_in_simulator(tmp_path):
+    """Run this file under NUMBA_ENABLE_CUDASIM=1 in a child pytest: exactly the simulator
+    tests must pass, none skipped or missing."""
+    report_file = tmp_path / "simulator.xml"
     done = subprocess.run(
         [sys.executable, "-m", "pytest", __file__, "-q", "-m", "not gpu",
-         "-p", "no:cacheprovider"],
+         "-p", "no:cacheprovider", f"--junitxml={report_file}"],
         cwd=REPO_ROOT, env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}, capture_output=True,
         text=True, timeout=600)
     report = done.stdout[-6000:] + done.stderr[-2000:]
     assert done.returncode == 0, f"the simulator run failed:\n{report}"
-    passed = re.search(r"(\d+) passed", done.stdout)
-    expected = len(SIMULATOR_CASES) + 2  # every simulator case and the networks' steps
-    assert passed and int(passed.group(1)) >= expected, f"too few simulator tests:\n{report}"
+    import xml.etree.ElementTree as ElementTree
+
+    passed = sorted(case.get("name") for case in ElementTree.parse(report_file).iter("testcase")
+                    if not len(case))  # a skip, failure or error is a child element
+    expected = simulator_tests()
+    assert len(expected) == len(SIMULATOR_CASES) + 2  # the cases and the two networks' steps
+    assert passed == expected, (f"the simulator run passed {passed}, expected {expected}:\n"
+                                f"{report}")
 
 
 # ---- on a real GPU (skipped without one): LeNet's shapes, determinism, a training run

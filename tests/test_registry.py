@@ -84,9 +84,10 @@ def test_kernels_have_simulator_cases(group):
 
 @pytest.mark.parametrize("group", GROUPS)
 def test_kernels_have_cuda_twins_with_the_same_signature(group):
-    # the network picks a backend once and calls every kernel the same way
-    if importlib.util.find_spec("numba_cuda") is None:
-        pytest.skip("numba-cuda is not installed (pip install -e '.[test]' brings it)")
+    # the network picks a backend once and calls every kernel the same way; without
+    # numba-cuda (the test extra brings it) nothing checks the CUDA backend: a failure
+    assert importlib.util.find_spec("numba_cuda") is not None, (
+        "numba-cuda is not installed, so the CUDA twins go unchecked: pip install -e '.[test]'")
     from tinyconv.kernels import kernel_modules
 
     cuda = {name: obj for module in kernel_modules("cuda") for name, obj in vars(module).items()}

@@ -31,13 +31,22 @@ class DeviceUnavailable(RuntimeError):
     """A backend cannot run here; the message says what is missing and how to get it."""
 
 
+# the extras that bring numba-cuda with a CUDA toolkit's compiler (NVVM, libdevice, NVRTC), by
+# the toolkit's major version: a driver runs code of its own CUDA version and older ones
+TOOLKIT_EXTRAS = {12: "cuda12", 13: "cuda13"}
+INSTALL = ("pip install 'tinyconv[cuda]' (CUDA 12's compiler, which any driver from 525 on "
+           "runs) or 'tinyconv[cuda13]' (a driver from 580)")
+
+
 def require_cuda():
-    """Raise DeviceUnavailable unless numba-cuda is installed and finds a GPU (or runs its
-    simulator: NUMBA_ENABLE_CUDASIM=1)."""
+    """Raise DeviceUnavailable, saying what to install or check, unless numba-cuda is
+    installed, finds a GPU and can compile kernels for it: NVVM and libdevice found, from a
+    CUDA toolkit no newer than the driver. Numba's simulator (NUMBA_ENABLE_CUDASIM=1) needs
+    no GPU and no compiler."""
     if importlib.util.find_spec("numba_cuda") is None:
         raise DeviceUnavailable(
-            "device 'cuda' needs the numba-cuda package, which is not installed: "
-            "pip install 'tinyconv[cuda]' (or pip install numba-cuda), or use --device cpu")
+            f"device 'cuda' needs the numba-cuda package, which is not installed: {INSTALL}; "
+            "or use --device cpu")
     from numba import cuda
 
     if not cuda.is_available():
@@ -48,6 +57,34 @@ def require_cuda():
             f"device 'cuda': numba-cuda is installed but finds no usable NVIDIA GPU ({reason}); "
             "check the GPU and its driver with nvidia-smi, or use --device cpu "
             "(NUMBA_ENABLE_CUDASIM=1 runs the CUDA kernels in Numba's simulator, for tests)")
+    from numba.cuda import config
+
+    if not config.ENABLE_CUDASIM:
+        _require_compiler()
+
+
+def _require_compiler():
+    """The CUDA toolkit parts numba-cuda compiles with: there, and no newer than the driver."""
+    from cuda import bindings
+    from numba.cuda.cudadrv import nvvm
+    from numba.cuda.cudadrv.driver import driver
+    from numba.cuda.cudadrv.error import NvvmSupportError
+
+    try:
+        nvvm.NVVM()
+        nvvm.LibDevice()
+    except (NvvmSupportError, RuntimeError) as exc:  # RuntimeError: no libdevice file
+        reason = " ".join(str(exc).split())[:160]
+        raise DeviceUnavailable(
+            f"device 'cuda': a GPU is here, but numba-cuda cannot compile kernels for it: "
+            f"the CUDA toolkit's NVVM and libdevice are missing ({reason}); {INSTALL}") from None
+    toolkit, (major, minor) = int(bindings.__version__.split(".")[0]), driver.get_version()
+    if toolkit > major:
+        raise DeviceUnavailable(
+            f"device 'cuda': the installed CUDA {toolkit} packages make code this driver "
+            f"(CUDA {major}.{minor}) cannot run: pip install "
+            f"'tinyconv[{TOOLKIT_EXTRAS.get(major, 'cuda12')}]' in a fresh environment, or "
+            "update the driver")
 
 
 @functools.cache

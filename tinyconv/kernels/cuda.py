@@ -26,7 +26,7 @@ import warnings
 
 import numpy as np
 from numba import cuda, float32
-from numba.core.errors import NumbaPerformanceWarning
+from numba.cuda.core.errors import NumbaPerformanceWarning  # numba-cuda's, not numba's
 
 THREADS = 256  # threads per block of the elementwise kernels
 REDUCE_THREADS = 128  # most threads per block of a reduction: a power of two, for the tree
@@ -35,9 +35,10 @@ _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
 
 # LeNet-5's small layers launch small grids by nature (the loss: one block at batch 128);
-# numba-cuda's warning about them says nothing that could be acted on
-warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-",
-                        category=NumbaPerformanceWarning)
+# numba-cuda's warning about them says nothing that could be acted on. Its class is numba-cuda's
+# own, and its text may start with a terminal colour code
+warnings.filterwarnings("ignore", message=r"(\x1b\[[0-9;]*m)?Grid size \d+ will likely result "
+                        r"in GPU under-", category=NumbaPerformanceWarning)
 
 
 def _blocks(total):
