@@ -219,7 +219,51 @@ def parse_args(argv):
                              "(tinyconv's numba.cuda kernels against torch's CUDA ops; needs "
                              "numba-cuda and a CUDA build of torch)")
     parser.add_argument("--json", metavar="PATH", help="also write the header and rows as JSON")
+    parser.add_argument("--profile", metavar="PATH",
+                        help="also profile 10 LeNet-5 training steps of each library on the "
+                             "device with torch.profiler (which records numba's kernels too) "
+                             "and write its per-kernel table, by device time, to PATH")
     return parser.parse_args(argv)
+
+
+def profile_steps(path, device, batch, torch):
+    """torch.profiler's per-kernel table of 10 Adam steps of LeNet-5 at `batch` in each
+    library, after 3 untimed ones, written to path."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from tinyconv import LeNet5, interop
+    from tinyconv.optim import Adam
+
+    model = LeNet5(seed=0, device=device)
+    opt = Adam(model, lr=1e-3)
+    module = interop.torch_module(model.spec()).to(device)
+    torch_opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 1, 32, 32)).astype(np.float32)
+    y = rng.integers(0, CLASSES, batch)
+    t_x, t_y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+
+    def ours():
+        opt.step(model.loss_and_grads(x, y)[1])
+
+    def theirs():
+        torch_opt.zero_grad()
+        torch.nn.functional.cross_entropy(module(t_x), t_y).backward()
+        torch_opt.step()
+
+    for step in (ours, theirs) * 3:
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for name, step in (("tinyconv step", ours), ("torch step", theirs)):
+            for _ in range(10):
+                with record_function(name):
+                    step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+    sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
+    Path(path).write_text(prof.key_averages().table(sort_by=sort, row_limit=60) + "\n")
+    print(f"torch.profiler's table of 10 training steps each: {path}")
 
 
 def main(argv=None):
@@ -296,6 +340,8 @@ def main(argv=None):
         print(format_row(row))
     if args.json:
         write_json(args.json, header, rows)
+    if args.profile:
+        profile_steps(args.profile, args.device, args.batch_size, torch)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,8 @@ def main(argv=None):
     parser.add_argument("--stage", choices=("val", "final"), required=True)
     parser.add_argument("--only", metavar="CANDIDATE", action="append",
                         help="run just this candidate (repeatable; the table shows those done)")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                        help="only these of the stage's seeds (two processes can share a stage)")
     parser.add_argument("--threads", type=cli.count(1), default=1)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "recipes")
     parser.add_argument("--limit-train", type=cli.count(1), metavar="N",
@@ -144,6 +146,7 @@ def main(argv=None):
     else:
         name = chosen(out, group)
         candidates, seeds = {name: CANDIDATES[group][name]}, FINAL_SEEDS
+    seeds = [seed for seed in seeds if not args.seeds or seed in args.seeds]
     key = "val_accuracy" if args.stage == "val" else "test_accuracy"
     rows = []
     for name, flags in candidates.items():
@@ -158,7 +161,7 @@ def main(argv=None):
     record = {"group": group, "stage": args.stage, "rows": rows, "table": text,
               "arch": VARIANT if group == "variant" else "lenet5", "threads": args.threads,
               "commit": commit(), "cpu": cpu_model()}
-    if not args.only:
+    if not args.only and not args.seeds:
         atomic_write(out / f"{args.stage}-{group}.json",
                      lambda file: file.write(json.dumps(record, indent=1).encode()))
     return 0

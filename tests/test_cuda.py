@@ -452,6 +452,20 @@ def test_in_simulator(tmp_path):
                                 f"{report}")
 
 
+def test_the_gpu_check_script_parses_and_its_bench_flags_exist():
+    # bench/gpu_check.sh runs once, on a machine lent for it: no typo may cost that run
+    script = REPO_ROOT / "bench" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    for bench in ("train", "kernels"):
+        line = next(line for line in text.splitlines() if f"bench/{bench}.py" in line
+                    and line.startswith("step"))
+        flags = set(re.findall(r"(--[a-z-]+)", line + text.split(line, 1)[1].split("\n")[0]))
+        usage = subprocess.run([sys.executable, f"bench/{bench}.py", "--help"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True).stdout
+        assert flags and all(flag in usage for flag in flags), (bench, flags)
+
+
 # ---- on a real GPU (skipped without one): LeNet's shapes, determinism, a training run
 
 LENET_CASES = [name for name, case in KERNEL_CASES.items() if case.lenet]
