@@ -4,9 +4,9 @@ from tinyconv import nn
 from tinyconv.archs import LeNet5
 from tinyconv.data import DataError, iterate_batches, load_mnist
 from tinyconv.interop import load
-from tinyconv.optim import SGD, Adagrad, Adam, AdamW, CosineAnnealingLR, StepLR
+from tinyconv.optim import EMA, SGD, Adagrad, Adam, AdamW, CosineAnnealingLR, StepLR
 
-__all__ = ["nn", "SGD", "Adagrad", "Adam", "AdamW", "CosineAnnealingLR", "DataError", "LeNet5",
+__all__ = ["nn", "EMA", "SGD", "Adagrad", "Adam", "AdamW", "CosineAnnealingLR", "DataError", "LeNet5",
            "StepLR", "evaluate", "fit", "iterate_batches", "load", "load_mnist"]
 
 
