@@ -6,8 +6,8 @@ from tinyconv.data import DataError, iterate_batches, load_mnist
 from tinyconv.interop import load
 from tinyconv.optim import EMA, SGD, Adagrad, Adam, AdamW, CosineAnnealingLR, StepLR
 
-__all__ = ["nn", "EMA", "SGD", "Adagrad", "Adam", "AdamW", "CosineAnnealingLR", "DataError", "LeNet5",
-           "StepLR", "evaluate", "fit", "iterate_batches", "load", "load_mnist"]
+__all__ = ["nn", "EMA", "SGD", "Adagrad", "Adam", "AdamW", "CosineAnnealingLR", "DataError",
+           "LeNet5", "StepLR", "evaluate", "fit", "iterate_batches", "load", "load_mnist"]
 
 
 def __getattr__(name):
