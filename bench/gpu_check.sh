@@ -39,7 +39,7 @@ extra=cuda12
 [ "${driver_cuda:-12}" -ge 13 ] && extra=cuda13
 pip_from=()
 [ -n "${WHEELS:-}" ] && pip_from=(--no-index --find-links "$WHEELS")
-step install 600 python -m pip install "${pip_from[@]}" ${TORCH_WHEEL:+"$TORCH_WHEEL"} \
+step install 600 python -m pip install ${pip_from[@]+"${pip_from[@]}"} ${TORCH_WHEEL:+"$TORCH_WHEEL"} \
     -e ".[test,$extra]"
 step backend 120 python -c "
 import numpy as np, tinyconv

@@ -548,7 +548,7 @@ def test_bad_settings_are_refused(tmp_path, capsys, flags, message):
     assert not (tmp_path / "run").exists()
 
 
-# the report's settings, as its notebook has them (README, "The two recipes")
+# the report's settings, as its notebook has them (README, "The recipes")
 REPORT = {"epochs": 300, "batch_size": 128, "lr": 1e-5, "lr_step": 20, "lr_gamma": 0.5,
           "weight_decay": 0.0, "flip": True, "translate": 0, "resize": "bilinear",
           "normalize": "unit", "seed": 0}
@@ -570,6 +570,23 @@ def test_recipes_give_their_settings(recipe, settings):
                            "limit_train", "limit_test", "threads", "device", "data_dir",
                            "init_from"}
     assert config_of(*(["--recipe", recipe] if recipe != "default" else [])) == config
+
+
+def test_the_best_recipe_brings_its_schedule_distortions_and_average():
+    # the recipe bench/recipes.py chose on validation (README, "Accuracy")
+    config = config_of("--recipe", "best")
+    assert {key: config[key] for key in ("epochs", "lr", "schedule", "translate", "rotate",
+                                         "scale", "shear", "elastic", "ema",
+                                         "label_smoothing")} == {
+        "epochs": 100, "lr": 3e-3, "schedule": "cosine", "translate": 2.5, "rotate": 12.0,
+        "scale": 0.12, "shear": 0.12, "elastic": [20.0, 4.0], "ema": 0.9995,
+        "label_smoothing": 0.1}
+    assert config["optimizer"] == "adam" and config["arch"] == "lenet5"
+    # its cosine takes the cosine's flags; a flag still overrides it
+    assert config_of("--recipe", "best", "--per-step")["per_step"] is True
+    assert config_of("--recipe", "best", "--schedule", "step")["schedule"] == "step"
+    with pytest.raises(ValueError, match="--per-step: only --schedule cosine takes it"):
+        config_of("--recipe", "best", "--schedule", "step", "--per-step")
 
 
 @pytest.mark.parametrize("flag, value, key, expected", [
