@@ -420,13 +420,17 @@ def test_clis_stop_at_once_without_a_gpu(tmp_path):
 
 
 def simulator_tests():
-    """The node ids of this file's tests that run in the simulator (marked in_simulator)."""
+    """The node ids of this file's tests that the simulator run must pass: all but those
+    marked outside_simulator or gpu."""
     ids = []
     for name, function in globals().items():
-        if name.startswith("test_") and in_simulator.mark in getattr(function, "pytestmark", []):
-            marks = [m for m in function.pytestmark if m.name == "parametrize"]
-            params = marks[0].args[1] if marks else [None]
-            ids += [name if p is None else f"{name}[{p}]" for p in params]
+        marks = getattr(function, "pytestmark", [])
+        if (not name.startswith("test_") or outside_simulator.mark in marks
+                or any(mark.name == "gpu" for mark in marks)):
+            continue
+        parametrized = [mark for mark in marks if mark.name == "parametrize"]
+        params = parametrized[0].args[1] if parametrized else [None]
+        ids += [name if p is None else f"{name}[{p}]" for p in params]
     return sorted(ids)
 
 
@@ -447,11 +451,13 @@ def test_in_simulator(tmp_path):
     passed = sorted(case.get("name") for case in ElementTree.parse(report_file).iter("testcase")
                     if not len(case))  # a skip, failure or error is a child element
     expected = simulator_tests()
-    assert len(expected) == len(SIMULATOR_CASES) + 2  # the cases and the two networks' steps
+    # the cases, the two networks' steps, and the device-name check
+    assert len(expected) == len(SIMULATOR_CASES) + 3, expected
     assert passed == expected, (f"the simulator run passed {passed}, expected {expected}:\n"
                                 f"{report}")
 
 
+@outside_simulator
 def test_the_gpu_check_script_parses_and_its_bench_flags_exist():
     # bench/gpu_check.sh runs once, on a machine lent for it: no typo may cost that run
     script = REPO_ROOT / "bench" / "gpu_check.sh"
