@@ -628,7 +628,8 @@ FLAGS = {
     train: ["-h", "--help", "--recipe", "--arch", "--list-archs", "--epochs", "--batch-size",
             "--optimizer", "--momentum", "--nesterov", "--lr", "--schedule", "--warmup-epochs",
             "--per-step", "--lr-step", "--lr-gamma",
-            "--weight-decay", "--label-smoothing", "--no-decay-norm-bias", "--seed", "--flip",
+            "--weight-decay", "--label-smoothing", "--ema", "--no-decay-norm-bias", "--seed",
+            "--flip",
             "--no-flip",
             "--translate", "--rotate", "--scale", "--shear", "--elastic", "--resize",
             "--normalize", "--limit-train", "--limit-test", "--val",
@@ -698,7 +699,7 @@ def test_commands_pass_device_and_trust_pickle_to_the_loader(command, argv, tmp_
 def test_help_runs_from_the_command_line():
     done = subprocess.run([sys.executable, "-m", "tinyconv.train", "--help"],
                           capture_output=True, text=True)
-    assert done.returncode == 0 and "--recipe {default,report}" in done.stdout
+    assert done.returncode == 0 and "--recipe {default,best,report}" in done.stdout
 
 
 def test_errors_are_one_line_with_the_status_of_their_kind(capsys):
