@@ -18,9 +18,12 @@
 # A step that fails is recorded in OUT/failed.txt and the others still run; the exit status is
 # the number of failed steps.
 set -uo pipefail
-cd "$(dirname "$0")/.."
 out=${1:-gpu-check}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)  # paths given relative to where the script was started
+[ -n "${WHEELS:-}" ] && WHEELS=$(cd "$WHEELS" && pwd)
+[ -n "${TORCH_WHEEL:-}" ] && TORCH_WHEEL=$(realpath "$TORCH_WHEEL")
+cd "$(dirname "$0")/.."
 : > "$out/failed.txt"
 step() {  # step NAME TIMEOUT_S COMMAND...: run it, its output to OUT/NAME.txt
     local name=$1 limit=$2

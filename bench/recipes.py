@@ -141,12 +141,16 @@ def main(argv=None):
     base = [*arch_flags(group, out),
             *(["--limit-train", str(args.limit_train)] if args.limit_train else [])]
     if args.stage == "val":
-        candidates, seeds = CANDIDATES[group], VAL_SEEDS[group]
+        candidates, stage_seeds = CANDIDATES[group], VAL_SEEDS[group]
         base += ["--val", str(VAL), "--limit-test", "16"]  # the test set chooses nothing
     else:
         name = chosen(out, group)
-        candidates, seeds = {name: CANDIDATES[group][name]}, FINAL_SEEDS
-    seeds = [seed for seed in seeds if not args.seeds or seed in args.seeds]
+        candidates, stage_seeds = {name: CANDIDATES[group][name]}, FINAL_SEEDS
+    seeds = [seed for seed in stage_seeds if not args.seeds or seed in args.seeds]
+    if not seeds:
+        parser.error(f"--seeds: the {args.stage} stage of {group} runs seeds "
+                     f"{', '.join(map(str, stage_seeds))}, none of "
+                     f"{' '.join(map(str, args.seeds))}")
     key = "val_accuracy" if args.stage == "val" else "test_accuracy"
     rows = []
     for name, flags in candidates.items():

@@ -146,11 +146,11 @@ def loss_results(k, logits, labels, dloss, smoothing=0.0):
 
 
 class FlatModel:
-    """What an optimizer uses of a Sequential: its backend and flat parameters; gradients
-    given flat."""
+    """What an optimizer and an EMA use of a Sequential: its backend, flat parameters and
+    (no) buffers; gradients given flat."""
 
     def __init__(self, kernels, flat_params):
-        self.kernels, self.flat_params = kernels, flat_params
+        self.kernels, self.flat_params, self.buffers = kernels, flat_params, {}
 
     def flatten_grads(self, grads):
         return grads

@@ -44,6 +44,17 @@ def test_fit_without_a_run_dir_writes_nothing_and_trains_the_model_given(tmp_pat
     assert tc.evaluate(model, limit=200)["accuracy"] == history[0]["test_accuracy"]
 
 
+@pytest.mark.parametrize("off", [0, None])
+def test_a_recipes_moving_average_can_be_turned_off(tmp_path, off):
+    model = tc.LeNet5(seed=0)
+    tc.fit(model, epochs=1, recipe="best", ema=off, run_dir=tmp_path / "run", quiet=True,
+           **QUICK)
+    run = checkpoint.load_run(tmp_path / "run" / "last.npz")
+    assert run.ema is None and "ema" not in run.header
+    for name, value in model.state_dict().items():  # the trained weights, not an average
+        assert np.array_equal(run.model.state_dict()[name], value), name
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda m: tc.fit(m, lrr=0.1), r"fit: unknown settings \['lrr'\]; the settings are "),
     (lambda m: tc.fit(m, arch="lenet5"), r"fit: unknown settings \['arch'\]"),

@@ -538,8 +538,10 @@ def test_import_and_train_never_import_torch(tmp_path):
     (["--threads", "0"], "argument --threads: must be at least 1, found 0"),
     (["--threads", "100000"], "--threads must lie between 1 and"),
     (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
-    (["--ema", "1"], "--ema is the average's decay, in (0, 1) (as 0.999), found 1.0"),
-    (["--ema", "0"], "--ema is the average's decay, in (0, 1) (as 0.999), found 0.0"),
+    (["--ema", "1"], "--ema is the average's decay, in (0, 1) (as 0.999), or 0 for none, "
+                     "found 1.0"),
+    (["--ema", "-0.5"], "--ema is the average's decay, in (0, 1) (as 0.999), or 0 for none, "
+                        "found -0.5"),
 ])
 def test_bad_settings_are_refused(tmp_path, capsys, flags, message):
     assert train.main([*flags, "--run-dir", str(tmp_path / "run")]) == 2

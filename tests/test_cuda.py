@@ -265,6 +265,7 @@ def float64_lines(function, signature):
 def ptx_compiler():
     """Skip unless numba-cuda finds a compiler here (NVVM, libdevice and NVRTC; no GPU is
     needed). Only their absence skips: any other failure of a first compilation fails."""
+    from cuda.pathfinder import DynamicLibNotFoundError
     from numba import types
     from numba.cuda.cudadrv.error import NvrtcSupportError, NvvmSupportError
     from numba.cuda.cudadrv.nvvm import MISSING_LIBDEVICE_FILE_MSG
@@ -274,7 +275,7 @@ def ptx_compiler():
 
     try:
         float64_lines(scale, (types.float32[::1], types.float32[::1]))
-    except (NvvmSupportError, NvrtcSupportError) as exc:
+    except (NvvmSupportError, NvrtcSupportError, DynamicLibNotFoundError) as exc:
         pytest.skip(f"no CUDA compiler here ({type(exc).__name__}: {exc}): pip install -e "
                     "'.[cuda13]' (or '.[cuda12]') brings NVVM and NVRTC")
     except RuntimeError as exc:
@@ -288,6 +289,12 @@ def test_every_cuda_kernel_is_launched_by_some_case():
     assert sorted(launched_signatures()) == cuda_kernels_defined()
 
 
+def run_child(code):
+    """python -c code in a fresh interpreter, from the repository; it must succeed."""
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, check=True)
+
+
 @outside_simulator
 def test_the_low_occupancy_warning_is_silenced_by_its_own_class():
     # numba-cuda's dispatcher warns with its own NumbaPerformanceWarning, not numba's, its
@@ -297,26 +304,29 @@ def test_the_low_occupancy_warning_is_silenced_by_its_own_class():
             "warnings.warn(W('Grid size 1 will likely result in GPU under-utilization due to "
             "low occupancy.'))\n"
             "warnings.warn(W('another performance warning'))\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, check=True)
+    done = run_child(code)
     assert "another performance warning" in done.stderr and "Grid size" not in done.stderr
 
 
 @outside_simulator
 def test_a_gpu_without_a_compiler_says_what_to_install(monkeypatch):
+    from cuda.pathfinder import DynamicLibNotFoundError
     from numba.cuda.cudadrv import nvvm
 
     from tinyconv.kernels import _require_compiler
 
-    monkeypatch.setattr(nvvm, "_nvvm", None)  # as when no libNVVM is found
+    def not_found(self):  # what cuda.bindings raises when no libNVVM is installed
+        raise DynamicLibNotFoundError("Failure finding libnvvm.so")
+
+    monkeypatch.setattr(nvvm.NVVM, "get_ir_version", not_found)
     with pytest.raises(DeviceUnavailable, match=r"a GPU is here, but numba-cuda cannot compile "
                        r"kernels for it: the CUDA toolkit's NVVM and libdevice are missing "
-                       r"\(libNVVM is not available\); pip install 'tinyconv\[cuda\]'"):
+                       r"\(Failure finding libnvvm.so\); pip install 'tinyconv\[cuda\]'"):
         _require_compiler()
 
 
 @outside_simulator
-def test_a_toolkit_newer_than_the_driver_says_which_extra_fits(monkeypatch):
+def test_a_toolkit_newer_than_the_driver_says_which_extra_fits(monkeypatch, ptx_compiler):
     from cuda import bindings
     from numba.cuda.cudadrv import driver
 
@@ -386,9 +396,7 @@ def test_tinyconv_needs_no_numba_cuda_and_says_how_to_get_it():
             "except DeviceUnavailable as exc:\n"
             "    print(exc)\n"
             "print(sorted(m for m in sys.modules if m.startswith(('numba.cuda', 'cuda'))))\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, check=True)
-    shape, message, cuda_modules = done.stdout.splitlines()
+    shape, message, cuda_modules = run_child(code).stdout.splitlines()
     assert shape == "(1, 10)"
     assert message.startswith("device 'cuda' needs the numba-cuda package, which is not "
                               "installed: pip install 'tinyconv[cuda]'")
@@ -462,11 +470,11 @@ def test_the_gpu_check_script_parses_and_its_bench_flags_exist():
     # bench/gpu_check.sh runs once, on a machine lent for it: no typo may cost that run
     script = REPO_ROOT / "bench" / "gpu_check.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
-    text = script.read_text()
+    commands = script.read_text().replace("\\\n", " ").splitlines()  # continued lines joined
     for bench in ("train", "kernels"):
-        line = next(line for line in text.splitlines() if f"bench/{bench}.py" in line
-                    and line.startswith("step"))
-        flags = set(re.findall(r"(--[a-z-]+)", line + text.split(line, 1)[1].split("\n")[0]))
+        line = next(line for line in commands if line.startswith("step")
+                    and f"bench/{bench}.py" in line)
+        flags = set(re.findall(r"(--[a-z-]+)", line))
         usage = subprocess.run([sys.executable, f"bench/{bench}.py", "--help"], cwd=REPO_ROOT,
                                capture_output=True, text=True, check=True).stdout
         assert flags and all(flag in usage for flag in flags), (bench, flags)

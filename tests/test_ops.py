@@ -371,9 +371,10 @@ def test_ema_applies_its_average_for_a_with_block_and_restores_the_weights():
     assert restored.decay == 0.5 and restored.updates == 2
     assert all(np.array_equal(a, b) for a, b in zip(restored.averaged_state().values(),
                                                     ema.averaged_state().values(), strict=True))
-    for decay in (0, 1, 1.5, "0.9"):
+    for decay in (0, 1, 1.5, "0.9", True):
         with pytest.raises(ValueError, match=r"EMA: decay must lie in \(0, 1\)"):
             EMA(model, decay)
+    assert EMA(model, np.float32(0.5)).decay == 0.5  # any real number, numpy's too
 
 
 def test_no_decay_names_must_be_parameters():

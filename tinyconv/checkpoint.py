@@ -30,8 +30,11 @@ from tinyconv.atomicio import atomic_write
 from tinyconv.optim import EMA, OPTIMIZERS, load_optimizer, load_schedule
 
 FORMAT = "tinyconv-checkpoint"
-VERSION = 3
-READS = (1, 2, 3)  # 1: no "arch", the network is LeNet-5; 1 and 2: Adam under "adam"
+VERSION = 4
+# 1: no "arch", the network is LeNet-5; 1 and 2: Adam under "adam"; 4 may hold a moving average
+# under model/ and the trained weights under trained/, which version 3's readers would resume
+# from the average
+READS = (1, 2, 3, 4)
 HEADER = "__header__"
 
 

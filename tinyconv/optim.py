@@ -9,6 +9,7 @@ https://pytorch.org/docs/stable/optim.html
 
 import contextlib
 import math
+import numbers
 
 import numpy as np
 
@@ -244,13 +245,14 @@ class EMA:
     """
 
     def __init__(self, model, decay):
-        if not (isinstance(decay, (int, float)) and 0 < decay < 1):
+        if not (isinstance(decay, numbers.Real) and not isinstance(decay, bool)
+                and 0 < decay < 1):
             raise ValueError(f"EMA: decay must lie in (0, 1), found {decay!r}")
         self.model, self.decay, self.updates = model, float(decay), 0
         k = model.kernels
         self.flat_params = k.to_device(k.to_host(model.flat_params).copy())
         self.buffers = {name: k.to_device(k.to_host(value).copy())
-                        for name, value in getattr(model, "buffers", {}).items()
+                        for name, value in model.buffers.items()
                         if value.dtype.kind == "f"}
 
     def update(self):

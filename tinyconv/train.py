@@ -473,7 +473,8 @@ def parser():
                         help="evaluate and save an exponential moving average of the weights, "
                              "moved 1 - DECAY of the way after each step (torch's AveragedModel "
                              "with get_ema_multi_avg_fn(DECAY), batch norm's statistics "
-                             "averaged too), DECAY in (0, 1), e.g. 0.999 (default: none)")
+                             "averaged too), DECAY in (0, 1), e.g. 0.999; 0 for none "
+                             "(default: none)")
     parser.add_argument("--no-decay-norm-bias", action="store_true", default=None,
                         help="no weight decay for biases and batch norm's scales and shifts "
                              "(default: decay every parameter, as torch.optim does)")
@@ -544,33 +545,33 @@ def settings(recipe, given, name=flag):
     if given.get("arch") and given.get("init_from"):
         raise ValueError(f"{name('arch')} and {name('init_from')}: a run started from a "
                          "checkpoint trains the checkpoint's own network; give one of them")
-    chosen = {**RUN_DEFAULTS, **RECIPES[recipe], **given}  # a recipe may set more than its core
+    if "optimizer" in given and "weight_decay" not in given:  # that optimizer's own default
+        given["weight_decay"] = inspect.signature(
+            OPTIMIZERS[OPTIMIZER_NAMES[given["optimizer"]]]).parameters["weight_decay"].default
+    # a recipe may set more than the keys every recipe has
+    chosen = {**RUN_DEFAULTS, **RECIPES[recipe], "recipe": recipe, **given}
     for keys, needed, value in ((("warmup_epochs", "per_step"), "schedule", "cosine"),
                                 (("momentum", "nesterov"), "optimizer", "sgd")):
         only = [name(key) for key in keys if key in given]
         if only and chosen[needed] != value:
             raise ValueError(f"{' and '.join(only)}: only {name(needed)} {value} takes "
                              f"{'them' if len(only) > 1 else 'it'}")
-    if "optimizer" in given and "weight_decay" not in given:  # that optimizer's own default
-        given["weight_decay"] = inspect.signature(
-            OPTIMIZERS[OPTIMIZER_NAMES[given["optimizer"]]]).parameters["weight_decay"].default
-    if "ema" in given and not 0 < given["ema"] < 1:
-        raise ValueError(f"{name('ema')} is the average's decay, in (0, 1) (as 0.999), found "
-                         f"{given['ema']}")
+    if given.get("ema") is not None and not 0 <= given["ema"] < 1:
+        raise ValueError(f"{name('ema')} is the average's decay, in (0, 1) (as 0.999), or 0 "
+                         f"for none, found {given['ema']}")
     if not 0 <= given.get("label_smoothing", 0) <= 1:
         raise ValueError(f"{name('label_smoothing')} must lie in [0, 1], found "
                          f"{given['label_smoothing']}")
     try:
-        augmentation({**RECIPES[recipe], **given})
+        augmentation(chosen)
     except ValueError as exc:  # Distortions names the setting and its range
         distortions = ", ".join(map(name, ("rotate", "scale", "shear", "elastic")))
         raise ValueError(f"{distortions}: {exc}") from None
-    decay = given.get("weight_decay", RECIPES[recipe]["weight_decay"])
-    if given.get("no_decay_norm_bias") and not decay:
+    if given.get("no_decay_norm_bias") and not chosen["weight_decay"]:
         raise ValueError(f"{name('no_decay_norm_bias')}: the run has no weight decay to exempt "
                          f"them from; give {name('weight_decay')} (or {name('optimizer')} "
                          "adamw)")
-    return {**RUN_DEFAULTS, **RECIPES[recipe], "recipe": recipe, **given}
+    return chosen
 
 
 def given_settings(args):

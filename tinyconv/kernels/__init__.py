@@ -73,7 +73,8 @@ def _require_compiler():
     try:
         nvvm.NVVM()
         nvvm.LibDevice()
-    except (NvvmSupportError, RuntimeError) as exc:  # RuntimeError: no libdevice file
+    except (NvvmSupportError, RuntimeError) as exc:  # RuntimeError: cuda.pathfinder's
+        # DynamicLibNotFoundError (no libNVVM to load), or no libdevice file
         reason = " ".join(str(exc).split())[:160]
         raise DeviceUnavailable(
             f"device 'cuda': a GPU is here, but numba-cuda cannot compile kernels for it: "

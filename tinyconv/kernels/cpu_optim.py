@@ -63,8 +63,8 @@ def ema_update(averaged, current, weight, first):
     # moves averaged (P,) weight of the way to current (P,) in place, torch's lerp in
     # torch.optim.swa_utils.get_ema_multi_avg_fn (weight = 1 - decay); the first update
     # copies current, as AveragedModel's does
+    if first:
+        averaged[:] = current
+        return
     for idx in prange(averaged.size):
-        if first:
-            averaged[idx] = current[idx]
-        else:
-            averaged[idx] += weight * (current[idx] - averaged[idx])
+        averaged[idx] += weight * (current[idx] - averaged[idx])
