@@ -1,9 +1,9 @@
 """The data pipeline's distortions, measured: python bench/augment.py [--help].
 
 Samples/s of the training batches (shuffled, padded to 32x32, normalised) over the 60,000
-MNIST training images at batch 128: the default recipe's whole-pixel shifts, the random
+MNIST training images at batch 128: the plain recipe's whole-pixel shifts, the random
 affine warp (rotation 12 degrees, scale 0.12, shear 0.2, shifts of 2.5 px), and the affine
-plus elastic warp (alpha 20, sigma 4); then one default-recipe training epoch (LeNet-5, test
+plus elastic warp (alpha 20, sigma 4); then one plain-recipe training epoch (LeNet-5, test
 pass excluded) with the plain shifts and with the affine plus elastic warp, alternating, and
 how much longer the second is. tinyconv alone: no other library has these kernels to compare.
 """
@@ -94,14 +94,14 @@ def main(argv=None):
         print(warning)
     print(format_table_head())
     images, labels = load_mnist("train")
-    default = {**RECIPES["default"], **RUN_DEFAULTS}
+    base = {**RECIPES["plain"], **RUN_DEFAULTS}
     rows = []
-    for name, settings in (("shifts (default recipe)", {}), ("affine warp", AFFINE),
+    for name, settings in (("shifts (plain recipe)", {}), ("affine warp", AFFINE),
                            ("affine + elastic warp", ELASTIC)):
-        rate = pipeline_rate(images, labels, {**default, **settings}, args.rounds)
+        rate = pipeline_rate(images, labels, {**base, **settings}, args.rounds)
         rows.append(Row(f"batches, {name}", "60000x28x28", rate, None, "samples/s"))
         print(format_row(rows[-1]), flush=True)
-    plain, warped = epoch_seconds(images, labels, [default, {**default, **ELASTIC}],
+    plain, warped = epoch_seconds(images, labels, [base, {**base, **ELASTIC}],
                                   args.rounds)
     for name, seconds in (("shifts", plain), ("affine + elastic", warped)):
         rows.append(Row(f"training epoch, {name}", "LeNet-5, b128", seconds, None, "s"))

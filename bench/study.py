@@ -6,13 +6,13 @@ recipe, budget and seeds and reports what each reached:
 
 - architectures: activation (tanh, relu, silu) x pooling (avg, max) x batch norm (off, on),
   each archs.lenet5_layers' variant (tanh-avg is the report's LeNet-5, relu-max lenet5-relu,
-  relu-max-bn lenet5-bn), plus resnet-mini, all with Adam at the default recipe's lr 2e-3;
+  relu-max-bn lenet5-bn), plus resnet-mini, all with Adam at the plain recipe's lr 2e-3;
 - optimizers, on the report's LeNet-5: SGD, SGD with momentum 0.9, Adagrad, Adam and AdamW
   (torch's default weight decay 1e-2), each at its own lr, tuned first: every candidate of
   TUNING trains for --tune-epochs from seed 0 on the first 50,000 training images, and the
   one with the best accuracy on the other 10,000 (held out, never the test set) is chosen.
 
-Every run: batch 128, the default recipe's data (LeNet's zero padding, standardised inputs,
+Every run: batch 128, the plain recipe's data (LeNet's zero padding, standardised inputs,
 random shifts of up to 2 pixels), a cosine schedule from the lr to 0 over --epochs (so the
 budget is the only setting of the schedule), the test accuracy after each epoch. The results
 go to OUT/study.json after each run, atomically, and a run already there is not redone: a
@@ -43,7 +43,7 @@ from tinyconv.evaluation import evaluate  # noqa: E402
 from tinyconv.train import RECIPES, make_optimizer, make_schedule, train_epoch  # noqa: E402
 
 # the recipe every run shares; lr and optimizer are the variant's
-RECIPE = {**RECIPES["default"], "schedule": "cosine", "optimizer": "adam", "weight_decay": 0.0}
+RECIPE = {**RECIPES["plain"], "schedule": "cosine", "optimizer": "adam", "weight_decay": 0.0}
 VALIDATION = 10_000  # the last training images, held out while tuning
 # lr candidates per optimizer, half a decade apart around each one's usual range
 TUNING = {

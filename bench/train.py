@@ -2,7 +2,7 @@
 python bench/train.py [--help].
 
 A training step (forward, loss, backward, Adam update) and inference (forward only), each
-checked against torch before it is timed, and a whole epoch of the default recipe, the two
+checked against torch before it is timed, and a whole epoch of the plain recipe, the two
 libraries taking turns; then the time from process start to the first finished training step
 (cold and warm Numba cache) and the peak resident memory of training.
 
@@ -155,14 +155,14 @@ SIDES = {"tinyconv": tinyconv_side, "torch": torch_side}
 
 
 def run_epoch(side, batch_size, data, epoch):
-    """One epoch of python -m tinyconv.train's default recipe on a library's side: every
+    """One epoch of python -m tinyconv.train --recipe plain on a library's side: every
     training image once, shuffled and augmented as the recipe says (seeded by the epoch), a
     training step per batch, then the test pass at the same batch size. The batches are made
     inside the clock, as in training, by the same NumPy code for both libraries."""
     from tinyconv import iterate_batches
     from tinyconv.train import RECIPES
 
-    recipe = RECIPES["default"]
+    recipe = RECIPES["plain"]
     augment = {name: recipe[name] for name in ("resize", "flip", "translate", "normalize")}
     (train_images, train_labels), (test_images, test_labels) = data
     for x, y in iterate_batches(train_images, train_labels, batch_size, shuffle=True,
@@ -415,7 +415,7 @@ def parse_args(argv):
                         help=f"calls per library per round, timed as one block "
                              f"(default {STEPS})")
     parser.add_argument("--epoch-rounds", type=int, default=EPOCH_ROUNDS, metavar="N",
-                        help="timed epochs of the default recipe per library, alternating "
+                        help="timed epochs of the plain recipe per library, alternating "
                              f"(default {EPOCH_ROUNDS}; 0 skips the case)")
     parser.add_argument("--skip-subprocess", action="store_true",
                         help="skip the start-up and memory cases (child processes, about half "
@@ -510,8 +510,8 @@ def main(argv=None):
             mine, other = alternate([cycling(worker, "epoch") for worker in (ours, theirs)],
                                     args.epoch_rounds, 1, warmup=0, prime=False)
             shape = "60000+10000 test"
-            emit([Row("epoch, default recipe, min", shape, mine.min, other.min, "s"),
-                  Row("epoch, default recipe, median", shape, mine.median, other.median, "s")])
+            emit([Row("epoch, plain recipe, min", shape, mine.min, other.min, "s"),
+                  Row("epoch, plain recipe, median", shape, mine.median, other.median, "s")])
     if not args.skip_subprocess:
         emit(subprocess_rows(args))
     if args.json:

@@ -58,7 +58,8 @@ def test_a_recipes_moving_average_can_be_turned_off(tmp_path, off):
 @pytest.mark.parametrize("call, message", [
     (lambda m: tc.fit(m, lrr=0.1), r"fit: unknown settings \['lrr'\]; the settings are "),
     (lambda m: tc.fit(m, arch="lenet5"), r"fit: unknown settings \['arch'\]"),
-    (lambda m: tc.fit(m, recipe="fast"), r"fit: recipe must be one of default, best, report"),
+    (lambda m: tc.fit(m, recipe="fast"),
+     r"fit: recipe must be one of default, best, plain, report"),
     (lambda m: tc.fit(m, momentum=0.9), r"fit: momentum: only optimizer sgd takes it"),
     (lambda m: tc.evaluate(m, split="val"), r"evaluate: split must be one of train, test"),
 ])

@@ -135,7 +135,8 @@ def test_bad_distortions_are_named(settings, message):
 
 
 def test_training_with_distortions_resumes_bit_for_bit(tmp_path):
-    flags = ["--limit-train", "384", "--limit-test", "100", "--batch-size", "64", "--quiet",
+    flags = ["--recipe", "plain", "--limit-train", "384", "--limit-test", "100", "--batch-size",
+             "64", "--quiet",
              "--rotate", "10", "--scale", "0.1", "--shear", "0.2", "--translate", "1.5",
              "--elastic", "20,4"]
     assert train.main([*flags, "--epochs", "2", "--run-dir", str(tmp_path / "straight")]) == 0
@@ -150,7 +151,7 @@ def test_training_with_distortions_resumes_bit_for_bit(tmp_path):
     assert ours[1]["config"]["elastic"] == [20.0, 4.0] and ours[1]["config"]["translate"] == 1.5
     assert data.augmentation(ours[1]["config"]) == (0, data.Distortions(
         rotate=10, scale=0.1, shear=0.2, translate=1.5, elastic_alpha=20, elastic_sigma=4))
-    assert data.augmentation({"translate": 2.0}) == (2, None)  # the default recipe's shifts
+    assert data.augmentation({"translate": 2.0}) == (2, None)  # the plain recipe's shifts
 
 
 def test_visualize_draws_the_runs_distortions(tmp_path, capsys):
@@ -159,13 +160,15 @@ def test_visualize_draws_the_runs_distortions(tmp_path, capsys):
     from tinyconv import visualize
 
     run = tmp_path / "run"
-    assert train.main(["--limit-train", "128", "--limit-test", "50", "--epochs", "1",
+    assert train.main(["--recipe", "plain",
+                       "--limit-train", "128", "--limit-test", "50", "--epochs", "1",
                        "--quiet", "--rotate", "10", "--run-dir", str(run)]) == 0
     assert visualize.main([str(run / "last.npz"), "--out", str(tmp_path / "pictures"),
                            "--augment"]) == 0
     with Image.open(tmp_path / "pictures" / "augment.png") as picture:
         assert picture.size == (720, 520)  # 9 columns, 6 rows of 0.8 inches at 100 dpi
-    assert train.main(["--limit-train", "128", "--limit-test", "50", "--epochs", "1",
+    assert train.main(["--recipe", "plain",
+                       "--limit-train", "128", "--limit-test", "50", "--epochs", "1",
                        "--quiet", "--run-dir", str(tmp_path / "plain")]) == 0
     capsys.readouterr()
     assert visualize.main([str(tmp_path / "plain" / "last.npz"), "--out",

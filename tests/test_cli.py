@@ -29,7 +29,9 @@ from tinyconv.evaluation import evaluate as evaluate_model
 from tinyconv.nn import Sequential
 from tinyconv.optim import Adam, StepLR
 
-QUICK = ["--limit-train", "640", "--limit-test", "200", "--batch-size", "64", "--quiet"]
+# the plain recipe's step schedule lets a run resume with more epochs than it started with
+QUICK = ["--recipe", "plain", "--limit-train", "640", "--limit-test", "200", "--batch-size",
+         "64", "--quiet"]
 
 
 def run_train(run_dir, *flags):
@@ -83,8 +85,8 @@ def test_every_architecture_trains_resumes_evaluates_and_exports(arch, tmp_path,
     if arch == "spec file":
         arch = str(tmp_path / "net.json")
         (tmp_path / "net.json").write_text(json.dumps(SPEC))
-    flags = ["--limit-train", "256", "--limit-test", "64", "--batch-size", "64", "--quiet",
-             "--arch", arch]
+    flags = ["--recipe", "plain", "--limit-train", "256", "--limit-test", "64", "--batch-size",
+             "64", "--quiet", "--arch", arch]
     assert train.main([*flags, "--run-dir", str(tmp_path / "straight"), "--epochs", "2"]) == 0
     assert train.main([*flags, "--run-dir", str(tmp_path / "split"), "--epochs", "1"]) == 0
     assert train.main(["--resume", str(tmp_path / "split"), "--epochs", "2", "--quiet"]) == 0
@@ -366,6 +368,19 @@ def test_an_interrupted_run_says_where_and_how_to_go_on(tmp_path, signum, status
     assert_same_arrays(final_arrays(run), final_arrays(tmp_path / "straight"))
 
 
+def test_the_default_recipe_resumes_bit_for_bit_after_an_interrupt(tmp_path):
+    # its cosine, affine warps, label smoothing and moving average all pick up where they were
+    flags = ["--epochs", "3", "--recipe", "default"]
+    done = interrupted_run(tmp_path / "run", "step", 14, signal.SIGINT, *flags)
+    assert done.returncode == 130, done.stderr
+    assert train.main(["--resume", str(tmp_path / "run"), "--quiet"]) == 0
+    assert run_train(tmp_path / "straight", *flags) == 0
+    assert_same_arrays(final_arrays(tmp_path / "run"), final_arrays(tmp_path / "straight"))
+    header = checkpoint.load(tmp_path / "run" / "last.npz")[1]
+    assert header["ema"] == {"decay": 0.999, "updates": 30}
+    assert header["config"]["schedule"] == "cosine" and header["config"]["rotate"] == 12.0
+
+
 def test_an_interrupt_while_writing_lets_the_epoch_finish_writing(tmp_path):
     run = tmp_path / "run"
     # writes: epoch 1's last.npz and best.npz, then epoch 2's last.npz: interrupted in it
@@ -554,16 +569,21 @@ def test_bad_settings_are_refused(tmp_path, capsys, flags, message):
 REPORT = {"epochs": 300, "batch_size": 128, "lr": 1e-5, "lr_step": 20, "lr_gamma": 0.5,
           "weight_decay": 0.0, "flip": True, "translate": 0, "resize": "bilinear",
           "normalize": "unit", "seed": 0}
-DEFAULT = {"epochs": 20, "batch_size": 128, "lr": 2e-3, "lr_step": 4, "lr_gamma": 0.5,
-           "weight_decay": 0.0, "flip": False, "translate": 2, "resize": "pad",
-           "normalize": "standard", "seed": 0}
+DEFAULT = {"epochs": 30, "batch_size": 128, "lr": 3e-3, "lr_step": 4, "lr_gamma": 0.5,
+           "weight_decay": 0.0, "flip": False, "translate": 2.5, "resize": "pad",
+           "normalize": "standard", "seed": 0, "schedule": "cosine", "rotate": 12.0,
+           "scale": 0.12, "shear": 0.12, "ema": 0.999, "label_smoothing": 0.1}
+PLAIN = {"epochs": 20, "batch_size": 128, "lr": 2e-3, "lr_step": 4, "lr_gamma": 0.5,
+         "weight_decay": 0.0, "flip": False, "translate": 2, "resize": "pad",
+         "normalize": "standard", "seed": 0}
+RECIPE_SETTINGS = {"default": DEFAULT, "plain": PLAIN, "report": REPORT}
 
 
 def config_of(*argv):
     return train.build_config(train.parser().parse_args(list(argv)))
 
 
-@pytest.mark.parametrize("recipe, settings", [("default", DEFAULT), ("report", REPORT)])
+@pytest.mark.parametrize("recipe, settings", RECIPE_SETTINGS.items())
 def test_recipes_give_their_settings(recipe, settings):
     config = config_of("--recipe", recipe)
     assert {key: config[key] for key in settings} == settings
@@ -615,10 +635,10 @@ def test_the_best_recipe_brings_its_schedule_distortions_and_average():
     ("--schedule", "cosine", "schedule", "cosine"),
     ("--dataset", "kmnist", "dataset", "kmnist"),
 ])
-@pytest.mark.parametrize("recipe", ["default", "report"])
+@pytest.mark.parametrize("recipe", RECIPE_SETTINGS)
 def test_each_override_flag_reaches_the_config(recipe, flag, value, key, expected):
     config = config_of("--recipe", recipe, flag, *([value] if value else []))
-    base = {**(REPORT if recipe == "report" else DEFAULT), "recipe": recipe}
+    base = {**RECIPE_SETTINGS[recipe], "recipe": recipe}
     assert config[key] == expected
     assert {k: v for k, v in config.items() if k != key and k in base} == \
         {k: v for k, v in base.items() if k != key}  # and nothing else changes
@@ -701,7 +721,7 @@ def test_commands_pass_device_and_trust_pickle_to_the_loader(command, argv, tmp_
 def test_help_runs_from_the_command_line():
     done = subprocess.run([sys.executable, "-m", "tinyconv.train", "--help"],
                           capture_output=True, text=True)
-    assert done.returncode == 0 and "--recipe {default,best,report}" in done.stdout
+    assert done.returncode == 0 and "--recipe {default,best,plain,report}" in done.stdout
 
 
 def test_errors_are_one_line_with_the_status_of_their_kind(capsys):

@@ -46,7 +46,8 @@ LOGITS_RTOL = 1e-5
 def run(tmp_path_factory):
     """A briefly trained run (200 Adam steps, about 97% test accuracy) and the test images."""
     run_dir = tmp_path_factory.mktemp("interop") / "run"
-    assert train.main(["--limit-train", "12800", "--limit-test", "500", "--batch-size", "64",
+    assert train.main(["--recipe", "plain",
+                       "--limit-train", "12800", "--limit-test", "500", "--batch-size", "64",
                        "--epochs", "1", "--quiet", "--run-dir", str(run_dir)]) == 0
     model, _, _, header, _ = load_run(run_dir / "best.npz")
     images, labels = load_mnist("test")
@@ -327,7 +328,8 @@ def test_evaluate_reads_torch_files(run, torch_file, pickled_report, capsys):
 
 def test_train_init_from_a_torch_file(run, torch_file, pickled_report, tmp_path, capsys):
     # lr 1e-30: the one Adam step leaves every weight as loaded
-    flags = ["--limit-train", "64", "--limit-test", "64", "--batch-size", "64", "--epochs", "1",
+    flags = ["--recipe", "plain", "--limit-train", "64", "--limit-test", "64", "--batch-size",
+             "64", "--epochs", "1",
              "--lr", "1e-30", "--quiet"]
     assert train.main([*flags, "--init-from", str(torch_file), "--run-dir",
                        str(tmp_path / "a")]) == 0
@@ -345,7 +347,8 @@ def test_train_init_from_any_network_trains_that_network(tmp_path):
     opt = Adam(model)
     config = {"seed": 2, "lr_step": 1, "lr_gamma": 0.5}
     save_run(tmp_path / "small.npz", model, opt, StepLR(opt, 1), {"epoch": 1, "config": config})
-    assert train.main(["--limit-train", "64", "--limit-test", "64", "--epochs", "1", "--quiet",
+    assert train.main(["--recipe", "plain",
+                       "--limit-train", "64", "--limit-test", "64", "--epochs", "1", "--quiet",
                        "--init-from", str(tmp_path / "small.npz"), "--run-dir",
                        str(tmp_path / "run")]) == 0
     trained = load(tmp_path / "run")
@@ -419,3 +422,23 @@ def test_damaged_torch_files_get_a_clear_error(torch_file, tmp_path, capsys, dam
     assert export.main([str(path), "--onnx", str(tmp_path / "out.onnx")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: ") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("recipe", ["plain", "default"])  # default: model/ is the average
+def test_torch_recounts_a_runs_test_accuracy(tmp_path, capsys, recipe):
+    from bench import torch_check
+
+    run = tmp_path / "run"
+    assert train.main(["--recipe", recipe, "--limit-train", "1280", "--epochs", "1", "--quiet",
+                       "--run-dir", str(run)]) == 0
+    claimed = json.loads((run / "metrics.jsonl").read_text())["test_accuracy"]
+    assert torch_check.main([str(run), "--json", str(tmp_path / "check.json")]) == 0
+    (row,) = json.loads((tmp_path / "check.json").read_text())["rows"]
+    assert row["float32"] == row["float64"] == round(claimed * 10000)
+    assert row["ema"] == (recipe == "default")
+    # a checkpoint whose weights torch counts differently fails the check
+    arrays, header = tinyconv.checkpoint.load(run / "last.npz")
+    arrays["model/backbone.13.bias"] = arrays["model/backbone.13.bias"] + np.float32(
+        np.arange(10) * 3)
+    tinyconv.checkpoint.save(run / "last.npz", arrays, header)
+    assert torch_check.main([str(run)]) == 1

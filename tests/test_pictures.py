@@ -15,14 +15,15 @@ from tinyconv.nn import AvgPool2d, Conv2d, Flatten, Linear, Sequential, Tanh
 from tinyconv.optim import Adam, StepLR
 
 REDRAWN = 200
-QUICK_TRAIN = ["--epochs", "1", "--limit-train", "640", "--limit-test", "100"]
+QUICK_TRAIN = ["--recipe", "plain", "--epochs", "1", "--limit-train", "640", "--limit-test", "100"]
 
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
     """A briefly trained run: 2 epochs of 16,000 images (250 Adam steps, about 97%)."""
     run = tmp_path_factory.mktemp("pictures") / "run"
-    assert train.main(["--epochs", "2", "--limit-train", "16000", "--limit-test", "1000",
+    assert train.main(["--recipe", "plain",
+                       "--epochs", "2", "--limit-train", "16000", "--limit-test", "1000",
                        "--quiet", "--run-dir", str(run)]) == 0
     return run
 
@@ -367,7 +368,8 @@ def test_curves_are_redrawn_after_the_first_and_last_epoch_and_every_so_often(
     monkeypatch.setattr(train, "redraw_curves", lambda run: epochs.append(
         len(plots.read_metrics(run / "metrics.jsonl"))))
     run = str(tmp_path / "run")
-    assert train.main(["--epochs", "4", "--limit-train", "256", "--limit-test", "64", "--quiet",
+    assert train.main(["--recipe", "plain",
+                       "--epochs", "4", "--limit-train", "256", "--limit-test", "64", "--quiet",
                        "--run-dir", run]) == 0
     assert train.main(["--resume", run, "--epochs", "6", "--quiet"]) == 0
     assert epochs == drawn

@@ -29,7 +29,8 @@ from tinyconv.visualize import shown_layers
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     run = tmp_path_factory.mktemp("serve") / "run"
-    assert train.main(["--epochs", "2", "--limit-train", "6000", "--limit-test", "500",
+    assert train.main(["--recipe", "plain",
+                       "--epochs", "2", "--limit-train", "6000", "--limit-test", "500",
                        "--quiet", "--run-dir", str(run)]) == 0
     return run / "best.npz"
 
