@@ -18,10 +18,16 @@ from pathlib import Path
 
 # units where more is better; in every other unit (ms, s, MiB) less is better
 HIGHER_IS_BETTER = ("samples/s", "calls/s", "GFLOP/s")
-RATIO_MEANING = ("tinyconv's advantage, > 1 when tinyconv is ahead: tinyconv/torch for rates "
-                 f"({', '.join(HIGHER_IS_BETTER)}), torch/tinyconv for times and memory")
-# (title, width, alignment) of each column of a row
-COLUMNS = (("case", 34, "<"), ("shape", 16, "<"), ("tinyconv", 10, ">"), ("torch", 10, ">"),
+
+
+def ratio_meaning(peer="torch"):
+    """What a row's ratio means, against `peer` (the library in the peer column)."""
+    return (f"tinyconv's advantage, > 1 when tinyconv is ahead: tinyconv/{peer} for rates "
+            f"({', '.join(HIGHER_IS_BETTER)}), {peer}/tinyconv for times and memory")
+
+
+# (title, width, alignment) of each column of a row; the peer's title is its library's name
+COLUMNS = (("case", 34, "<"), ("shape", 16, "<"), ("tinyconv", 10, ">"), ("peer", 11, ">"),
            ("ratio", 6, ">"), ("unit", 9, "<"))
 
 
@@ -35,22 +41,25 @@ class Timing:
 
 @dataclass(frozen=True)
 class Row:
-    """One case: tinyconv's figure, torch's (None where torch has no counterpart), the unit."""
+    """One case: tinyconv's figure, the peer library's (None where it has no counterpart),
+    the unit."""
 
     case: str
     shape: str
     tinyconv: float
-    torch: float | None
+    peer: float | None
     unit: str
+    against: str | None = None  # the peer library, where a bench has more than one
+
 
     @property
     def ratio(self):
-        """tinyconv's advantage over torch (see RATIO_MEANING); None without a torch figure."""
-        if self.torch is None:
+        """tinyconv's advantage over the peer (see ratio_meaning); None without its figure."""
+        if self.peer is None:
             return None
         if self.unit in HIGHER_IS_BETTER:
-            return self.tinyconv / self.torch
-        return self.torch / self.tinyconv
+            return self.tinyconv / self.peer
+        return self.peer / self.tinyconv
 
 
 def flops(layer, in_shape, batch):
@@ -126,9 +135,11 @@ def busy_warning(busy):
             "slowest thread); compare the min, or rerun when the machine is idle")
 
 
-def make_header(bench, threads, method, busy):
-    """The run's context: bench, command, commit, machine, its other load, threads, versions,
-    method, and what the ratio means. busy: busy_cores() measured before the bench started."""
+def make_header(bench, threads, method, busy, peer="torch",
+                packages=("numpy", "numba", "torch")):
+    """The run's context: bench, command, commit, machine, its other load, threads, versions
+    of `packages`, method, and what the ratio against `peer` means. busy: busy_cores()
+    measured before the bench started."""
     others = "unknown" if busy is None else f"{busy:.2f} cores busy just before the start"
     return {
         "bench": bench,
@@ -141,9 +152,10 @@ def make_header(bench, threads, method, busy):
                        + " ".join(f"{load:.2f}" for load in os.getloadavg())),
         "threads": threads,
         "python": platform.python_version(),
-        **{package: version(package) for package in ("numpy", "numba", "torch")},
+        **{package: version(package) for package in packages},
         "method": method,
-        "ratio": RATIO_MEANING,
+        "peer": peer,
+        "ratio": ratio_meaning(peer),
     }
 
 
@@ -189,7 +201,7 @@ def alternate(calls, rounds, steps, warmup=3, synchronize=None, prime=True):
 
 
 def timing_rows(case, shape, timings, work, rate_unit):
-    """Rows of a timed case from (tinyconv, torch) Timings: ms per call (min, median), and
+    """Rows of a timed case from (tinyconv, peer) Timings: ms per call (min, median), and
     the rate at the median, where one call does `work` (samples, or GFLOP for GFLOP/s)."""
     ours, theirs = timings
     return [
@@ -222,9 +234,10 @@ def _cell(value, width, align):
     return f"{text:{align}{width}}"
 
 
-def format_table_head():
-    """The column titles and a rule under them."""
-    titles = " | ".join(_cell(title, width, align) for title, width, align in COLUMNS)
+def format_table_head(peer="torch"):
+    """The column titles (the peer's column titled `peer`) and a rule under them."""
+    titles = " | ".join(_cell(peer if title == "peer" else title, width, align)
+                        for title, width, align in COLUMNS)
     titles = titles.rstrip()
     return f"{titles}\n{'-' * len(titles)}"
 
@@ -232,7 +245,7 @@ def format_table_head():
 def format_row(row):
     """A row at the columns' fixed widths; the ratio with two decimals."""
     ratio = None if row.ratio is None else f"{row.ratio:.2f}"
-    values = (row.case, row.shape, row.tinyconv, row.torch, ratio, row.unit)
+    values = (row.case, row.shape, row.tinyconv, row.peer, ratio, row.unit)
     return " | ".join(_cell(value, width, align)
                       for value, (_, width, align) in zip(values, COLUMNS, strict=True)).rstrip()
 
