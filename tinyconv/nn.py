@@ -21,6 +21,9 @@ arguments, so its spec rebuilds it here and in torch) plus a few small methods, 
                              saves for the backward is what the backward reads of t
   onnx(make_node, inp, out, names)   its ONNX node(s), names mapping its parameters and buffers
                                      to the graph's initializers
+  plan(plan, in_shape, src, p)   its eval-mode step(s) in the small-batch whole-network
+                        kernel (a SamplePlan; kernels/cpu_samples.py), from one sample's input
+                        at scratch offset src; returns its output's offset
   spec()                {"kind": class name, **arguments}: JSON, and torch.nn's constructor call
 
 Sequential owns the memory: one flat parameter buffer with named views (torch's names, with an
@@ -36,7 +39,7 @@ import math
 
 import numpy as np
 
-from tinyconv.kernels import get_backend, host
+from tinyconv.kernels import cpu_samples, get_backend, host
 from tinyconv.kernels.host import ALIGNMENT, to_batch_last
 
 
@@ -160,6 +163,10 @@ class Layer:
         """The ONNX node(s) that compute out from inp."""
         raise NotImplementedError(f"{type(self).__name__} has no ONNX export")
 
+    def plan(self, plan, in_shape, src, p):
+        """Add the eval-mode step(s) to the small-batch plan; the output's scratch offset."""
+        raise NotImplementedError(f"{type(self).__name__} has no small-batch step")
+
     @classmethod
     def from_arguments(cls, args, where):
         """The layer of a spec's arguments (the spec without its kind)."""
@@ -276,6 +283,22 @@ class Conv2d(Layer):
         return [make_node("Conv", [inp, names["weight"], names["bias"]], [out],
                           kernel_shape=list(self.kernel), pads=[self.padding] * 4)]
 
+    def plan(self, plan, in_shape, src, p):
+        (kh, kw), pad = self.kernel, self.padding
+        channels, height, width = in_shape
+        if pad:
+            height, width = height + 2 * pad, width + 2 * pad
+            src = plan.step("pad2d", src, channels * height * width,
+                            sizes=(*in_shape, pad))
+        oc, oh, ow = self.out_shape(in_shape)
+        weight, bias = plan.param(p["weight"]), plan.param(p["bias"])
+        if oh == ow == 1:  # the kernel covers the whole input: a linear layer on it, flattened
+            return plan.step("linear", src, oc, a=weight, b=bias,
+                             sizes=(channels * height * width, oc))
+        work = plan.alloc(oc * ((oh - 1) * width + ow))  # the wide output (cpu_samples)
+        return plan.step("conv2d", src, oc * oh * ow, a=weight, b=bias, work=work,
+                         sizes=(channels, height, width, oc, kh, kw))
+
 
 @_layer
 class _Pool2d(Layer):
@@ -296,6 +319,11 @@ class _Pool2d(Layer):
                              f"{tuple(in_shape)}")
         return (channels, height // k, width // k)
 
+    def plan(self, plan, in_shape, src, p):
+        channels, height, width = self.out_shape(in_shape)
+        return plan.pool(self.step_name, src, channels * height * width, in_shape,
+                         self.kernel_size)
+
 
 @_layer
 class AvgPool2d(_Pool2d):
@@ -303,6 +331,8 @@ class AvgPool2d(_Pool2d):
 
     https://pytorch.org/docs/stable/generated/torch.nn.AvgPool2d.html
     """
+
+    step_name = "avgpool2d"
 
     def forward(self, k, t, p, run):
         k.avgpool2d_forward(t.out, t.inp, self.kernel_size)
@@ -326,6 +356,8 @@ class MaxPool2d(_Pool2d):
     rather than keeping indices: no buffer of its own.
     https://pytorch.org/docs/stable/generated/torch.nn.MaxPool2d.html
     """
+
+    step_name = "maxpool2d"
 
     def forward(self, k, t, p, run):
         k.maxpool2d_forward(t.out, t.inp, self.kernel_size)
@@ -353,6 +385,9 @@ class Tanh(Layer):
     def onnx(self, make_node, inp, out, names):
         return [make_node("Tanh", [inp], [out])]
 
+    def plan(self, plan, in_shape, src, p):
+        return plan.activation("tanh", src, math.prod(in_shape))
+
 
 @_layer
 class ReLU(Layer):
@@ -367,6 +402,9 @@ class ReLU(Layer):
 
     def onnx(self, make_node, inp, out, names):
         return [make_node("Relu", [inp], [out])]
+
+    def plan(self, plan, in_shape, src, p):
+        return plan.activation("relu", src, math.prod(in_shape))
 
 
 @_layer
@@ -385,6 +423,9 @@ class SiLU(Layer):
         sigmoid = f"{out}.sigmoid"
         return [make_node("Sigmoid", [inp], [sigmoid], name=sigmoid),
                 make_node("Mul", [inp, sigmoid], [out], name=f"{out}.mul")]
+
+    def plan(self, plan, in_shape, src, p):
+        return plan.activation("silu", src, math.prod(in_shape))
 
 
 @_layer
@@ -408,6 +449,9 @@ class Flatten(Layer):
 
     def onnx(self, make_node, inp, out, names):
         return [make_node("Flatten", [inp], [out], axis=1)]
+
+    def plan(self, plan, in_shape, src, p):
+        return src  # one sample's (C, H, W) is its (C*H*W,) already
 
 
 @_layer
@@ -444,6 +488,10 @@ class Linear(Layer):
 
     def onnx(self, make_node, inp, out, names):
         return [make_node("Gemm", [inp, names["weight"], names["bias"]], [out], transB=1)]
+
+    def plan(self, plan, in_shape, src, p):
+        return plan.step("linear", src, self.out_features, a=plan.param(p["weight"]),
+                         b=plan.param(p["bias"]), sizes=(self.in_features, self.out_features))
 
 
 @_layer
@@ -529,6 +577,14 @@ class _BatchNorm(Layer):
                            names["running_var"]], [out], epsilon=self.eps,
                           momentum=1.0 - self.momentum)]
 
+    def plan(self, plan, in_shape, src, p):
+        # eval mode: the running statistics, copied into the plan's state at each call
+        c, values = self.num_features, math.prod(in_shape[1:])
+        return plan.step("batchnorm", src, c * values, a=plan.param(p["weight"]),
+                         b=plan.param(p["bias"]),
+                         work=plan.state(p["running_mean"], p["running_var"]),
+                         sizes=(c, values), eps=self.eps)
+
 
 @_layer
 class BatchNorm2d(_BatchNorm):
@@ -587,6 +643,9 @@ class Dropout(Layer):
 
     def onnx(self, make_node, inp, out, names):
         return [make_node("Identity", [inp], [out])]  # inference: no dropout
+
+    def plan(self, plan, in_shape, src, p):
+        return src  # eval mode: the identity
 
 
 @_layer
@@ -727,6 +786,14 @@ class Residual(Layer):
                 nodes.append(node)
             current = output
         return [*nodes, make_node("Add", [inp, current], [out], name=f"{out}.add")]
+
+    def plan(self, plan, in_shape, src, p):
+        plan.pin(src)  # the skip reads the input after the body: no activation fuses into it
+        current, shapes = src, self._shapes(in_shape)
+        for j, layer in enumerate(self.body):
+            current = layer.plan(plan, shapes[j], current, _local(p, f"body.{j}."))
+        count = math.prod(in_shape)
+        return plan.step("add", src, count, a=current, sizes=(count,))
 
 
 def _local(named, head):
@@ -872,6 +939,117 @@ class _Buffers:
         return [self.tensors[0].dinp] + [t.dout for t in self.tensors]
 
 
+class SamplePlan:
+    """The steps of the small-batch inference kernel (kernels/cpu_samples.py) for one network,
+    as its layers' plan() methods add them; built once per network, on the CPU.
+
+    One sample's scratch row holds the input at offset 0, then each step's output (and a
+    convolution's wide output) at an offset of its own, 64-byte aligned. An activation that
+    follows a step which nothing else reads becomes that step's epilogue: applied as the step
+    stores its output, and a pooling that follows a convolution becomes part of its step
+    (the fusion: conv -> tanh -> avgpool -> tanh is one step). Parameters are read in place in
+    the network's flat buffer; buffers (batch norm's running statistics) are copied into
+    `state` before each call, since training and load_state_dict replace their values.
+    """
+
+    FUSES_INTO = ("conv2d", "linear", "avgpool2d", "maxpool2d", "batchnorm", "add")
+
+    def __init__(self, flat_params, input_size):
+        self.flat_params = flat_params
+        self.rows, self.eps, self.names = [], [], []
+        self.size = 0  # floats of one sample's scratch row
+        self.input = self.alloc(input_size)
+        self.state_views = []  # the buffers state holds, in order
+        self.state_size = 0
+        self.pinned = {self.input}  # offsets read after the step that follows them
+
+    def alloc(self, count):
+        """The offset of `count` fresh floats in the scratch row, aligned to 64 bytes."""
+        offset = self.size
+        self.size += -(-count // _ALIGN) * _ALIGN
+        return offset
+
+    def param(self, view):
+        """A parameter view's offset in the network's flat parameter buffer."""
+        offset, remainder = divmod(view.ctypes.data - self.flat_params.ctypes.data, 4)
+        assert remainder == 0 and 0 <= offset <= self.flat_params.size - view.size
+        return offset
+
+    def state(self, *views):
+        """The offset in `state` where these buffers (float32, one after another) will be."""
+        offset = self.state_size
+        self.state_views.extend(views)
+        self.state_size += sum(view.size for view in views)
+        return offset
+
+    def pin(self, offset):
+        """Mark a step's output as read again later (a residual's input): nothing fuses into
+        the step that makes it."""
+        self.pinned.add(offset)
+
+    def step(self, name, src, count, a=0, b=0, work=0, sizes=(), eps=0.0):
+        """Add a step of op `name` reading scratch offset src, writing `count` fresh floats;
+        returns their offset."""
+        dst = self.alloc(count)
+        row = [0] * cpu_samples.COLUMNS
+        row[cpu_samples.OP], row[cpu_samples.SRC], row[cpu_samples.DST] = (
+            cpu_samples.OPS[name], src, dst)
+        row[cpu_samples.A], row[cpu_samples.B], row[cpu_samples.WORK] = a, b, work
+        row[cpu_samples.S0:cpu_samples.S0 + len(sizes)] = sizes
+        self.rows.append(row)
+        self.eps.append(eps)
+        self.names.append(name)
+        return dst
+
+    def _fusing(self, src):
+        """The last step, if it wrote src and nothing else reads src; else None."""
+        if self.rows and self.rows[-1][cpu_samples.DST] == src and src not in self.pinned:
+            return self.rows[-1]
+        return None
+
+    def activation(self, name, src, count):
+        """Apply activation `name` to the `count` floats at src: fused into the step that
+        wrote them if it can take it, else a step of its own; returns the output's offset."""
+        last = self._fusing(src)
+        if last is not None and self.names[-1].split("+")[0] in self.FUSES_INTO:
+            slot = cpu_samples.ACT2 if last[cpu_samples.POOL] else cpu_samples.ACT
+            if last[slot] == cpu_samples.ACTIVATIONS["none"]:
+                last[slot] = cpu_samples.ACTIVATIONS[name]
+                self.names[-1] += f"+{name}"
+                return src
+        dst = self.step("activation", src, count, sizes=(count,))
+        self.rows[-1][cpu_samples.ACT] = cpu_samples.ACTIVATIONS[name]
+        self.names[-1] = name
+        return dst
+
+    def pool(self, name, src, count, in_shape, k):
+        """Pool the image (C, H, W) at src in k x k windows (op `name`, `count` outputs):
+        fused into the convolution that made it if it can take it, else a step of its own;
+        returns the output's offset."""
+        last = self._fusing(src)
+        if (last is not None and self.names[-1].split("+")[0] == "conv2d"
+                and not last[cpu_samples.POOL]):
+            last[cpu_samples.POOL], last[cpu_samples.K] = cpu_samples.OPS[name], k
+            self.names[-1] += f"+{name}"
+            return src  # the convolution's output space, which the pooled output fits
+        return self.step(name, src, count, sizes=(*in_shape, k))
+
+    def finish(self, output, output_size):
+        """Freeze the table, the network's output at scratch offset `output`."""
+        self.output, self.output_size = output, output_size
+        self.table = np.array(self.rows, np.int64).reshape(-1, cpu_samples.COLUMNS)
+        self.eps_table = np.array(self.eps, np.float32)
+        self.state_buffer = np.empty(max(self.state_size, 1), np.float32)
+        return self
+
+    def refresh_state(self):
+        """Copy the buffers' current values into state."""
+        offset = 0
+        for view in self.state_views:
+            self.state_buffer[offset:offset + view.size] = view.ravel()
+            offset += view.size
+
+
 def _mean(losses):
     """The batch's mean loss from the per-sample losses, summed in float64."""
     return float(losses.mean(dtype=np.float64))
@@ -943,6 +1121,8 @@ class Sequential:
         self._layer_grads = [self._local(i, self.grads) for i in range(len(self.layers))]
         self._arenas = (_Arena(self.kernels.empty), _Arena(self.kernels.empty))  # acts, grads
         self._buffers = {}  # batch size -> _Buffers
+        self._plan = None  # the small-batch SamplePlan, False where there is none
+        self._scratch = np.empty((0, 0), np.float32)  # its scratch rows, one per sample
 
     def _local(self, index, named):
         """{local name: array} of layer index's entries in a {full name: array} mapping."""
@@ -1134,8 +1314,48 @@ class Sequential:
 
     def forward(self, x):
         """The last layer's output, batch first (logits (N, V) for a classifier), for a batch
-        (N, *input_shape), in the current mode."""
-        return self._batch_first(self._run_forward(self._check_input(x), self.training).acts[-1])
+        (N, *input_shape), in the current mode.
+
+        In eval mode, batches of fewer than kernels.cpu_samples.SAMPLES_BELOW images take the
+        CPU's whole-network kernel, one sample per thread (see _sample_plan): a sample's
+        output is then the same bits whatever the batch around it, and may differ in the last
+        bits from the same sample's in a larger batch.
+        """
+        x = self._check_input(x)
+        if not self.training and len(x) < cpu_samples.SAMPLES_BELOW and self._sample_plan():
+            return self._forward_samples(x)
+        return self._batch_first(self._run_forward(x, self.training).acts[-1])
+
+    def _sample_plan(self):
+        """The small-batch plan (a SamplePlan), made on first need; None where the backend
+        has no whole-network kernel or a layer has no step in it (a kind defined outside
+        tinyconv.nn)."""
+        if self._plan is None:
+            self._plan = False
+            if self.kernels.sequential_forward is not None:
+                plan = SamplePlan(self.flat_params, math.prod(self.input_shape))
+                current = plan.input
+                try:
+                    for index, layer in enumerate(self.layers):
+                        current = layer.plan(plan, self.shapes[index], current,
+                                             self._layer_params[index])
+                except NotImplementedError:
+                    return None
+                self._plan = plan.finish(current, math.prod(self.output_shape))
+        return self._plan or None
+
+    def _forward_samples(self, x):
+        """forward(x) in eval mode through the whole-network kernel."""
+        plan, batch = self._plan, len(x)
+        if self._scratch.shape[0] < batch:
+            self._scratch = host.empty(batch * plan.size).reshape(batch, plan.size)
+        plan.refresh_state()
+        out = np.empty((batch, plan.output_size), np.float32)
+        self.kernels.sequential_forward(out, self._scratch[:batch],
+                                        np.ascontiguousarray(x, np.float32).reshape(batch, -1),
+                                        self.flat_params, plan.state_buffer, plan.table,
+                                        plan.eps_table, plan.output)
+        return out.reshape(batch, *self.output_shape)
 
     def probabilities(self, x):
         """Softmax class probabilities (N, V), float64, for a batch (N, *input_shape)."""

@@ -20,10 +20,14 @@ KERNELS = (
     "softmax_xent_forward", "softmax_xent_backward",
     "adam_update", "sgd_update", "adagrad_update", "ema_update",
 )
+# kernels that only some backends have, None in the others: the whole-network small-batch
+# inference kernel (cpu_samples.py); a backend without it runs the batch-last kernels at
+# every batch size
+OPTIONAL = ("sequential_forward",)
 # make, fill and read a backend's arrays (see host.py and the end of cuda.py)
 HELPERS = ("empty", "zeros", "to_device", "to_host", "copy_in", "synchronize")
 # backend name -> (modules of its KERNELS, module of its HELPERS)
-BACKENDS = {"cpu": (("cpu", "cpu_blocks", "cpu_optim"), "host"),
+BACKENDS = {"cpu": (("cpu", "cpu_blocks", "cpu_optim", "cpu_samples"), "host"),
             "cuda": (("cuda", "cuda_blocks", "cuda_optim"), "cuda")}
 
 
@@ -90,7 +94,7 @@ def _require_compiler():
 
 @functools.cache
 def get_backend(name):
-    """A backend by name, "cpu" or "cuda": its KERNELS and HELPERS as attributes.
+    """A backend by name, "cpu" or "cuda": its KERNELS, OPTIONAL and HELPERS as attributes.
 
     The kernels compile on first use. "cuda" first checks that it can run (require_cuda).
     """
@@ -103,6 +107,7 @@ def get_backend(name):
         found.update(vars(module))
     helpers = importlib.import_module(f"{__name__}.{BACKENDS[name][1]}")
     return SimpleNamespace(**{kernel: found[kernel] for kernel in KERNELS},
+                           **{kernel: found.get(kernel) for kernel in OPTIONAL},
                            **{helper: getattr(helpers, helper) for helper in HELPERS})
 
 

@@ -1,0 +1,191 @@
+"""The small-batch inference path (kernels/cpu_samples.py, nn.SamplePlan): every layer kind's
+step, the named architectures and the fusions give the batch-last kernels' outputs (the
+oracle, checked against torch elsewhere) and torch's; a sample's output depends on nothing but
+the sample; float32 only.
+
+Sequential.forward takes this path in eval mode below cpu_samples.SAMPLES_BELOW images; the
+tests get the batch-last path for the same call by setting SAMPLES_BELOW to 0.
+"""
+
+import dataclasses
+
+import numba
+import numpy as np
+import pytest
+
+from tests.registry import CASES
+from tests.test_kernels import compile_afresh, double_math_lines
+from tinyconv import archs, interop, nn
+from tinyconv.kernels import cpu_samples, get_backend
+
+# both paths are float32 with their own summation orders: each within the kernels' forward
+# bound (registry.TOLERANCE) of the truth, so within twice it of each other
+BOUND = 2e-5
+BATCHES = (1, 3, cpu_samples.SAMPLES_BELOW - 1)
+
+
+def randomised(model, seed=0):
+    """The model with random parameters and batch norm statistics (a fresh one's are 0 and 1,
+    which would hide a mean or a variance read from the wrong place), in eval mode."""
+    rng = np.random.default_rng(seed)
+    state = {}
+    for name, value in model.state_dict().items():
+        if name.endswith("running_var"):
+            state[name] = rng.uniform(0.5, 2.0, value.shape).astype(np.float32)
+        elif name.endswith("num_batches_tracked"):
+            state[name] = value
+        else:
+            scale = 0.3 if name.endswith("weight") and value.ndim > 1 else 0.5
+            state[name] = (scale * rng.standard_normal(value.shape)).astype(np.float32)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def batch_last(model, x, monkeypatch):
+    """model.forward(x) through the batch-last kernels."""
+    with monkeypatch.context() as patch:
+        patch.setattr(cpu_samples, "SAMPLES_BELOW", 0)
+        return model.forward(x)
+
+
+def inputs(model, batch, seed=1, scale=2.0):
+    rng = np.random.default_rng(seed)
+    return (scale * rng.standard_normal((batch, *model.input_shape))).astype(np.float32)
+
+
+def relative_error(got, expected):
+    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30))
+
+
+def assert_paths_agree(model, monkeypatch, what):
+    for batch in BATCHES:
+        x = inputs(model, batch)
+        got = model.forward(x)
+        assert model._sample_plan() is not None, f"{what}: no small-batch plan"
+        error = relative_error(got, batch_last(model, x, monkeypatch))
+        assert error < BOUND, f"{what} at batch {batch}: {error:.3g} from the batch-last path"
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_each_layer_kinds_step_gives_the_batch_last_output(name, monkeypatch):
+    _, case = CASES[name]
+    model = randomised(nn.Sequential(case.layer, input_shape=case.shape[1:]))
+    assert_paths_agree(model, monkeypatch, name)
+
+
+@pytest.mark.parametrize("kind", nn.LAYERS)
+def test_every_layer_kind_has_a_small_batch_step(kind):
+    assert nn.LAYERS[kind].plan is not nn.Layer.plan, (
+        f"{kind} has no plan(): networks holding it lose the small-batch path")
+
+
+@pytest.mark.parametrize("arch", archs.ARCHS)
+def test_named_architectures_match_torch_in_float64(arch, monkeypatch):
+    torch = pytest.importorskip("torch")
+    model = randomised(archs.build(arch, seed=0))
+    assert_paths_agree(model, monkeypatch, arch)
+    twin = interop.torch_module(model.spec()).double().eval()
+    twin.load_state_dict({name: torch.from_numpy(value.astype(np.float64)
+                                                 if value.dtype == np.float32 else value)
+                          for name, value in model.state_dict().items()})
+    x = inputs(model, 5)
+    with torch.no_grad():
+        expected = twin(torch.from_numpy(x.astype(np.float64))).numpy()
+    error = relative_error(model.forward(x), expected)
+    assert error < 1e-5, f"{arch}: {error:.3g} from torch in float64"
+
+
+def test_lenet5_runs_as_five_fused_steps():
+    model = archs.build("lenet5").eval()
+    assert model._sample_plan().names == [
+        "conv2d+tanh+avgpool2d+tanh", "conv2d+tanh+avgpool2d+tanh", "linear+tanh",
+        "linear+tanh", "linear"]
+    relu = archs.build("lenet5-relu").eval()
+    assert relu._sample_plan().names == ["conv2d+relu+maxpool2d", "conv2d+relu+maxpool2d",
+                                         "linear+relu", "linear+relu", "linear"]
+
+
+def residual_network():
+    # an activation opening a residual body must not fuse into the convolution before it
+    # (the skip reads that convolution's output unactivated); the ReLU after it fuses into
+    # the sum; a padded conv, a pooling after a batch norm (no fusion) and a 1x1 output
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3), nn.Residual(nn.ReLU(), nn.Conv2d(3, 3, 3, padding=1)), nn.ReLU(),
+        nn.BatchNorm2d(3), nn.AvgPool2d(3), nn.SiLU(), nn.Conv2d(3, 4, 3), nn.Tanh(),
+        nn.Flatten(), nn.Dropout(0.3), nn.Linear(4, 5), input_shape=(2, 11, 11))
+
+
+def test_fusion_stops_where_another_step_reads_the_output(monkeypatch):
+    model = randomised(residual_network())
+    assert model._sample_plan().names == [
+        "conv2d", "relu", "pad2d", "conv2d", "add+relu", "batchnorm", "avgpool2d+silu",
+        "linear+tanh", "linear"]
+    assert_paths_agree(model, monkeypatch, "residual network")
+
+
+def test_new_weights_and_statistics_reach_a_made_plan(monkeypatch):
+    model = randomised(archs.build("lenet5-bn"), seed=0)
+    x = inputs(model, 2)
+    before = model.forward(x)
+    randomised(model, seed=1)  # load_state_dict into the same buffers the plan reads
+    after = model.forward(x)
+    assert not np.allclose(after, before)
+    assert relative_error(after, batch_last(model, x, monkeypatch)) < BOUND
+
+
+def test_a_samples_output_depends_only_on_the_sample():
+    model = randomised(archs.build("resnet-mini"))
+    x = inputs(model, cpu_samples.SAMPLES_BELOW - 1)
+    x[4, 0, 3, 3] = np.nan  # a NaN spoils its own sample's logits, no other's
+    together = model.forward(x)
+    assert np.isnan(together[4]).all() and np.isfinite(np.delete(together, 4, 0)).all()
+    for index in (0, 4, len(x) - 1):
+        alone = model.forward(x[index:index + 1])
+        assert np.array_equal(alone[0], together[index], equal_nan=True), index
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs at least 2 Numba threads to compare 1 against more")
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        single = model.forward(x)
+    finally:
+        numba.set_num_threads(previous)
+    assert np.array_equal(single, together, equal_nan=True)
+
+
+def test_training_mode_and_large_batches_keep_the_batch_last_path(monkeypatch):
+    calls = []
+    model = randomised(archs.build("lenet5"))
+    kernels = model.kernels  # the backend's table, shared: monkeypatch restores it
+    original = kernels.sequential_forward
+
+    def counting(*args):
+        calls.append(len(args[0]))
+        return original(*args)
+
+    monkeypatch.setattr(kernels, "sequential_forward", counting)
+    model.forward(inputs(model, 3))
+    model.forward(inputs(model, cpu_samples.SAMPLES_BELOW))
+    model.train().forward(inputs(model, 3))
+    assert calls == [3]
+
+
+def test_a_kind_without_a_step_runs_batch_last(monkeypatch):
+    @dataclasses.dataclass(frozen=True, repr=False)
+    class OwnTanh(nn.Tanh):  # a kind defined outside tinyconv.nn: the base Layer's plan()
+        plan = nn.Layer.plan
+
+    model = nn.Sequential(nn.Linear(6, 4), OwnTanh(), input_shape=(6,)).eval()
+    x = inputs(model, 2)
+    assert model._sample_plan() is None
+    assert np.array_equal(model.forward(x), batch_last(model, x, monkeypatch))
+
+
+def test_no_float64_arithmetic():
+    kernel = get_backend("cpu").sequential_forward
+    model = randomised(residual_network())
+    model.forward(inputs(model, 2))
+    assert kernel.signatures, "the kernel has not run"
+    for sig in kernel.signatures:
+        hits = double_math_lines(compile_afresh(kernel, sig))
+        assert not hits, f"sequential_forward{sig} computes in float64: {hits[:3]}"
