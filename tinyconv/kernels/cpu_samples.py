@@ -65,7 +65,7 @@ _CONV, _LINEAR, _AVGPOOL, _MAXPOOL, _PAD, _BATCHNORM, _ADD, _ACTIVATION = (
 _TANH, _RELU, _SILU = (ACTIVATIONS[name] for name in ("tanh", "relu", "silu"))
 
 
-@njit(**_HELPER)
+@njit(**_CALLED)
 def _activate(s, start, count, act):
     # s[start:start + count] through the step's activation, in place: the functions of
     # cpu.py's kernels, one loop per kind so that each vectorises
