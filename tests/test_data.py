@@ -679,6 +679,21 @@ def test_translate_moves_whole_digits_with_zero_fill(shift, margin):
     assert len(offsets) > 1
 
 
+@pytest.mark.parametrize("shift", [0, 1, 3])
+@pytest.mark.parametrize("normalize", data.NORMALIZE_MODES)
+def test_the_shift_kernel_gives_numpys_padding_shifts_and_normalisation_bit_for_bit(shift,
+                                                                                    normalize):
+    # padded_and_shifted (one Numba pass, the plain recipe's batches) against the NumPy steps
+    # it replaced, from the same draws: runs recorded before it replay unchanged
+    raw = batch_inputs()[0]
+    fused = data.padded_and_shifted(raw, np.random.default_rng(3), shift, normalize)
+    canvas = data.resized(raw, "pad")
+    if shift:
+        canvas = data.randomly_translated(canvas, np.random.default_rng(3), shift)
+    expected = data.normalized(canvas, normalize)
+    assert fused.dtype == np.float32 and np.array_equal(fused, expected)
+
+
 def test_translate_fill_equals_normalised_background():
     images, labels = batch_inputs()
     raw, _ = one_batch(images, labels, normalize="none", translate=2)

@@ -418,6 +418,22 @@ def randomly_flipped(raw, rng):
     return flipped
 
 
+def padded_and_shifted(raw, rng, shift, normalize):
+    """uint8 (n,28,28) as the normalised float32 (n,32,32) canvas with a 2-pixel border,
+    each sample moved by whole pixels in [-shift, shift] (zero fill, before normalising): what
+    resized(raw, "pad"), randomly_translated and normalized make, bit for bit, from the same
+    draws, in one pass (a Numba kernel)."""
+    from tinyconv.kernels import cpu_augment
+
+    n = len(raw)
+    shifts = (rng.integers(-shift, shift + 1, size=(2, n)).T.copy() if shift
+              else np.zeros((n, 2), np.int64))
+    out = np.empty((n, INPUT_SIZE, INPUT_SIZE), np.float32)
+    cpu_augment.pad_shift_normalize(out, np.ascontiguousarray(raw), shifts,
+                                    *NORMALIZATIONS[normalize])
+    return out
+
+
 def randomly_translated(canvas, rng, shift):
     """Return canvas (n,S,S) with each sample moved by whole pixels in [-shift, shift], zero fill.
 
@@ -538,14 +554,19 @@ def augmentation(config):
     return 0, dataclasses.replace(distortions, translate=translate)
 
 
+# each normalisation as x * scale - offset on the 0-255 scale: (x/255 - mean)/std for
+# "standard", x/255 for "unit", x for "none"
+NORMALIZATIONS = {"standard": (np.float32(1.0 / (255.0 * MNIST_STD)),
+                               np.float32(MNIST_MEAN / MNIST_STD)),
+                  "unit": (np.float32(1.0 / 255.0), np.float32(0.0)),
+                  "none": (np.float32(1.0), np.float32(0.0))}
+
+
 def normalized(canvas, mode):
     """Scale a 0-255 float32 canvas in place: "standard", "unit" ([0,1]) or "none"."""
-    if mode == "standard":
-        # (x/255 - mean)/std as one multiply-add
-        canvas *= np.float32(1.0 / (255.0 * MNIST_STD))
-        canvas -= np.float32(MNIST_MEAN / MNIST_STD)
-    elif mode == "unit":
-        canvas *= np.float32(1.0 / 255.0)
+    scale, offset = NORMALIZATIONS[mode]
+    canvas *= scale  # a multiply, then a subtraction: two roundings, as the kernels' too
+    canvas -= offset
     return canvas
 
 
@@ -555,6 +576,8 @@ def prepare_batch(raw, rng, resize, flip, translate, normalize, distortions=None
     holds its own, sub-pixel shifts)."""
     if flip:
         raw = randomly_flipped(raw, rng)
+    if resize == "pad" and not distortions:  # the plain recipe's: one kernel, the same values
+        return padded_and_shifted(raw, rng, translate, normalize)[:, None]
     canvas = resized(raw, resize)
     # Fill (padding, translation, warps) happens on raw zeros before normalising, so the
     # border equals the normalised background.
