@@ -429,8 +429,8 @@ def padded_and_shifted(raw, rng, shift, normalize):
     shifts = (rng.integers(-shift, shift + 1, size=(2, n)).T.copy() if shift
               else np.zeros((n, 2), np.int64))
     out = np.empty((n, INPUT_SIZE, INPUT_SIZE), np.float32)
-    cpu_augment.pad_shift_normalize(out, np.ascontiguousarray(raw), shifts,
-                                    *NORMALIZATIONS[normalize])
+    table = normalized(np.arange(256, dtype=np.float32), normalize)  # each uint8's value
+    cpu_augment.pad_shift_normalize(out, np.ascontiguousarray(raw), shifts, table)
     return out
 
 
@@ -565,7 +565,7 @@ NORMALIZATIONS = {"standard": (np.float32(1.0 / (255.0 * MNIST_STD)),
 def normalized(canvas, mode):
     """Scale a 0-255 float32 canvas in place: "standard", "unit" ([0,1]) or "none"."""
     scale, offset = NORMALIZATIONS[mode]
-    canvas *= scale  # a multiply, then a subtraction: two roundings, as the kernels' too
+    canvas *= scale  # a multiply, then a subtraction: two roundings
     canvas -= offset
     return canvas
 
@@ -576,11 +576,11 @@ def prepare_batch(raw, rng, resize, flip, translate, normalize, distortions=None
     holds its own, sub-pixel shifts)."""
     if flip:
         raw = randomly_flipped(raw, rng)
-    if resize == "pad" and not distortions:  # the plain recipe's: one kernel, the same values
-        return padded_and_shifted(raw, rng, translate, normalize)[:, None]
-    canvas = resized(raw, resize)
     # Fill (padding, translation, warps) happens on raw zeros before normalising, so the
     # border equals the normalised background.
+    if resize == "pad" and not distortions:  # one kernel pass from the uint8 images
+        return padded_and_shifted(raw, rng, translate, normalize)[:, None]
+    canvas = resized(raw, resize)
     if distortions:
         canvas = distorted(canvas, rng, distortions)
     elif translate:

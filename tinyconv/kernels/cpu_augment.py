@@ -48,27 +48,23 @@ def gaussian_blur(out, tmp, inp, weights):
                     into[i] += w * line[i]
 
 
-# no fastmath: x * scale - offset must round twice, as NumPy's in-place normalisation does,
-# not once as a fused multiply-add would
-@njit(parallel=True, error_model="numpy", cache=True)
-def pad_shift_normalize(out, raw, shifts, scale, offset):
-    # raw (N,H,W) uint8, shifts (N,2) integers (dy, dx) -> out (N,S,S): raw centred on the
-    # canvas (a border of (S-H)/2), moved by +dy rows and +dx columns, zero outside, then
-    # x * scale - offset: out[n,r,c] = raw[n, r - dy - margin, c - dx - margin]
+@njit(**_JIT)
+def pad_shift_normalize(out, raw, shifts, table):
+    # raw (N,H,W) uint8, shifts (N,2) integers (dy, dx), table (256,) -> out (N,S,S): raw
+    # centred on the canvas (a border of (S-H)/2), moved by +dy rows and +dx columns, zero
+    # outside, each value v then table[v], its normalised value as NumPy computes it (two
+    # roundings; compiled code may fuse the multiply and the subtraction into one):
+    # out[n,r,c] = table[raw[n, r - dy - top, c - dx - left]], table[0] outside
     N, S, _ = out.shape
     H, W = raw.shape[1], raw.shape[2]
     top, left = (S - H) // 2, (S - W) // 2
-    background = _ZERO * scale - offset
     for n in prange(N):
         dy, dx = shifts[n, 0], shifts[n, 1]
         for r in range(S):
             y = r - dy - top
             for c in range(S):
                 x = c - dx - left
-                if 0 <= y < H and 0 <= x < W:
-                    out[n, r, c] = np.float32(raw[n, y, x]) * scale - offset
-                else:
-                    out[n, r, c] = background
+                out[n, r, c] = table[raw[n, y, x] if 0 <= y < H and 0 <= x < W else 0]
 
 
 @njit(**_JIT)
