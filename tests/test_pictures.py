@@ -95,7 +95,9 @@ def test_activations_are_the_layers_outputs_batch_first(run_dir, test_digits):
     outputs = model.activations(x)
     assert [a.shape for a in outputs[:3]] == [(3, 6, 28, 28)] * 2 + [(3, 6, 14, 14)]
     assert outputs[9].shape == (3, 120, 1, 1) and outputs[10].shape == (3, 120)
-    assert np.array_equal(outputs[-1], model.forward(x))
+    # forward takes the small-batch kernel at 3 images: the same logits to float32 rounding
+    logits = model.forward(x)
+    assert np.abs(outputs[-1] - logits).max() <= 2e-5 * np.abs(logits).max()
     assert np.allclose(model.probabilities(x).sum(axis=1), 1.0)
     assert np.array_equal(model.probabilities(x).argmax(axis=1), outputs[-1].argmax(axis=1))
 
