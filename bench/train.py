@@ -97,10 +97,12 @@ def tinyconv_side(threads, device=DEVICE, arch=ARCH):
     import numba
 
     import tinyconv
-    from tinyconv import archs
+    from tinyconv import archs, warmup
 
     numba.set_num_threads(threads)  # starts Numba's thread pool, on an OpenMP runtime
     model = archs.build(archs.find_spec(arch), seed=SEED, device=device)
+    # as python -m tinyconv.train does: an empty cache's kernels compiled on every core
+    warmup.compile_kernels(model, {"optimizer": "adam", "lr": LR, "batch_size": BATCH_SIZE})
     opt = tinyconv.Adam(model, lr=LR)
 
     def train_step(x, y):

@@ -40,7 +40,7 @@ STOPPED_HELP = ("2 when its input or environment stopped it: a bad flag value, a
                 "damaged checkpoint, missing MNIST files, an unavailable device, a missing "
                 "package, a file it cannot write")
 COMPILE_NOTICE = ("tinyconv: compiling the kernels for this machine (the first run takes about "
-                  "20 s; Numba caches them for later runs)")
+                  "15 s; Numba caches them for later runs)")
 HELP_WIDTH = 79
 # what each mode of data.py's resizing and normalising does: --help, and ONNX metadata
 RESIZE_MEANING = {"pad": "zero padding by 2 (LeNet's own)",

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm  # a widget in a notebook, text elsewhere
 
-from tinyconv import archs, checkpoint, cli, plots
+from tinyconv import archs, checkpoint, cli, plots, warmup
 from tinyconv.atomicio import atomic_write
 from tinyconv.checkpoint import CheckpointError, load_run, save_run
 from tinyconv.data import augmentation, iterate_batches, load_mnist, num_batches
@@ -271,6 +271,12 @@ def train(config, run_dir, resume=False, quiet=False, trust_pickle=False, model=
     draw_curves = run_dir is not None and plots.available("curves.png", quiet)
     drawn = -math.inf  # when curves.png was last drawn
     try:
+        if start_epoch < config["epochs"]:  # an empty cache's kernels, compiled on every core
+            notice = cli.compile_notice(enabled=not quiet)
+            try:
+                warmup.compile_kernels(model, config)
+            finally:
+                notice.cancel()
         for epoch in range(start_epoch, config["epochs"]):
             position.epoch, position.step, position.phase = epoch + 1, 0, "training"
             began, lr = time.perf_counter(), opt.lr
