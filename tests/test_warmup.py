@@ -11,8 +11,7 @@ import numpy as np
 
 from tinyconv import archs, nn, warmup
 from tinyconv.kernels import get_backend
-from tinyconv.optim import EMA
-from tinyconv.train import make_optimizer
+from tinyconv.optim import EMA, make_optimizer
 
 CONFIG = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "batch_size": 8,
           "label_smoothing": 0.1, "ema": 0.99}

@@ -382,3 +382,21 @@ def load_schedule(optimizer, state):
     if kind not in SCHEDULES:
         raise ValueError(f"unknown schedule {kind!r}, expected one of {', '.join(SCHEDULES)}")
     return SCHEDULES[kind].from_state(optimizer, state)
+
+
+# the optimizers by the lower-case names a run's settings give (train --optimizer)
+OPTIMIZER_NAMES = {name.lower(): name for name in OPTIMIZERS}
+
+
+def make_optimizer(model, config):
+    """The run's optimizer over model: config["optimizer"] (Adam unless said) with its lr,
+    weight decay (none for biases and batch norm with no_decay_norm_bias) and, for SGD,
+    momentum and Nesterov."""
+    name = OPTIMIZER_NAMES[config["optimizer"]]
+    options = {"lr": config["lr"], "weight_decay": config["weight_decay"]}
+    if config.get("no_decay_norm_bias"):
+        options["no_decay"] = model.norm_and_bias_names()
+    if name == "SGD":
+        options.update(momentum=config.get("momentum", 0.0),
+                       nesterov=config.get("nesterov", False))
+    return OPTIMIZERS[name](model, **options)

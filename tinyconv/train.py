@@ -30,7 +30,14 @@ from tinyconv.checkpoint import CheckpointError, load_run, save_run
 from tinyconv.data import augmentation, iterate_batches, load_mnist, num_batches
 from tinyconv.evaluation import check_classifier, evaluate
 from tinyconv.interop import CHECKPOINT_HELP, load_model
-from tinyconv.optim import EMA, OPTIMIZERS, CosineAnnealingLR, StepLR
+from tinyconv.optim import (
+    EMA,
+    OPTIMIZER_NAMES,
+    OPTIMIZERS,
+    CosineAnnealingLR,
+    StepLR,
+    make_optimizer,
+)
 
 RECIPES = {
     # chosen on 5,000 held-out training images (bench/recipes.py, README "Accuracy"): Adam
@@ -60,7 +67,6 @@ RECIPES = {
                "normalize": "unit", "seed": 0},
 }
 # --optimizer's names: torch.optim's classes, lower case
-OPTIMIZER_NAMES = {name.lower(): name for name in OPTIMIZERS}
 # what a resumed run may change; the rest must stay as the run started for a faithful replay
 RESUME_OVERRIDABLE = ("epochs", "threads", "device", "data_dir")
 # a run's settings beside its recipe's, when no flag gives them
@@ -137,20 +143,6 @@ def redraw_curves(run_dir):
                   else " ".join(f"{type(exc).__name__}: {exc}".split()))
         print(f"warning: cannot draw {path}: {reason}; training goes on", file=sys.stderr,
               flush=True)
-
-
-def make_optimizer(model, config):
-    """The run's optimizer over model: config["optimizer"] (Adam unless said) with its lr,
-    weight decay (none for biases and batch norm with no_decay_norm_bias) and, for SGD,
-    momentum and Nesterov."""
-    name = OPTIMIZER_NAMES[config["optimizer"]]
-    options = {"lr": config["lr"], "weight_decay": config["weight_decay"]}
-    if config.get("no_decay_norm_bias"):
-        options["no_decay"] = model.norm_and_bias_names()
-    if name == "SGD":
-        options.update(momentum=config.get("momentum", 0.0),
-                       nesterov=config.get("nesterov", False))
-    return OPTIMIZERS[name](model, **options)
 
 
 def make_schedule(opt, config, steps_per_epoch):
