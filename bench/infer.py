@@ -10,7 +10,7 @@ largest.
 
 Each library runs in a process of its own (as bench/train.py explains, their OpenMP runtimes
 disturb each other in one process) and times its own blocks of calls, so that no pipe round
-trip (about 50 us, more than onnxruntime's whole batch-1 call) enters a figure. The three take
+trip (longer than onnxruntime's whole batch-1 call) enters a figure. The three take
 turns, block by block, in alternating order.
 """
 
@@ -46,6 +46,7 @@ ROUNDS = 10  # timed blocks per library and batch size; min and median are over 
 BLOCK_IMAGES = 4000  # images per timed block: a block of batch 1 is 4000 calls, of 1000 four
 WARMUP = 5  # untimed calls per library and batch size before its first block
 BATCHES = 4  # distinct batches of each size, cycled
+MAX_BATCH = 10000 // BATCHES
 CHECK_RTOL = 1e-4  # the logits' largest difference, relative to the largest logit
 SEED = 0
 LIBRARIES = ("tinyconv", "onnxruntime", "torch")  # the first is measured, the others peers
@@ -54,16 +55,21 @@ LIBRARIES = ("tinyconv", "onnxruntime", "torch")  # the first is measured, the o
 # ---- each library's forward, in its own process
 
 
-def tinyconv_forward(model, threads):
-    """The model's eval-mode forward on Numba's `threads` threads, and its thread count."""
+def tinyconv_forward(model, threads, batch_last=False):
+    """The model's eval-mode forward on Numba's `threads` threads, and its thread count; with
+    batch_last, through the batch-last kernels at every batch size (no small-batch kernel)."""
     import numba
 
+    from tinyconv.kernels import cpu
+
+    if batch_last:
+        cpu.SAMPLES_BELOW = 0
     numba.set_num_threads(threads)
     model.eval()
     return model.forward, numba.get_num_threads()
 
 
-def onnxruntime_forward(model, threads):
+def onnxruntime_forward(model, threads, batch_last=False):
     """onnxruntime's session on the model's exported graph, `threads` intra-op threads."""
     import onnxruntime
 
@@ -77,7 +83,7 @@ def onnxruntime_forward(model, threads):
     return (lambda x: session.run(None, {name: x})[0]), threads
 
 
-def torch_forward(model, threads):
+def torch_forward(model, threads, batch_last=False):
     """torch's twin of the model with its weights, eval mode, under inference_mode."""
     import torch
 
@@ -124,14 +130,15 @@ def test_batches(sizes, count):
     return batches
 
 
-def serve(library, threads, arch, checkpoint, sizes, connection):
+def serve(library, threads, arch, checkpoint, sizes, batch_last, connection):
     """A worker process: build the library's forward, then answer requests until sent None.
 
     ("threads",): the library's thread count. ("logits", size): the logits of the first batch
     of that size. ("block", size, calls): one untimed call, then `calls` calls timed as one
     block; the seconds per call. Each answers ("ok", result) or ("error", traceback).
     """
-    forward, found_threads = FORWARDS[library](load_network(arch, checkpoint), threads)
+    forward, found_threads = FORWARDS[library](load_network(arch, checkpoint), threads,
+                                               batch_last)
     batches = test_batches(sizes, BATCHES)
     warmed = set()
 
@@ -167,7 +174,8 @@ class Worker:
         self.connection, theirs = context.Pipe()
         self.process = context.Process(
             target=serve, daemon=True,
-            args=(library, args.threads, args.arch, args.checkpoint, args.batch_sizes, theirs))
+            args=(library, args.threads, args.arch, args.checkpoint, args.batch_sizes,
+                  args.batch_last, theirs))
         self.process.start()
         theirs.close()
 
@@ -236,14 +244,15 @@ def rows_of(size, seconds, peer):
 
 
 def batch_sizes(text):
-    """argparse type: comma-separated batch sizes, each 1 to 10000 (the test images)."""
+    """argparse type: comma-separated batch sizes, each 1 to MAX_BATCH."""
     try:
         sizes = tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas, found "
                                          f"{text!r}") from None
-    if not all(1 <= size <= 10000 for size in sizes):
-        raise argparse.ArgumentTypeError(f"each batch size must lie in 1..10000 (the test "
+    if not all(1 <= size <= MAX_BATCH for size in sizes):
+        raise argparse.ArgumentTypeError(f"each batch size must lie in 1..{MAX_BATCH} "
+                                         f"({BATCHES} distinct batches of the 10,000 test "
                                          f"images), found {text!r}")
     return sizes
 
@@ -280,6 +289,10 @@ def parse_args(argv):
                              f"{','.join(map(str, BATCH_SIZES))})")
     parser.add_argument("--rounds", type=positive, default=ROUNDS,
                         help=f"timed blocks per library and batch size (default {ROUNDS})")
+    parser.add_argument("--batch-last", action="store_true",
+                        help="tinyconv through its batch-last kernels at every batch size, "
+                             "without the small-batch kernel (to measure where it pays: "
+                             "kernels.cpu.SAMPLES_BELOW)")
     parser.add_argument("--json", metavar="PATH",
                         help="also write the header and the rows as JSON to PATH")
     args = parser.parse_args(argv)
@@ -319,6 +332,9 @@ def main(argv=None):
             busy, peer="onnxruntime",
             packages=("numpy", "numba", "onnxruntime", "torch"))
         header["weights"] = args.checkpoint or f"{args.arch}, seed {SEED}"
+        header["tinyconv path"] = ("batch-last kernels at every size" if args.batch_last else
+                                   "the small-batch kernel below kernels.cpu.SAMPLES_BELOW "
+                                   "images, the batch-last kernels from there")
         header["check"] = ", ".join(f"{library}'s logits within {error:.1e} of the largest"
                                     for library, error in errors.items())
         print(format_header(header), end="\n\n")

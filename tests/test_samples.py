@@ -1,9 +1,9 @@
-"""The small-batch inference path (kernels/cpu_samples.py, nn.SamplePlan): every layer kind's
-step, the named architectures and the fusions give the batch-last kernels' outputs (the
-oracle, checked against torch elsewhere) and torch's; a sample's output depends on nothing but
-the sample; float32 only.
+"""The small-batch inference path (kernels.cpu.sequential_forward, nn.SamplePlan): every
+layer kind's step, the named architectures and the fusions give the batch-last kernels'
+outputs (the oracle, checked against torch elsewhere) and torch's; a sample's output depends
+on nothing but the sample; float32 only.
 
-Sequential.forward takes this path in eval mode below cpu_samples.SAMPLES_BELOW images; the
+Sequential.forward takes this path in eval mode below cpu.SAMPLES_BELOW images; the
 tests get the batch-last path for the same call by setting SAMPLES_BELOW to 0.
 """
 
@@ -16,12 +16,12 @@ import pytest
 from tests.registry import CASES
 from tests.test_kernels import compile_afresh, double_math_lines
 from tinyconv import archs, interop, nn
-from tinyconv.kernels import cpu_samples, get_backend
+from tinyconv.kernels import cpu, get_backend
 
 # both paths are float32 with their own summation orders: each within the kernels' forward
 # bound (registry.TOLERANCE) of the truth, so within twice it of each other
 BOUND = 2e-5
-BATCHES = (1, 3, cpu_samples.SAMPLES_BELOW - 1)
+BATCHES = (1, 3, cpu.SAMPLES_BELOW - 1)
 
 
 def randomised(model, seed=0):
@@ -44,7 +44,7 @@ def randomised(model, seed=0):
 def batch_last(model, x, monkeypatch):
     """model.forward(x) through the batch-last kernels."""
     with monkeypatch.context() as patch:
-        patch.setattr(cpu_samples, "SAMPLES_BELOW", 0)
+        patch.setattr(cpu, "SAMPLES_BELOW", 0)
         return model.forward(x)
 
 
@@ -135,7 +135,7 @@ def test_new_weights_and_statistics_reach_a_made_plan(monkeypatch):
 
 def test_a_samples_output_depends_only_on_the_sample():
     model = randomised(archs.build("resnet-mini"))
-    x = inputs(model, cpu_samples.SAMPLES_BELOW - 1)
+    x = inputs(model, cpu.SAMPLES_BELOW - 1)
     x[4, 0, 3, 3] = np.nan  # a NaN spoils its own sample's logits, no other's
     together = model.forward(x)
     assert np.isnan(together[4]).all() and np.isfinite(np.delete(together, 4, 0)).all()
@@ -165,7 +165,7 @@ def test_training_mode_and_large_batches_keep_the_batch_last_path(monkeypatch):
 
     monkeypatch.setattr(kernels, "sequential_forward", counting)
     model.forward(inputs(model, 3))
-    model.forward(inputs(model, cpu_samples.SAMPLES_BELOW))
+    model.forward(inputs(model, cpu.SAMPLES_BELOW))
     model.train().forward(inputs(model, 3))
     assert calls == [3]
 

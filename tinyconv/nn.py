@@ -22,7 +22,7 @@ arguments, so its spec rebuilds it here and in torch) plus a few small methods, 
   onnx(make_node, inp, out, names)   its ONNX node(s), names mapping its parameters and buffers
                                      to the graph's initializers
   plan(plan, in_shape, src, p)   its eval-mode step(s) in the small-batch whole-network
-                        kernel (a SamplePlan; kernels/cpu_samples.py), from one sample's input
+                        kernel (a SamplePlan; cpu.sequential_forward), from one sample's input
                         at scratch offset src; returns its output's offset
   spec()                {"kind": class name, **arguments}: JSON, and torch.nn's constructor call
 
@@ -39,7 +39,7 @@ import math
 
 import numpy as np
 
-from tinyconv.kernels import cpu_samples, get_backend, host
+from tinyconv.kernels import cpu, get_backend, host
 from tinyconv.kernels.host import ALIGNMENT, to_batch_last
 
 
@@ -295,7 +295,7 @@ class Conv2d(Layer):
         if oh == ow == 1:  # the kernel covers the whole input: a linear layer on it, flattened
             return plan.step("linear", src, oc, a=weight, b=bias,
                              sizes=(channels * height * width, oc))
-        work = plan.alloc(oc * ((oh - 1) * width + ow))  # the wide output (cpu_samples)
+        work = plan.alloc(oc * ((oh - 1) * width + ow))  # the wide output (cpu._conv2d)
         return plan.step("conv2d", src, oc * oh * ow, a=weight, b=bias, work=work,
                          sizes=(channels, height, width, oc, kh, kw))
 
@@ -940,8 +940,8 @@ class _Buffers:
 
 
 class SamplePlan:
-    """The steps of the small-batch inference kernel (kernels/cpu_samples.py) for one network,
-    as its layers' plan() methods add them; built once per network, on the CPU.
+    """The steps of the small-batch inference kernel (kernels.cpu.sequential_forward) for one
+    network, as its layers' plan() methods add them; built once per network, on the CPU.
 
     One sample's scratch row holds the input at offset 0, then each step's output (and a
     convolution's wide output) at an offset of its own, 64-byte aligned. An activation that
@@ -952,7 +952,9 @@ class SamplePlan:
     `state` before each call, since training and load_state_dict replace their values.
     """
 
-    FUSES_INTO = ("conv2d", "linear", "avgpool2d", "maxpool2d", "batchnorm", "add")
+    # the steps an activation fuses into, by op code
+    FUSES_INTO = {cpu.PLAN_OPS[name] for name in ("conv2d", "linear", "avgpool2d",
+                                                  "maxpool2d", "batchnorm", "add")}
 
     def __init__(self, flat_params, input_size):
         self.flat_params = flat_params
@@ -991,11 +993,9 @@ class SamplePlan:
         """Add a step of op `name` reading scratch offset src, writing `count` fresh floats;
         returns their offset."""
         dst = self.alloc(count)
-        row = [0] * cpu_samples.COLUMNS
-        row[cpu_samples.OP], row[cpu_samples.SRC], row[cpu_samples.DST] = (
-            cpu_samples.OPS[name], src, dst)
-        row[cpu_samples.A], row[cpu_samples.B], row[cpu_samples.WORK] = a, b, work
-        row[cpu_samples.S0:cpu_samples.S0 + len(sizes)] = sizes
+        row = dict.fromkeys(cpu.PLAN_COLUMNS, 0)
+        row.update(op=cpu.PLAN_OPS[name], src=src, dst=dst, a=a, b=b, work=work)
+        row.update(zip(("s0", "s1", "s2", "s3", "s4", "s5")[:len(sizes)], sizes, strict=True))
         self.rows.append(row)
         self.eps.append(eps)
         self.names.append(name)
@@ -1003,7 +1003,7 @@ class SamplePlan:
 
     def _fusing(self, src):
         """The last step, if it wrote src and nothing else reads src; else None."""
-        if self.rows and self.rows[-1][cpu_samples.DST] == src and src not in self.pinned:
+        if self.rows and self.rows[-1]["dst"] == src and src not in self.pinned:
             return self.rows[-1]
         return None
 
@@ -1011,14 +1011,14 @@ class SamplePlan:
         """Apply activation `name` to the `count` floats at src: fused into the step that
         wrote them if it can take it, else a step of its own; returns the output's offset."""
         last = self._fusing(src)
-        if last is not None and self.names[-1].split("+")[0] in self.FUSES_INTO:
-            slot = cpu_samples.ACT2 if last[cpu_samples.POOL] else cpu_samples.ACT
-            if last[slot] == cpu_samples.ACTIVATIONS["none"]:
-                last[slot] = cpu_samples.ACTIVATIONS[name]
+        if last is not None and last["op"] in self.FUSES_INTO:
+            slot = "act2" if last["pool"] else "act"
+            if last[slot] == cpu.PLAN_ACTIVATIONS["none"]:
+                last[slot] = cpu.PLAN_ACTIVATIONS[name]
                 self.names[-1] += f"+{name}"
                 return src
         dst = self.step("activation", src, count, sizes=(count,))
-        self.rows[-1][cpu_samples.ACT] = cpu_samples.ACTIVATIONS[name]
+        self.rows[-1]["act"] = cpu.PLAN_ACTIVATIONS[name]
         self.names[-1] = name
         return dst
 
@@ -1027,9 +1027,8 @@ class SamplePlan:
         fused into the convolution that made it if it can take it, else a step of its own;
         returns the output's offset."""
         last = self._fusing(src)
-        if (last is not None and self.names[-1].split("+")[0] == "conv2d"
-                and not last[cpu_samples.POOL]):
-            last[cpu_samples.POOL], last[cpu_samples.K] = cpu_samples.OPS[name], k
+        if last is not None and last["op"] == cpu.PLAN_OPS["conv2d"] and not last["pool"]:
+            last["pool"], last["k"] = cpu.PLAN_OPS[name], k
             self.names[-1] += f"+{name}"
             return src  # the convolution's output space, which the pooled output fits
         return self.step(name, src, count, sizes=(*in_shape, k))
@@ -1037,7 +1036,8 @@ class SamplePlan:
     def finish(self, output, output_size):
         """Freeze the table, the network's output at scratch offset `output`."""
         self.output, self.output_size = output, output_size
-        self.table = np.array(self.rows, np.int64).reshape(-1, cpu_samples.COLUMNS)
+        self.table = np.array([[row[name] for name in cpu.PLAN_COLUMNS] for row in self.rows],
+                              np.int64).reshape(-1, len(cpu.PLAN_COLUMNS))
         self.eps_table = np.array(self.eps, np.float32)
         self.state_buffer = np.empty(max(self.state_size, 1), np.float32)
         return self
@@ -1316,13 +1316,13 @@ class Sequential:
         """The last layer's output, batch first (logits (N, V) for a classifier), for a batch
         (N, *input_shape), in the current mode.
 
-        In eval mode, batches of fewer than kernels.cpu_samples.SAMPLES_BELOW images take the
+        In eval mode, batches of fewer than kernels.cpu.SAMPLES_BELOW images take the
         CPU's whole-network kernel, one sample per thread (see _sample_plan): a sample's
         output is then the same bits whatever the batch around it, and may differ in the last
         bits from the same sample's in a larger batch.
         """
         x = self._check_input(x)
-        if not self.training and len(x) < cpu_samples.SAMPLES_BELOW and self._sample_plan():
+        if not self.training and len(x) < cpu.SAMPLES_BELOW and self._sample_plan():
             return self._forward_samples(x)
         return self._batch_first(self._run_forward(x, self.training).acts[-1])
 

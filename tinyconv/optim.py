@@ -384,7 +384,8 @@ def load_schedule(optimizer, state):
     return SCHEDULES[kind].from_state(optimizer, state)
 
 
-# the optimizers by the lower-case names a run's settings give (train --optimizer)
+# the optimizers by the lower-case names a run's settings give (train --optimizer):
+# torch.optim's classes, lower case
 OPTIMIZER_NAMES = {name.lower(): name for name in OPTIMIZERS}
 
 

@@ -66,7 +66,6 @@ RECIPES = {
                "weight_decay": 0.0, "flip": True, "translate": 0, "resize": "bilinear",
                "normalize": "unit", "seed": 0},
 }
-# --optimizer's names: torch.optim's classes, lower case
 # what a resumed run may change; the rest must stay as the run started for a faithful replay
 RESUME_OVERRIDABLE = ("epochs", "threads", "device", "data_dir")
 # a run's settings beside its recipe's, when no flag gives them

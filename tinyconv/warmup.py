@@ -1,15 +1,15 @@
 """A training run's kernels compiled on every core at once, before its first step.
 
 Numba compiles one kernel at a time, on one core: an empty cache (a first run, a new
-machine) costs a training run about 20 s before its first step, one core busy and the others
+machine) costs a training run seconds before its first step, one core busy and the others
 idle. compile_kernels finds the kernels and signatures a run's step and test pass will call
 (by running them once on a throwaway copy of the network, with a backend that records the
 calls instead of making them), asks Numba's cache which of them it lacks, and compiles those
 in this process and in child processes (`python -m tinyconv.warmup`), each taking the next
 kernel nobody has claimed; Numba's cache hands the children's to this process at the first
-step. With every kernel cached it
-costs one probe of the cache per kernel. Where anything goes wrong in a child, the first
-step compiles what is still missing, as it would without this.
+step. With every kernel cached it costs one probe of the cache per kernel. Where anything
+goes wrong in a child, the first step compiles what is still missing, as it would without
+this.
 """
 
 import json
@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -94,29 +95,35 @@ def _prepare_a_batch(config):
 
 
 def _compile_unclaimed(calls, missing, claims, config):
-    """Compile each missing call no other process has claimed, claiming it first: an
-    exclusively created file in the directory claims (so the processes share the work as they
-    get free, whatever each kernel costs: 0.3 to 5 s); last, if config says how batches are
-    made, the data kernels."""
+    """Compile the missing calls of each kernel no other process has claimed, claiming it
+    first: an exclusively created file in the directory claims, one per kernel, so that the
+    processes share the work as they get free, whatever each kernel costs, and no two write
+    one kernel's cache index at once (Numba rewrites it unlocked); last, if config says how
+    batches are made, the data kernels."""
     backend = get_backend("cpu")
-    jobs = [*missing, "data"] if all(key in config for key in DATA_SETTINGS[:4]) else missing
-    for job in jobs:
+    by_kernel = {}
+    for index in missing:
+        by_kernel.setdefault(calls[index][0], []).append(calls[index][1])
+    data = all(key in config for key in DATA_SETTINGS[:4])
+    for job in [*by_kernel, *(["data"] if data else [])]:
         try:
-            os.close(os.open(os.path.join(claims, str(job)), os.O_CREAT | os.O_EXCL))
+            os.close(os.open(os.path.join(claims, job), os.O_CREAT | os.O_EXCL))
         except FileExistsError:
             continue
         if job == "data":
             _prepare_a_batch(config)
         else:
-            name, types = calls[job]
-            getattr(backend, name).compile(types)
+            for types in by_kernel[job]:
+                getattr(backend, job).compile(types)
 
 
 def compile_kernels(model, config, processes=None):
     """Compile the kernels a CPU training run of `model` as `config` says will call, that
     Numba's cache lacks, on `processes` cores at once (default: those this process may use,
     at most MAX_PROCESSES), and then the data kernels its batches call; returns how many
-    network kernels it compiled (0: all were cached, or the model is not on the CPU)."""
+    (kernel, signature) pairs were missing (0: all cached, or the model is not on the CPU).
+    A child that fails leaves its share to the first step; an exception here (an interrupt)
+    stops the children."""
     if model.device != "cpu":
         return 0
     spec = model.spec()
@@ -126,22 +133,35 @@ def compile_kernels(model, config, processes=None):
     if not missing:  # a warm cache: the data kernels are taken to be cached too
         return 0
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    workers = max(1, min(processes or available, MAX_PROCESSES, len(missing)))
+    kernels = len({calls[index][0] for index in missing})
+    workers = max(1, min(processes or available, MAX_PROCESSES, kernels))
     claims = tempfile.mkdtemp(prefix="tinyconv-warmup-")
     request = json.dumps({"spec": spec, "config": config, "missing": missing,
                           "claims": claims})
+    # the children import this tinyconv, wherever it was imported from (a checkout on
+    # sys.path, as the benches put it there)
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [package_parent, *filter(None, [os.environ.get("PYTHONPATH")])])}
     children = []
+    finished = False
     try:
         for _ in range(workers - 1):
-            child = subprocess.Popen([sys.executable, "-m", "tinyconv.warmup"],
+            child = subprocess.Popen([sys.executable, "-m", "tinyconv.warmup"], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, text=True)
-            child.stdin.write(request)
-            child.stdin.close()
             children.append(child)
+            try:
+                child.stdin.write(request)
+                child.stdin.close()
+            except BrokenPipeError:  # it died at once: its share falls to the others
+                pass
         _compile_unclaimed(calls, missing, claims, config)
+        finished = True
     finally:
         for child in children:
+            if not finished:
+                child.terminate()
             child.wait()
         shutil.rmtree(claims, ignore_errors=True)
     return len(missing)

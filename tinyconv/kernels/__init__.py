@@ -21,13 +21,13 @@ KERNELS = (
     "adam_update", "sgd_update", "adagrad_update", "ema_update",
 )
 # kernels that only some backends have, None in the others: the whole-network small-batch
-# inference kernel (cpu_samples.py); a backend without it runs the batch-last kernels at
+# inference kernel (the end of cpu.py); a backend without it runs the batch-last kernels at
 # every batch size
 OPTIONAL = ("sequential_forward",)
 # make, fill and read a backend's arrays (see host.py and the end of cuda.py)
 HELPERS = ("empty", "zeros", "to_device", "to_host", "copy_in", "synchronize")
 # backend name -> (modules of its KERNELS, module of its HELPERS)
-BACKENDS = {"cpu": (("cpu", "cpu_blocks", "cpu_optim", "cpu_samples"), "host"),
+BACKENDS = {"cpu": (("cpu", "cpu_blocks", "cpu_optim"), "host"),
             "cuda": (("cuda", "cuda_blocks", "cuda_optim"), "cuda")}
 
 
