@@ -4,14 +4,17 @@ Imports nothing beyond the standard library, so that a bench's child processes, 
 their script and with it this file, load only the library they measure.
 """
 
+import argparse
 import json
 import math
+import multiprocessing
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -257,3 +260,66 @@ def write_json(path, header, rows):
     with open(path, "w") as out:
         json.dump(document, out, indent=2)
         out.write("\n")
+
+
+# ---- one process per library, asked through a pipe
+
+
+def positive(text):
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, found {value}")
+    return value
+
+
+def answer(connection, requests):
+    """A worker's loop: answer each request (name, *args) with ("ok", requests[name](*args))
+    or ("error", its traceback), until sent None."""
+    while (request := connection.recv()) is not None:
+        name, *args = request
+        try:
+            connection.send(("ok", requests[name](*args)))
+        except Exception:
+            connection.send(("error", traceback.format_exc()))
+
+
+class Worker:
+    """One library's side in a process of its own: target(*args, connection) runs there (a
+    serve function that ends in answer), asked through a pipe; a context manager."""
+
+    def __init__(self, library, target, args):
+        # spawn: a fresh interpreter that imports only the bench's file, then its library
+        context = multiprocessing.get_context("spawn")
+        self.library = library
+        self.connection, theirs = context.Pipe()
+        self.process = context.Process(target=target, daemon=True, args=(*args, theirs))
+        self.process.start()
+        theirs.close()
+
+    def __call__(self, name, *args):
+        """The worker's answer to (name, *args); exits with its traceback if it fails."""
+        try:
+            self.connection.send((name, *args))
+            status, result = self.connection.recv()
+        except (EOFError, OSError):  # the worker died, most likely while starting
+            self.process.join()
+            sys.exit(f"error: the {self.library} worker process ended with exit code "
+                     f"{self.process.exitcode}; its own error, if any, is printed above")
+        if status != "ok":
+            sys.exit(f"error: the {self.library} worker failed:\n{result}")
+        return result
+
+    def close(self):
+        """Stop the worker, if it still runs, and wait for it."""
+        try:
+            self.connection.send(None)
+        except OSError:  # it has already ended
+            pass
+        self.process.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

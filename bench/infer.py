@@ -15,11 +15,9 @@ turns, block by block, in alternating order.
 """
 
 import argparse
-import multiprocessing
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +28,15 @@ sys.path.insert(0, str(REPO_ROOT))  # bench.common and tinyconv, from any direct
 from bench.common import (  # noqa: E402
     SETTLE,
     Row,
+    Worker,
+    answer,
     busy_cores,
     busy_warning,
     format_header,
     format_row,
     format_table_head,
     make_header,
+    positive,
     write_json,
 )
 
@@ -157,46 +158,7 @@ def serve(library, threads, arch, checkpoint, sizes, batch_last, connection):
     requests = {"threads": lambda: found_threads,
                 "logits": lambda size: forward(batches[size][0]),
                 "block": block}
-    while (request := connection.recv()) is not None:
-        name, *args = request
-        try:
-            connection.send(("ok", requests[name](*args)))
-        except Exception:
-            connection.send(("error", traceback.format_exc()))
-
-
-class Worker:
-    """One library in a process of its own (see serve), asked through a pipe."""
-
-    def __init__(self, library, args):
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: this file only
-        self.library = library
-        self.connection, theirs = context.Pipe()
-        self.process = context.Process(
-            target=serve, daemon=True,
-            args=(library, args.threads, args.arch, args.checkpoint, args.batch_sizes,
-                  args.batch_last, theirs))
-        self.process.start()
-        theirs.close()
-
-    def __call__(self, *request):
-        try:
-            self.connection.send(request)
-            status, result = self.connection.recv()
-        except (EOFError, OSError):
-            self.process.join()
-            sys.exit(f"error: the {self.library} worker process ended with exit code "
-                     f"{self.process.exitcode}; its own error, if any, is printed above")
-        if status != "ok":
-            sys.exit(f"error: the {self.library} worker failed:\n{result}")
-        return result
-
-    def close(self):
-        try:
-            self.connection.send(None)
-        except OSError:
-            pass
-        self.process.join()
+    answer(connection, requests)
 
 
 # ---- checks, timing, rows
@@ -257,14 +219,6 @@ def batch_sizes(text):
     return sizes
 
 
-def positive(text):
-    """argparse type: an integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, found {value}")
-    return value
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python bench/infer.py",
@@ -316,7 +270,10 @@ def main(argv=None):
     warning = busy_warning(busy)
     if warning:
         print(warning, file=sys.stderr)
-    workers = {library: Worker(library, args) for library in LIBRARIES}
+    workers = {library: Worker(library, serve,
+                               (library, args.threads, args.arch, args.checkpoint,
+                                args.batch_sizes, args.batch_last))
+               for library in LIBRARIES}
     try:
         threads = {library: worker("threads") for library, worker in workers.items()}
         if set(threads.values()) != {args.threads}:

@@ -21,13 +21,11 @@ ending only when the device has finished it.
 import argparse
 import itertools
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -41,13 +39,16 @@ sys.path.insert(0, str(REPO_ROOT))  # bench.common and tinyconv, from any direct
 from bench.common import (  # noqa: E402
     SETTLE,
     Row,
+    Worker,
     alternate,
+    answer,
     busy_cores,
     busy_warning,
     format_header,
     format_row,
     format_table_head,
     make_header,
+    positive,
     timing_rows,
     write_json,
 )
@@ -191,7 +192,7 @@ def mnist_batches(split, batch_size, count):
 def serve(library, threads, batch_size, infer_batch_size, device, arch, connection):
     """A worker process: build the library's side, then answer calls until sent None.
 
-    A call (name, args) answers ("ok", result) or ("error", traceback). Every worker draws
+    A call (name, *args) answers ("ok", result) or ("error", traceback). Every worker draws
     the same batches (mnist_batches is seeded) and starts from tinyconv's seeded weights
     (torch's through torch_copy), so the two compute the same thing.
     """
@@ -211,55 +212,7 @@ def serve(library, threads, batch_size, infer_batch_size, device, arch, connecti
              "train_step": lambda index: side.train_step(*train[index % len(train)]),
              "forward": lambda index: side.forward(infer[index % len(infer)][0]),
              "epoch": lambda index: run_epoch(side, batch_size, data, index)}
-    while (request := connection.recv()) is not None:
-        name, args = request
-        try:
-            connection.send(("ok", calls[name](*args)))
-        except Exception:
-            connection.send(("error", traceback.format_exc()))
-
-
-class Worker:
-    """One library's side in a process of its own (see serve), called through a pipe."""
-
-    def __init__(self, library, args):
-        # spawn: a fresh interpreter that imports only this file, then the library it serves
-        context = multiprocessing.get_context("spawn")
-        self.library = library
-        self.connection, theirs = context.Pipe()
-        self.process = context.Process(
-            target=serve, daemon=True,
-            args=(library, args.threads, args.batch_size, args.infer_batch_size, args.device,
-                  args.arch, theirs))
-        self.process.start()
-        theirs.close()
-
-    def __call__(self, name, *args):
-        """The result of calls[name](*args) in the worker; exits with its traceback if it fails."""
-        try:
-            self.connection.send((name, args))
-            status, result = self.connection.recv()
-        except (EOFError, OSError):  # the worker died, most likely while starting
-            self.process.join()
-            sys.exit(f"error: the {self.library} worker process ended with exit code "
-                     f"{self.process.exitcode}; its own error, if any, is printed above")
-        if status != "ok":
-            sys.exit(f"error: the {self.library} worker failed:\n{result}")
-        return result
-
-    def close(self):
-        """Stop the worker, if it still runs, and wait for it."""
-        try:
-            self.connection.send(None)
-        except OSError:  # it has already ended
-            pass
-        self.process.join()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    answer(connection, calls)
 
 
 def cycling(worker, name):
@@ -373,14 +326,6 @@ def subprocess_rows(args):
 # ---- command line
 
 
-def positive(text):
-    """argparse type: an integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, found {value}")
-    return value
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python bench/train.py",
@@ -484,7 +429,9 @@ def main(argv=None):
             print(format_row(row), flush=True)
             rows.append(row)
 
-    with Worker("tinyconv", args) as ours, Worker("torch", args) as theirs:
+    worker_args = (args.threads, args.batch_size, args.infer_batch_size, args.device, args.arch)
+    with (Worker("tinyconv", serve, ("tinyconv", *worker_args)) as ours,
+          Worker("torch", serve, ("torch", *worker_args)) as theirs):
         threads = check_threads(ours, theirs, args.threads)
         logits_error = check_inference(ours, theirs)
         loss_error = check_training(ours, theirs)
