@@ -54,9 +54,11 @@ CANDIDATES = {
         "elastic-ema-ls-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
                                "--label-smoothing", "0.1", "--epochs", "100"],
     },
-    "variant": {
+    "variant": {  # the best group's two strongest candidates, on the variant
         "bn-elastic-ema-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995", "--epochs",
                                "100"],
+        "bn-elastic-ema-ls-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
+                                  "--label-smoothing", "0.1", "--epochs", "100"],
     },
 }
 VAL = 5000
