@@ -518,8 +518,7 @@ def elastic_fields(n, rng, size, alpha, sigma):
     fields, tmp = np.empty_like(noise), np.empty_like(noise)
     maps = (size, size, 2 * n)
     cpu_augment.gaussian_blur(fields.reshape(maps), tmp.reshape(maps), noise.reshape(maps),
-                              gaussian_weights(sigma))
-    fields *= np.float32(alpha)
+                              gaussian_weights(sigma), np.float32(alpha))
     return fields
 
 

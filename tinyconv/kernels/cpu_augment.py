@@ -22,30 +22,57 @@ from numba import njit, prange
 from tinyconv.kernels.cpu import _HELPER, _JIT, _ONE, _ZERO
 
 
-@njit(**_JIT)
-def gaussian_blur(out, tmp, inp, weights):
-    # inp (S,S,M) -> out (S,S,M): the separable blur by weights (K,), K odd, centred, zero
-    # beyond the edges, of each of the M maps (batch-last: every tap is one long
-    # multiply-add over M); rows first into tmp (S,S,M), then columns
-    S, _, M = inp.shape
-    K = weights.size
-    R = K // 2
+# The blur's taps are summed in their order, one rounding each (contract's FMA, no reassoc),
+# so that five taps a pass give the bits of one tap a pass
+_IN_ORDER = dict(fastmath={"contract"}, error_model="numpy", cache=True)
+_TAPS = 5  # taps a pass over the maps: 6 loads and 1 store for 5 FMAs, not 15 accesses
+
+
+@njit(**{**_IN_ORDER, "parallel": True})
+def gaussian_blur(out, tmp, inp, weights, scale):
+    # inp (S,S,M) -> out (S,S,M): scale times the separable blur by weights (K,), K odd,
+    # centred, zero beyond the edges, of each of the M maps (batch-last: every tap is one long
+    # multiply-add over M); rows first into tmp (S,S,M), then columns. Each output sums its
+    # taps inside the canvas in order; a column pass owns a column, so its S inputs stay in
+    # cache while it makes the column's S outputs
+    S = inp.shape[0]
     for y in prange(S):
         for x in range(S):
-            into = tmp[y, x]
-            into[:] = _ZERO
-            for k in range(max(0, R - x), min(K, S + R - x)):
-                w, line = weights[k], inp[y, x + k - R]
-                for i in range(M):
-                    into[i] += w * line[i]
-    for y in prange(S):
-        for x in range(S):
-            into = out[y, x]
-            into[:] = _ZERO
-            for k in range(max(0, R - y), min(K, S + R - y)):
-                w, line = weights[k], tmp[y + k - R, x]
-                for i in range(M):
-                    into[i] += w * line[i]
+            _blur_point(tmp[y, x], inp, y, x, 0, 1, weights, _ONE)
+    for x in prange(S):
+        for y in range(S):
+            _blur_point(out[y, x], tmp, y, x, 1, 0, weights, scale)
+
+
+@njit(**_IN_ORDER)
+def _blur_point(into, source, y, x, dy, dx, weights, scale):
+    # into (M,) = scale * sum over the taps k inside the canvas, in order, of weights[k] *
+    # source[y + (k-R) dy, x + (k-R) dx] (R = K // 2): one point of a blur along (dy, dx)
+    S, K = source.shape[0], weights.size
+    R, at = K // 2, y * dy + x * dx
+    k, stop = max(0, R - at), min(K, S + R - at)
+    into[:] = _ZERO
+    while k + _TAPS <= stop:
+        y0, x0 = y + (k - R) * dy, x + (k - R) * dx
+        _add_five_taps(into, weights[k : k + _TAPS], source[y0, x0],
+                       source[y0 + dy, x0 + dx], source[y0 + 2 * dy, x0 + 2 * dx],
+                       source[y0 + 3 * dy, x0 + 3 * dx], source[y0 + 4 * dy, x0 + 4 * dx])
+        k += _TAPS
+    while k < stop:
+        w, line = weights[k], source[y + (k - R) * dy, x + (k - R) * dx]
+        for i in range(into.size):
+            into[i] = into[i] + w * line[i]
+        k += 1
+    for i in range(into.size):
+        into[i] = into[i] * scale
+
+
+@njit(**{**_IN_ORDER, "inline": "always"})
+def _add_five_taps(into, w, a, b, c, d, e):
+    # into (M,) += w[0] a + w[1] b + ... + w[4] e, left to right: five taps of a blur
+    w0, w1, w2, w3, w4 = w[0], w[1], w[2], w[3], w[4]
+    for i in range(into.size):
+        into[i] = into[i] + w0 * a[i] + w1 * b[i] + w2 * c[i] + w3 * d[i] + w4 * e[i]
 
 
 @njit(**_JIT)
