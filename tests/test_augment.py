@@ -50,8 +50,21 @@ def test_the_blur_and_the_noise_match_their_references():
     weights = data.gaussian_weights(4)
     assert len(weights) == 25 and abs(weights.sum() - 1) < 1e-6
     out, tmp = np.empty_like(noise), np.empty_like(noise)
-    cpu_augment.gaussian_blur(out, tmp, noise, weights)
+    cpu_augment.gaussian_blur(out, tmp, noise, weights, np.float32(1))
     assert np.abs(out - ref.gaussian_blur(noise.astype(np.float64), weights)).max() < 1e-6
+
+
+# kernels of fewer taps than the blur's 5 a pass, of a multiple of 5 and not, wider than the
+# canvas, at odd canvas sides
+@pytest.mark.parametrize("side, sigma", [(32, 4.0), (9, 1.0), (5, 0.3), (4, 7.0), (13, 2.5),
+                                         (3, 1.5)])
+def test_the_blur_matches_its_reference_at_odd_sizes(side, sigma):
+    noise = np.random.default_rng(side).uniform(-1, 1, (side, side, 7)).astype(np.float32)
+    weights = data.gaussian_weights(sigma)
+    out, tmp = np.full_like(noise, np.nan), np.full_like(noise, np.nan)
+    cpu_augment.gaussian_blur(out, tmp, noise, weights, np.float32(2.5))
+    expected = 2.5 * ref.gaussian_blur(noise.astype(np.float64), weights.astype(np.float64))
+    assert np.abs(out - expected).max() < 1e-5
 
 
 def test_identity_parameters_give_the_input_back_exactly():
