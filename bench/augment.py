@@ -87,12 +87,12 @@ def main(argv=None):
     header = make_header("bench/augment.py: the distortions' kernels in the data pipeline",
                          {"tinyconv (numba)": args.threads},
                          f"the best of {args.rounds} rounds after one warm-up pass; the "
-                         "epochs take turns", busy)
+                         "epochs take turns", busy, peer=None, packages=("numpy", "numba"))
     print(format_header(header))
     warning = busy_warning(busy)
     if warning:
         print(warning)
-    print(format_table_head())
+    print(format_table_head("-"))
     images, labels = load_mnist("train")
     base = {**RECIPES["plain"], **RUN_DEFAULTS}
     rows = []

@@ -141,8 +141,8 @@ def busy_warning(busy):
 def make_header(bench, threads, method, busy, peer="torch",
                 packages=("numpy", "numba", "torch")):
     """The run's context: bench, command, commit, machine, its other load, threads, versions
-    of `packages`, method, and what the ratio against `peer` means. busy: busy_cores()
-    measured before the bench started."""
+    of `packages`, method, and what the ratio against `peer` means (None: a bench of tinyconv
+    alone). busy: busy_cores() measured before the bench started."""
     others = "unknown" if busy is None else f"{busy:.2f} cores busy just before the start"
     return {
         "bench": bench,
@@ -157,8 +157,7 @@ def make_header(bench, threads, method, busy, peer="torch",
         "python": platform.python_version(),
         **{package: version(package) for package in packages},
         "method": method,
-        "peer": peer,
-        "ratio": ratio_meaning(peer),
+        **({"peer": peer, "ratio": ratio_meaning(peer)} if peer else {}),
     }
 
 
