@@ -61,10 +61,8 @@ def tinyconv_forward(model, threads, batch_last=False):
     batch_last, through the batch-last kernels at every batch size (no small-batch kernel)."""
     import numba
 
-    from tinyconv.kernels import cpu
-
     if batch_last:
-        cpu.SAMPLES_BELOW = 0
+        model.samples_below = 0
     numba.set_num_threads(threads)
     model.eval()
     return model.forward, numba.get_num_threads()
@@ -246,7 +244,7 @@ def parse_args(argv):
     parser.add_argument("--batch-last", action="store_true",
                         help="tinyconv through its batch-last kernels at every batch size, "
                              "without the small-batch kernel (to measure where it pays: "
-                             "kernels.cpu.SAMPLES_BELOW)")
+                             "Sequential.samples_below)")
     parser.add_argument("--json", metavar="PATH",
                         help="also write the header and the rows as JSON to PATH")
     args = parser.parse_args(argv)
@@ -290,8 +288,8 @@ def main(argv=None):
             packages=("numpy", "numba", "onnxruntime", "torch"))
         header["weights"] = args.checkpoint or f"{args.arch}, seed {SEED}"
         header["tinyconv path"] = ("batch-last kernels at every size" if args.batch_last else
-                                   "the small-batch kernel below kernels.cpu.SAMPLES_BELOW "
-                                   "images, the batch-last kernels from there")
+                                   "the small-batch kernel below the network's "
+                                   "samples_below images, the batch-last kernels from there")
         header["check"] = ", ".join(f"{library}'s logits within {error:.1e} of the largest"
                                     for library, error in errors.items())
         print(format_header(header), end="\n\n")

@@ -3,8 +3,8 @@ layer kind's step, the named architectures and the fusions give the batch-last k
 outputs (the oracle, checked against torch elsewhere) and torch's; a sample's output depends
 on nothing but the sample; float32 only.
 
-Sequential.forward takes this path in eval mode below cpu.SAMPLES_BELOW images; the
-tests get the batch-last path for the same call by setting SAMPLES_BELOW to 0.
+Sequential.forward takes this path in eval mode below the network's samples_below images;
+the tests get the batch-last path for the same call by setting samples_below to 0.
 """
 
 import dataclasses
@@ -21,7 +21,7 @@ from tinyconv.kernels import cpu, get_backend
 # both paths are float32 with their own summation orders: each within the kernels' forward
 # bound (registry.TOLERANCE) of the truth, so within twice it of each other
 BOUND = 2e-5
-BATCHES = (1, 3, cpu.SAMPLES_BELOW - 1)
+BATCHES = (1, 3, "the largest")  # "the largest": the network's samples_below - 1
 
 
 def randomised(model, seed=0):
@@ -41,11 +41,13 @@ def randomised(model, seed=0):
     return model.eval()
 
 
-def batch_last(model, x, monkeypatch):
+def batch_last(model, x):
     """model.forward(x) through the batch-last kernels."""
-    with monkeypatch.context() as patch:
-        patch.setattr(cpu, "SAMPLES_BELOW", 0)
+    model.samples_below = 0
+    try:
         return model.forward(x)
+    finally:
+        model.samples_below = None  # the network's own rule again
 
 
 def inputs(model, batch, seed=1, scale=2.0):
@@ -57,20 +59,21 @@ def relative_error(got, expected):
     return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30))
 
 
-def assert_paths_agree(model, monkeypatch, what):
+def assert_paths_agree(model, what):
     for batch in BATCHES:
+        batch = model.samples_below - 1 if batch == "the largest" else batch
         x = inputs(model, batch)
         got = model.forward(x)
         assert model._sample_plan() is not None, f"{what}: no small-batch plan"
-        error = relative_error(got, batch_last(model, x, monkeypatch))
+        error = relative_error(got, batch_last(model, x))
         assert error < BOUND, f"{what} at batch {batch}: {error:.3g} from the batch-last path"
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_each_layer_kinds_step_gives_the_batch_last_output(name, monkeypatch):
+def test_each_layer_kinds_step_gives_the_batch_last_output(name):
     _, case = CASES[name]
     model = randomised(nn.Sequential(case.layer, input_shape=case.shape[1:]))
-    assert_paths_agree(model, monkeypatch, name)
+    assert_paths_agree(model, name)
 
 
 @pytest.mark.parametrize("kind", nn.LAYERS)
@@ -80,10 +83,10 @@ def test_every_layer_kind_has_a_small_batch_step(kind):
 
 
 @pytest.mark.parametrize("arch", archs.ARCHS)
-def test_named_architectures_match_torch_in_float64(arch, monkeypatch):
+def test_named_architectures_match_torch_in_float64(arch):
     torch = pytest.importorskip("torch")
     model = randomised(archs.build(arch, seed=0))
-    assert_paths_agree(model, monkeypatch, arch)
+    assert_paths_agree(model, arch)
     twin = interop.torch_module(model.spec()).double().eval()
     twin.load_state_dict({name: torch.from_numpy(value.astype(np.float64)
                                                  if value.dtype == np.float32 else value)
@@ -115,27 +118,27 @@ def residual_network():
         nn.Flatten(), nn.Dropout(0.3), nn.Linear(4, 5), input_shape=(2, 11, 11))
 
 
-def test_fusion_stops_where_another_step_reads_the_output(monkeypatch):
+def test_fusion_stops_where_another_step_reads_the_output():
     model = randomised(residual_network())
     assert model._sample_plan().names == [
         "conv2d", "relu", "pad2d", "conv2d", "add+relu", "batchnorm", "avgpool2d+silu",
         "linear+tanh", "linear"]
-    assert_paths_agree(model, monkeypatch, "residual network")
+    assert_paths_agree(model, "residual network")
 
 
-def test_new_weights_and_statistics_reach_a_made_plan(monkeypatch):
+def test_new_weights_and_statistics_reach_a_made_plan():
     model = randomised(archs.build("lenet5-bn"), seed=0)
     x = inputs(model, 2)
     before = model.forward(x)
     randomised(model, seed=1)  # load_state_dict into the same buffers the plan reads
     after = model.forward(x)
     assert not np.allclose(after, before)
-    assert relative_error(after, batch_last(model, x, monkeypatch)) < BOUND
+    assert relative_error(after, batch_last(model, x)) < BOUND
 
 
 def test_a_samples_output_depends_only_on_the_sample():
     model = randomised(archs.build("resnet-mini"))
-    x = inputs(model, cpu.SAMPLES_BELOW - 1)
+    x = inputs(model, model.samples_below - 1)
     x[4, 0, 3, 3] = np.nan  # a NaN spoils its own sample's logits, no other's
     together = model.forward(x)
     assert np.isnan(together[4]).all() and np.isfinite(np.delete(together, 4, 0)).all()
@@ -165,12 +168,36 @@ def test_training_mode_and_large_batches_keep_the_batch_last_path(monkeypatch):
 
     monkeypatch.setattr(kernels, "sequential_forward", counting)
     model.forward(inputs(model, 3))
-    model.forward(inputs(model, cpu.SAMPLES_BELOW))
+    model.forward(inputs(model, model.samples_below))
+    model.samples_below = 0  # set: every batch batch-last
+    model.forward(inputs(model, 1))
+    model.samples_below = None  # the rule again
+    model.forward(inputs(model, 2))
     model.train().forward(inputs(model, 3))
-    assert calls == [3]
+    assert calls == [3, 2]
 
 
-def test_a_kind_without_a_step_runs_batch_last(monkeypatch):
+def test_the_crossover_falls_with_the_networks_size():
+    # LeNet-5's multiply-adds a sample, layer by layer: conv1, conv2, conv3, fc1, fc2
+    lenet5 = archs.build("lenet5").eval()
+    assert lenet5._sample_plan().multiply_adds == (6 * 28 * 28 * 25 + 16 * 10 * 10 * 150
+                                                   + 120 * 400 + 120 * 84 + 84 * 10)
+    resnet = archs.build("resnet-mini").eval()
+    assert resnet.samples_below < lenet5.samples_below <= cpu.SAMPLES_BELOW_MOST
+    sizes = [cpu.samples_below(10.0 ** power) for power in range(3, 10)]
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes[0] == cpu.SAMPLES_BELOW_MOST and sizes[-1] == cpu.SAMPLES_BELOW_LARGE
+    assert cpu.samples_below(0) == cpu.SAMPLES_BELOW_MOST  # no multiply-adds at all
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, True, "8"])
+def test_a_bad_samples_below_is_named(value):
+    model = archs.build("lenet5")
+    with pytest.raises(ValueError, match=r"Sequential.samples_below: expected an int >= 0"):
+        model.samples_below = value
+
+
+def test_a_kind_without_a_step_runs_batch_last():
     @dataclasses.dataclass(frozen=True, repr=False)
     class OwnTanh(nn.Tanh):  # a kind defined outside tinyconv.nn: the base Layer's plan()
         plan = nn.Layer.plan
@@ -178,7 +205,7 @@ def test_a_kind_without_a_step_runs_batch_last(monkeypatch):
     model = nn.Sequential(nn.Linear(6, 4), OwnTanh(), input_shape=(6,)).eval()
     x = inputs(model, 2)
     assert model._sample_plan() is None
-    assert np.array_equal(model.forward(x), batch_last(model, x, monkeypatch))
+    assert np.array_equal(model.forward(x), batch_last(model, x))
 
 
 def test_no_float64_arithmetic():

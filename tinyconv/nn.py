@@ -1036,11 +1036,22 @@ class SamplePlan:
     def finish(self, output, output_size):
         """Freeze the table, the network's output at scratch offset `output`."""
         self.output, self.output_size = output, output_size
+        self.multiply_adds = sum(self._multiply_adds(row) for row in self.rows)
         self.table = np.array([[row[name] for name in cpu.PLAN_COLUMNS] for row in self.rows],
                               np.int64).reshape(-1, len(cpu.PLAN_COLUMNS))
         self.eps_table = np.array(self.eps, np.float32)
         self.state_buffer = np.empty(max(self.state_size, 1), np.float32)
         return self
+
+    @staticmethod
+    def _multiply_adds(row):
+        """A step's multiply-adds for one sample: a convolution's or a linear step's."""
+        if row["op"] == cpu.PLAN_OPS["linear"]:
+            return row["s0"] * row["s1"]
+        if row["op"] == cpu.PLAN_OPS["conv2d"]:
+            c, h, w, oc, kh, kw = (row[f"s{i}"] for i in range(6))
+            return oc * (h - kh + 1) * (w - kw + 1) * c * kh * kw
+        return 0
 
     def refresh_state(self):
         """Copy the buffers' current values into state."""
@@ -1122,6 +1133,7 @@ class Sequential:
         self._arenas = (_Arena(self.kernels.empty), _Arena(self.kernels.empty))  # acts, grads
         self._buffers = {}  # batch size -> _Buffers
         self._plan = None  # the small-batch SamplePlan, False where there is none
+        self._samples_below = None  # samples_below as set, None for the network's own rule
         self._scratch = np.empty((0, 0), np.float32)  # its scratch rows, one per sample
 
     def _local(self, index, named):
@@ -1316,15 +1328,37 @@ class Sequential:
         """The last layer's output, batch first (logits (N, V) for a classifier), for a batch
         (N, *input_shape), in the current mode.
 
-        In eval mode, batches of fewer than kernels.cpu.SAMPLES_BELOW images take the
-        CPU's whole-network kernel, one sample per thread (see _sample_plan): a sample's
-        output is then the same bits whatever the batch around it, and may differ in the last
-        bits from the same sample's in a larger batch.
+        In eval mode, batches of fewer than samples_below images take the CPU's
+        whole-network kernel, one sample per thread (see _sample_plan): a sample's output is
+        then the same bits whatever the batch around it, and may differ in the last bits from
+        the same sample's in a larger batch.
         """
         x = self._check_input(x)
-        if not self.training and len(x) < cpu.SAMPLES_BELOW and self._sample_plan():
+        if not self.training and len(x) < self.samples_below:
             return self._forward_samples(x)
         return self._batch_first(self._run_forward(x, self.training).acts[-1])
+
+    @property
+    def samples_below(self):
+        """The batch size from which eval-mode forward takes the batch-last kernels, below
+        which the whole-network kernel: kernels.cpu.samples_below of the network's
+        multiply-adds per sample (25 images for LeNet-5, 9 for resnet-mini); 0 where there is
+        no whole-network kernel (the CUDA backend, a layer kind without a step). Settable:
+        0 keeps every batch on the batch-last kernels, None restores the rule."""
+        plan = self._sample_plan()
+        if not plan:
+            return 0
+        if self._samples_below is not None:
+            return self._samples_below
+        return cpu.samples_below(plan.multiply_adds)
+
+    @samples_below.setter
+    def samples_below(self, value):
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool)
+                                      and value >= 0):
+            raise ValueError(f"Sequential.samples_below: expected an int >= 0 or None, found "
+                             f"{value!r}")
+        self._samples_below = value
 
     def _sample_plan(self):
         """The small-batch plan (a SamplePlan), made on first need; None where the backend

@@ -560,8 +560,8 @@ def softmax_xent_backward(dlogits, probs, labels, dloss, smoothing):
 # loops run along image rows and feature vectors instead of along the batch.
 # tinyconv.nn.SamplePlan builds the plan (a table of steps, each an op code with its offsets
 # and sizes) once per network, fusing activations and poolings into the step before them, and
-# Sequential.forward uses this kernel in eval mode below SAMPLES_BELOW images; the batch-last
-# path stays the oracle the tests hold it to (tests/test_samples.py).
+# Sequential.forward uses this kernel in eval mode for batches below samples_below (below);
+# the batch-last path stays the oracle the tests hold it to (tests/test_samples.py).
 #
 # A step is a row of `plan` (int64): OP, SRC, DST, A, B, WORK, S0..S5, ACT, POOL, K, ACT2.
 # SRC and DST are offsets into one sample's scratch row; A and B offsets into the flat
@@ -582,9 +582,27 @@ def softmax_xent_backward(dlogits, probs, labels, dloss, smoothing):
 # Numba's shape-mismatch error path, which formats the shapes in float64 (the IR scan's
 # false alarm) and costs more than these short copies.
 
-# batch sizes below it take sequential_forward in eval mode: LeNet-5's crossover here, both
-# paths timed in turns at 1 to 64 images (bench/infer.py --batch-last times the other path)
-SAMPLES_BELOW = 24
+# Batches below samples_below(multiply-adds per sample) take sequential_forward in eval mode.
+# Both paths timed in turns at 1 to 32 images, 2 threads (commit 444edd5): per sample this
+# kernel takes about twice the batch-last path's time for every named network (about 50
+# against 110 GFLOP/s), and the batch-last path has a cost per call of about 170 us plus 190
+# us per million multiply-adds a sample (its calls, transposes, loops too short to fill
+# their vectors), so the crossover falls towards 8-9 images as a network grows: measured,
+# lenet5 ~28 images (0.42 million multiply-adds), lenet5-relu ~20, lenet5-bn ~24,
+# resnet-mini 6-11 (11.9 million); this rule gives 25 and 9. bench/infer.py --batch-last
+# times the other path.
+SAMPLES_BELOW_LARGE = 8  # the crossover of a large network
+SAMPLES_BELOW_MILLIONS = 7  # what a smaller one adds: this over its millions of multiply-adds
+SAMPLES_BELOW_MOST = 32  # and at most this, the largest batch measured
+
+
+def samples_below(multiply_adds):
+    """The batch size from which a network of `multiply_adds` per sample runs faster on the
+    batch-last path than on sequential_forward (the rule above)."""
+    millions = multiply_adds / 1e6
+    if millions * (SAMPLES_BELOW_MOST - SAMPLES_BELOW_LARGE) <= SAMPLES_BELOW_MILLIONS:
+        return SAMPLES_BELOW_MOST
+    return round(SAMPLES_BELOW_LARGE + SAMPLES_BELOW_MILLIONS / millions)
 
 # the op codes of a plan's steps, the activations a step may apply as it stores, and the
 # columns of a step's row, in the order sequential_forward unpacks them

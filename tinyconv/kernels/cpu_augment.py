@@ -21,7 +21,6 @@ from numba import njit, prange
 
 from tinyconv.kernels.cpu import _HELPER, _JIT, _ONE, _ZERO
 
-
 # The blur's taps are summed in their order, one rounding each (contract's FMA, no reassoc),
 # so that five taps a pass give the bits of one tap a pass
 _IN_ORDER = dict(fastmath={"contract"}, error_model="numpy", cache=True)
