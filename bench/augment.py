@@ -3,7 +3,8 @@
 Samples/s of the training batches (shuffled, padded to 32x32, normalised) over the 60,000
 MNIST training images at batch 128: the plain recipe's whole-pixel shifts, the random
 affine warp (rotation 12 degrees, scale 0.12, shear 0.2, shifts of 2.5 px), and the affine
-plus elastic warp (alpha 20, sigma 4); then one plain-recipe training epoch (LeNet-5, test
+plus elastic warp (alpha 20, sigma 4); the elastic warp's two kernels on one batch (the blur
+of its displacement fields, the warp); then one plain-recipe training epoch (LeNet-5, test
 pass excluded) with the plain shifts and with the affine plus elastic warp, alternating, and
 how much longer the second is. tinyconv alone: no other library has these kernels to compare.
 """
@@ -20,6 +21,7 @@ sys.path.insert(0, str(REPO_ROOT))  # bench.common and tinyconv, from any direct
 
 from bench.common import (  # noqa: E402
     Row,
+    alternate,
     busy_cores,
     busy_warning,
     format_header,
@@ -57,6 +59,37 @@ def pipeline_rate(images, labels, config, rounds):
         if round_index:
             best = max(best, len(labels) / (time.perf_counter() - start))
     return best
+
+
+def kernel_rows(images, rounds):
+    """Rows of the elastic warp's two kernels on one batch of 128: the blur of its
+    displacement fields (with its GFLOP/s, counting the taps inside the canvas only, the ones
+    it computes) and the warp."""
+    from tinyconv.data import Distortions, affine_matrices, elastic_fields, gaussian_weights
+    from tinyconv.kernels import cpu_augment
+
+    n, size, (alpha, sigma) = 128, 32, ELASTIC["elastic"]
+    rng = np.random.default_rng(0)
+    noise = rng.uniform(-1, 1, (size, size, 2 * n)).astype(np.float32)
+    blurred, tmp = np.empty_like(noise), np.empty_like(noise)
+    weights = gaussian_weights(sigma)
+    canvas = np.zeros((n, size, size), np.float32)
+    canvas[:, 2:30, 2:30] = images[:n]
+    distortions = Distortions(rotate=AFFINE["rotate"], scale=AFFINE["scale"],
+                              shear=AFFINE["shear"], translate=AFFINE["translate"])
+    matrices = affine_matrices(n, rng, size, distortions)
+    fields, out = elastic_fields(n, rng, size, alpha, sigma), np.empty_like(canvas)
+    blur, warp = alternate(
+        [lambda: cpu_augment.gaussian_blur(blurred, tmp, noise, weights, np.float32(alpha)),
+         lambda: cpu_augment.warp_bilinear(out, canvas, matrices, fields)], rounds, 200)
+    radius = len(weights) // 2
+    taps = sum(min(size - 1, x + radius) - max(0, x - radius) + 1 for x in range(size))
+    flops = 2 * 2 * size * taps * 2 * n  # two passes, each S lines of `taps` FMAs per map
+    return [Row("elastic fields' blur, 256 maps", "32x32, sigma 4", blur.min * 1e6, None,
+                "us"),
+            Row("elastic fields' blur", "32x32, sigma 4", flops / blur.min / 1e9, None,
+                "GFLOP/s"),
+            Row("affine + elastic warp, 128 samples", "32x32", warp.min * 1e6, None, "us")]
 
 
 def epoch_seconds(images, labels, configs, rounds):
@@ -101,6 +134,9 @@ def main(argv=None):
         rate = pipeline_rate(images, labels, {**base, **settings}, args.rounds)
         rows.append(Row(f"batches, {name}", "60000x28x28", rate, None, "samples/s"))
         print(format_row(rows[-1]), flush=True)
+    for row in kernel_rows(images, args.rounds):
+        rows.append(row)
+        print(format_row(row), flush=True)
     plain, warped = epoch_seconds(images, labels, [base, {**base, **ELASTIC}],
                                   args.rounds)
     for name, seconds in (("shifts", plain), ("affine + elastic", warped)):

@@ -54,6 +54,34 @@ def test_the_blur_and_the_noise_match_their_references():
     assert np.abs(out - ref.gaussian_blur(noise.astype(np.float64), weights)).max() < 1e-6
 
 
+@numba.njit(fastmath={"contract"}, error_model="numpy")
+def blur_one_tap_at_a_time(out, tmp, inp, weights, scale):
+    # the blur as it was first written, one tap a pass: the kernel must give its bits
+    S, _, M = inp.shape
+    R = weights.size // 2
+    for source, into, along_x in ((inp, tmp, True), (tmp, out, False)):
+        for y in range(S):
+            for x in range(S):
+                at = x if along_x else y
+                into[y, x] = 0
+                for k in range(max(0, R - at), min(weights.size, S + R - at)):
+                    line = source[y, x + k - R] if along_x else source[y + k - R, x]
+                    for i in range(M):
+                        into[y, x, i] = into[y, x, i] + weights[k] * line[i]
+    out *= scale
+
+
+@pytest.mark.parametrize("side, sigma, maps", [(32, 4.0, 256), (13, 2.7, 7), (9, 1.0, 33)])
+def test_the_blur_gives_the_bits_of_one_tap_at_a_time(side, sigma, maps):
+    noise = np.random.default_rng(side).uniform(-1, 1, (side, side, maps)).astype(np.float32)
+    weights, alpha = data.gaussian_weights(sigma), np.float32(20)
+    out, tmp = np.empty_like(noise), np.empty_like(noise)
+    cpu_augment.gaussian_blur(out, tmp, noise, weights, alpha)
+    expected, expected_tmp = np.empty_like(noise), np.empty_like(noise)
+    blur_one_tap_at_a_time(expected, expected_tmp, noise, weights, alpha)
+    assert np.array_equal(tmp, expected_tmp) and np.array_equal(out, expected)
+
+
 # kernels of fewer taps than the blur's 5 a pass, of a multiple of 5 and not, wider than the
 # canvas, at odd canvas sides
 @pytest.mark.parametrize("side, sigma", [(32, 4.0), (9, 1.0), (5, 0.3), (4, 7.0), (13, 2.5),

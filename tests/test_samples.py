@@ -43,11 +43,11 @@ def randomised(model, seed=0):
 
 def batch_last(model, x):
     """model.forward(x) through the batch-last kernels."""
-    model.samples_below = 0
+    chosen, model.samples_below = model._samples_below, 0
     try:
         return model.forward(x)
     finally:
-        model.samples_below = None  # the network's own rule again
+        model.samples_below = chosen  # what was set, or the network's own rule
 
 
 def inputs(model, batch, seed=1, scale=2.0):
@@ -168,13 +168,18 @@ def test_training_mode_and_large_batches_keep_the_batch_last_path(monkeypatch):
 
     monkeypatch.setattr(kernels, "sequential_forward", counting)
     model.forward(inputs(model, 3))
+    model.forward(inputs(model, model.samples_below - 1))
     model.forward(inputs(model, model.samples_below))
     model.samples_below = 0  # set: every batch batch-last
     model.forward(inputs(model, 1))
+    model.samples_below = np.int64(40)  # set above the rule's 25
+    model.forward(inputs(model, 30))
+    assert model.to("cpu").samples_below == 40 and model.samples_below == 40
     model.samples_below = None  # the rule again
+    model.forward(inputs(model, 30))
     model.forward(inputs(model, 2))
     model.train().forward(inputs(model, 3))
-    assert calls == [3, 2]
+    assert calls == [3, model.samples_below - 1, 30, 2]
 
 
 def test_the_crossover_falls_with_the_networks_size():
@@ -204,7 +209,7 @@ def test_a_kind_without_a_step_runs_batch_last():
 
     model = nn.Sequential(nn.Linear(6, 4), OwnTanh(), input_shape=(6,)).eval()
     x = inputs(model, 2)
-    assert model._sample_plan() is None
+    assert model._sample_plan() is None and model.samples_below == 0
     assert np.array_equal(model.forward(x), batch_last(model, x))
 
 

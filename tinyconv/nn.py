@@ -36,6 +36,7 @@ methods take and return batch-first arrays, as torch does.
 import dataclasses
 import itertools
 import math
+import operator
 
 import numpy as np
 
@@ -1212,13 +1213,15 @@ class Sequential:
 
     def to(self, device):
         """This network on another device ("cpu" or "cuda"): a new Sequential with the same
-        layers, parameters, buffers, mode and steps, or self when it is there already."""
+        layers, parameters, buffers, mode, steps and samples_below as set, or self when it is
+        there already."""
         if device == self.device:
             return self
         moved = Sequential(*self.layers, input_shape=self.input_shape, seed=self.seed,
                            device=device, prefix=self.prefix, name=self.name)
         moved.load_state_dict(self.state_dict())
         moved.steps = self.steps
+        moved.samples_below = self._samples_below
         return moved.train(self.training)
 
     def state_dict(self):
@@ -1345,6 +1348,8 @@ class Sequential:
         multiply-adds per sample (25 images for LeNet-5, 9 for resnet-mini); 0 where there is
         no whole-network kernel (the CUDA backend, a layer kind without a step). Settable:
         0 keeps every batch on the batch-last kernels, None restores the rule."""
+        if self._samples_below == 0:  # no plan needed
+            return 0
         plan = self._sample_plan()
         if not plan:
             return 0
@@ -1354,11 +1359,12 @@ class Sequential:
 
     @samples_below.setter
     def samples_below(self, value):
-        if value is not None and not (isinstance(value, int) and not isinstance(value, bool)
-                                      and value >= 0):
+        # ints and NumPy integers (operator.index), not floats or bools
+        if value is not None and (isinstance(value, bool) or not hasattr(value, "__index__")
+                                  or operator.index(value) < 0):
             raise ValueError(f"Sequential.samples_below: expected an int >= 0 or None, found "
                              f"{value!r}")
-        self._samples_below = value
+        self._samples_below = None if value is None else operator.index(value)
 
     def _sample_plan(self):
         """The small-batch plan (a SamplePlan), made on first need; None where the backend

@@ -583,14 +583,12 @@ def softmax_xent_backward(dlogits, probs, labels, dloss, smoothing):
 # false alarm) and costs more than these short copies.
 
 # Batches below samples_below(multiply-adds per sample) take sequential_forward in eval mode.
-# Both paths timed in turns at 1 to 32 images, 2 threads (commit 444edd5): per sample this
-# kernel takes about twice the batch-last path's time for every named network (about 50
-# against 110 GFLOP/s), and the batch-last path has a cost per call of about 170 us plus 190
-# us per million multiply-adds a sample (its calls, transposes, loops too short to fill
-# their vectors), so the crossover falls towards 8-9 images as a network grows: measured,
-# lenet5 ~28 images (0.42 million multiply-adds), lenet5-relu ~20, lenet5-bn ~24,
-# resnet-mini 6-11 (11.9 million); this rule gives 25 and 9. bench/infer.py --batch-last
-# times the other path.
+# Its model: per sample this kernel takes a multiple of the batch-last path's time, while the
+# batch-last path has a cost per call that grows with the network more slowly than its cost
+# per sample, so the crossover falls towards a floor as a network grows: 8 + 7 / (millions of
+# multiply-adds), fitted to LeNet-5's and resnet-mini's crossovers as bench/crossover.py
+# measures them (README, "Inference at every batch size"). It counts convolutions and linear
+# layers only: activations, pooling and batch norm move the crossover too, but not here.
 SAMPLES_BELOW_LARGE = 8  # the crossover of a large network
 SAMPLES_BELOW_MILLIONS = 7  # what a smaller one adds: this over its millions of multiply-adds
 SAMPLES_BELOW_MOST = 32  # and at most this, the largest batch measured
@@ -603,6 +601,7 @@ def samples_below(multiply_adds):
     if millions * (SAMPLES_BELOW_MOST - SAMPLES_BELOW_LARGE) <= SAMPLES_BELOW_MILLIONS:
         return SAMPLES_BELOW_MOST
     return round(SAMPLES_BELOW_LARGE + SAMPLES_BELOW_MILLIONS / millions)
+
 
 # the op codes of a plan's steps, the activations a step may apply as it stores, and the
 # columns of a step's row, in the order sequential_forward unpacks them

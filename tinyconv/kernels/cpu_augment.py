@@ -4,7 +4,7 @@ Unlike the layers' kernels these run on the host before a batch reaches the netw
 batch-first canvases as data.py makes them: (N,S,S) float32, S the canvas side (32 for
 LeNet-5's input). The contract is the layers' otherwise: outputs first, kernels allocate and
 return nothing, float32 throughout, deterministic across runs and thread counts (a prange
-iteration owns one sample, or one row, of what it writes).
+iteration owns one sample, one row or one column of what it writes).
 
 A warp reads, for each output pixel (y, x), the source at
     sx = m[0,0] x + m[0,1] y + m[0,2] + dx[y, x]
@@ -24,7 +24,7 @@ from tinyconv.kernels.cpu import _HELPER, _JIT, _ONE, _ZERO
 # The blur's taps are summed in their order, one rounding each (contract's FMA, no reassoc),
 # so that five taps a pass give the bits of one tap a pass
 _IN_ORDER = dict(fastmath={"contract"}, error_model="numpy", cache=True)
-_TAPS = 5  # taps a pass over the maps: 6 loads and 1 store for 5 FMAs, not 15 accesses
+_TAPS = 5  # taps a pass over the maps (_add_five_taps's rows): 6 loads, 1 store, 5 FMAs
 
 
 @njit(**{**_IN_ORDER, "parallel": True})
@@ -45,8 +45,9 @@ def gaussian_blur(out, tmp, inp, weights, scale):
 
 @njit(**_IN_ORDER)
 def _blur_point(into, source, y, x, dy, dx, weights, scale):
-    # into (M,) = scale * sum over the taps k inside the canvas, in order, of weights[k] *
-    # source[y + (k-R) dy, x + (k-R) dx] (R = K // 2): one point of a blur along (dy, dx)
+    # source (S,S,M), weights (K,) -> into (M,) = scale * the sum over the taps k inside the
+    # canvas, in order, of weights[k] * source[y + (k-R) dy, x + (k-R) dx] (R = K // 2): one
+    # point of a blur along (dy, dx)
     S, K = source.shape[0], weights.size
     R, at = K // 2, y * dy + x * dx
     k, stop = max(0, R - at), min(K, S + R - at)
@@ -68,7 +69,8 @@ def _blur_point(into, source, y, x, dy, dx, weights, scale):
 
 @njit(**{**_IN_ORDER, "inline": "always"})
 def _add_five_taps(into, w, a, b, c, d, e):
-    # into (M,) += w[0] a + w[1] b + ... + w[4] e, left to right: five taps of a blur
+    # w (5,), a..e (M,) -> into (M,) += w[0] a + w[1] b + ... + w[4] e, left to right: five
+    # taps of a blur
     w0, w1, w2, w3, w4 = w[0], w[1], w[2], w[3], w[4]
     for i in range(into.size):
         into[i] = into[i] + w0 * a[i] + w1 * b[i] + w2 * c[i] + w3 * d[i] + w4 * e[i]
