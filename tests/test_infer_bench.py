@@ -51,3 +51,19 @@ def test_different_logits_stop_the_bench():
     workers["torch"] = Answers(logits + 1e-7)
     errors = infer.check_logits(workers, (3,))
     assert errors["onnxruntime"] == 0 and 0 < errors["torch"] < infer.CHECK_RTOL
+
+
+def test_the_crossover_bench_times_both_paths_and_names_the_rules_cut(tmp_path, capsys):
+    from bench import crossover
+
+    out = tmp_path / "crossover.json"
+    crossover.main(["--arch", "lenet5", "--batch-sizes", "1", "3", "--rounds", "1",
+                    "--threads", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["case"] for row in rows] == ["lenet5, batch 1", "lenet5, batch 3"]
+    assert all(row["tinyconv"] > 0 and row["peer"] > 0 and row["unit"] == "us"
+               for row in rows)
+    from tinyconv import archs
+
+    cut = archs.build("lenet5").eval().samples_below
+    assert f"the network's rule hands over at {cut}" in capsys.readouterr().out
