@@ -98,7 +98,7 @@ def test_named_architectures_match_torch_in_float64(arch):
     assert error < 1e-5, f"{arch}: {error:.3g} from torch in float64"
 
 
-def test_lenet5_runs_as_five_fused_steps():
+def test_the_lenets_run_as_fused_steps():
     model = archs.build("lenet5").eval()
     assert model._sample_plan().names == [
         "conv2d+tanh+avgpool2d+tanh", "conv2d+tanh+avgpool2d+tanh", "linear+tanh",
@@ -106,6 +106,11 @@ def test_lenet5_runs_as_five_fused_steps():
     relu = archs.build("lenet5-relu").eval()
     assert relu._sample_plan().names == ["conv2d+relu+maxpool2d", "conv2d+relu+maxpool2d",
                                          "linear+relu", "linear+relu", "linear"]
+    # a batch norm after a convolution goes into its step, before the activation
+    bn = archs.build("lenet5-bn").eval()
+    assert bn._sample_plan().names == [
+        "conv2d+batchnorm+relu+maxpool2d", "conv2d+batchnorm+relu+maxpool2d", "linear",
+        "batchnorm+relu", "linear", "batchnorm+relu", "linear"]
 
 
 def residual_network():

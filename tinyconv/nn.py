@@ -581,10 +581,8 @@ class _BatchNorm(Layer):
     def plan(self, plan, in_shape, src, p):
         # eval mode: the running statistics, copied into the plan's state at each call
         c, values = self.num_features, math.prod(in_shape[1:])
-        return plan.step("batchnorm", src, c * values, a=plan.param(p["weight"]),
-                         b=plan.param(p["bias"]),
-                         work=plan.state(p["running_mean"], p["running_var"]),
-                         sizes=(c, values), eps=self.eps)
+        return plan.batchnorm(src, c, values, plan.param(p["weight"]), plan.param(p["bias"]),
+                              plan.state(p["running_mean"], p["running_var"]), self.eps)
 
 
 @_layer
@@ -947,8 +945,9 @@ class SamplePlan:
     One sample's scratch row holds the input at offset 0, then each step's output (and a
     convolution's wide output) at an offset of its own, 64-byte aligned. An activation that
     follows a step which nothing else reads becomes that step's epilogue: applied as the step
-    stores its output, and a pooling that follows a convolution becomes part of its step
-    (the fusion: conv -> tanh -> avgpool -> tanh is one step). Parameters are read in place in
+    stores its output, and a batch norm or a pooling that follows a convolution becomes part
+    of its step (the fusion: conv -> tanh -> avgpool -> tanh is one step, and so is conv ->
+    batchnorm -> relu -> maxpool). Parameters are read in place in
     the network's flat buffer; buffers (batch norm's running statistics) are copied into
     `state` before each call, since training and load_state_dict replace their values.
     """
@@ -1022,6 +1021,21 @@ class SamplePlan:
         self.rows[-1]["act"] = cpu.PLAN_ACTIVATIONS[name]
         self.names[-1] = name
         return dst
+
+    def batchnorm(self, src, channels, values, weight, bias, statistics, eps):
+        """Normalise the (channels, values) at src by the running statistics at `statistics`
+        in state, scale and shift at `weight` and `bias`: fused into the convolution that
+        made them if it can take it (before its activation), else a step of its own; returns
+        the output's offset."""
+        last = self._fusing(src)
+        if (last is not None and last["op"] == cpu.PLAN_OPS["conv2d"] and not last["norm"]
+                and last["act"] == cpu.PLAN_ACTIVATIONS["none"] and not last["pool"]):
+            last.update(norm=1, norm_weight=weight, norm_bias=bias, norm_state=statistics)
+            self.eps[-1] = eps
+            self.names[-1] += "+batchnorm"
+            return src
+        return self.step("batchnorm", src, channels * values, a=weight, b=bias,
+                         work=statistics, sizes=(channels, values), eps=eps)
 
     def pool(self, name, src, count, in_shape, k):
         """Pool the image (C, H, W) at src in k x k windows (op `name`, `count` outputs):

@@ -563,7 +563,8 @@ def softmax_xent_backward(dlogits, probs, labels, dloss, smoothing):
 # Sequential.forward uses this kernel in eval mode for batches below samples_below (below);
 # the batch-last path stays the oracle the tests hold it to (tests/test_samples.py).
 #
-# A step is a row of `plan` (int64): OP, SRC, DST, A, B, WORK, S0..S5, ACT, POOL, K, ACT2.
+# A step is a row of `plan` (int64): OP, SRC, DST, A, B, WORK, S0..S5, ACT, POOL, K, ACT2,
+# NORM, NORM_WEIGHT, NORM_BIAS, NORM_STATE.
 # SRC and DST are offsets into one sample's scratch row; A and B offsets into the flat
 # parameters (the weight and the bias; for ADD, A is the second input's offset in the scratch
 # row); WORK a scratch offset for a convolution's wide output (for batch norm, the running
@@ -571,7 +572,10 @@ def softmax_xent_backward(dlogits, probs, labels, dloss, smoothing):
 # the activation applied as the step stores its output (NONE, TANH, RELU, SILU). A
 # convolution's step may also pool (POOL the pooling's op code, K its window) and then apply
 # ACT2: conv -> tanh -> avgpool -> tanh is one step, which never stores the unpooled image.
-# `eps` holds one float per step (batch norm's).
+# Before its activation it may apply a batch norm (NORM 1: its scale and shift at NORM_WEIGHT
+# and NORM_BIAS in the parameters, its running statistics at NORM_STATE in `state`):
+# conv -> batchnorm -> relu -> maxpool is one step too. `eps` holds one float per step (batch
+# norm's).
 #
 # Deterministic: each sample is one iteration, computed in a fixed order, so its logits do not
 # depend on the thread count or on the other samples of the batch. float32 throughout.
@@ -609,7 +613,7 @@ PLAN_OPS = {"conv2d": 1, "linear": 2, "avgpool2d": 3, "maxpool2d": 4, "pad2d": 5
             "batchnorm": 6, "add": 7, "activation": 8}
 PLAN_ACTIVATIONS = {"none": 0, "tanh": 1, "relu": 2, "silu": 3}
 PLAN_COLUMNS = ("op", "src", "dst", "a", "b", "work", "s0", "s1", "s2", "s3", "s4", "s5",
-                "act", "pool", "k", "act2")
+                "act", "pool", "k", "act2", "norm", "norm_weight", "norm_bias", "norm_state")
 
 _CONV, _LINEAR, _AVGPOOL, _MAXPOOL, _PAD, _BATCHNORM, _ADD, _ACTIVATION = (
     PLAN_OPS[name] for name in ("conv2d", "linear", "avgpool2d", "maxpool2d", "pad2d",
@@ -654,9 +658,11 @@ def _madd_five_shifts(dst0, dst1, x, w0, w1, pair):
 
 
 @njit(**_CALLED)
-def _conv2d(s, src, dst, work, w, b, C, H, W, OC, KH, KW, act, pool, k, act2):
-    # s[src:] (C,H,W) -> s[dst:] (OC,OH,OW): an unpadded convolution, its activation, and if
-    # pool is an op code, that pooling of k x k windows and its activation act2, fused
+def _conv2d(s, src, dst, work, w, b, C, H, W, OC, KH, KW, act, pool, k, act2, norm,
+            norm_weight, norm_bias, running_mean, running_var, eps):
+    # s[src:] (C,H,W) -> s[dst:] (OC,OH,OW): an unpadded convolution, if norm a batch norm
+    # (norm_weight, norm_bias, running_mean, running_var (OC,) each, eps), its activation,
+    # and if pool is an op code, that pooling of k x k windows and its activation act2, fused
     # (dst (OC,OH/k,OW/k) then). Computed "wide": output position (i, j) is at i*W + j of a
     # stretch of L = (OH-1)*W + OW values per channel at work, so the inputs of tap
     # (c, kh, kw) are one contiguous stretch, at c*H*W + kh*W + kw, and the taps go five along
@@ -688,7 +694,12 @@ def _conv2d(s, src, dst, work, w, b, C, H, W, OC, KH, KW, act, pool, k, act2):
                         rows = _five_rows(s, src + (c * H + kh) * W + kw, H * W, taps, L)
                         _madd_rows(dst0, dst1, _five_weights(w0, tap, KH * KW, taps),
                                    _five_weights(w1, tap, KH * KW, taps), rows, oc1 != oc0)
-    _activate(s, work, OC * L, act)  # one long loop; the unread positions too, harmlessly
+    # one long loop; the unread positions too, harmlessly
+    if norm:
+        _batchnorm(s, work, work, norm_weight, norm_bias, running_mean, running_var, OC, L,
+                   eps, act)
+    else:
+        _activate(s, work, OC * L, act)
     if pool == _AVGPOOL:
         _avgpool2d(s, work, dst, OC, OH, OW, W, L, k, act2)
     elif pool == _MAXPOOL:
@@ -788,10 +799,12 @@ def _batchnorm(s, src, dst, weight, bias, running_mean, running_var, C, M, eps, 
 def _sample_forward(s, params, state, plan, eps):
     # one sample through every step of the plan, in its scratch row s
     for step in range(plan.shape[0]):
-        op, src, dst, a, b, work, s0, s1, s2, s3, s4, s5, act, pool, k, act2 = plan[step]
+        (op, src, dst, a, b, work, s0, s1, s2, s3, s4, s5, act, pool, k, act2, norm,
+         norm_weight, norm_bias, norm_state) = plan[step]
         if op == _CONV:
             _conv2d(s, src, dst, work, params[a:], params[b:], s0, s1, s2, s3, s4, s5, act,
-                    pool, k, act2)
+                    pool, k, act2, norm, params[norm_weight:], params[norm_bias:],
+                    state[norm_state:], state[norm_state + s3:], eps[step])
         elif op == _LINEAR:
             _linear(s, src, dst, params[a:], params[b:], s0, s1, act)
         elif op == _AVGPOOL:
