@@ -134,14 +134,17 @@ def layer_results(k, case, inp, state, dout):
 
 def loss_results(k, logits, labels, dloss, smoothing=0.0):
     """The loss kernels on backend k from batch-first logits (N, V), with label smoothing:
-    {"losses" (N,), "loss" (their mean, in float64 as Sequential takes it), "probs",
-    "dlogits" (N, V)}."""
+    {"losses" (N,), "loss" (their mean, from their float32 sum by loss_sum, as training
+    logs it), "probs", "dlogits" (N, V)}."""
     batch, classes = logits.shape
     losses, probs, dlogits = nans(batch), nans((classes, batch)), nans((classes, batch))
     labels, smoothing = aligned(labels), np.float32(smoothing)
     k.softmax_xent_forward(losses, probs, batch_last(logits), labels, smoothing)
     k.softmax_xent_backward(dlogits, probs, labels, dloss, smoothing)
-    return {"losses": losses, "loss": losses.mean(dtype=np.float64),
+    sums = aligned(np.full(3, -1.0, np.float32))  # a step's sum goes in its own slot only
+    k.loss_sum(sums, losses, 1)
+    assert (sums[[0, 2]] == -1).all(), "loss_sum wrote outside its slot"
+    return {"losses": losses, "loss": float(sums[1]) / batch,
             "probs": batch_first(probs), "dlogits": batch_first(dlogits)}
 
 

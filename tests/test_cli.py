@@ -445,10 +445,10 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, capsys, mo
     real = Sequential.loss_and_grads
     calls = []
 
-    def diverging(self, x, y, label_smoothing=0.0):  # the resumed epoch's 4th step: NaN
-        loss, grads = real(self, x, y, label_smoothing)
-        calls.append(1)
-        return (float("nan") if len(calls) == 4 else loss), grads
+    def diverging(self, x, y, label_smoothing=0.0, into=None):  # the resumed epoch's 4th
+        calls.append(1)                                            # step's input: NaN
+        return real(self, np.full_like(x, np.nan) if len(calls) == 4 else x, y,
+                    label_smoothing, into)
 
     monkeypatch.setattr(Sequential, "loss_and_grads", diverging)
     # the kernels are cached by now; the warm-up's recording step would count as a call

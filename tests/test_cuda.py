@@ -177,6 +177,47 @@ def test_network_steps_match_cpu_in_simulator(tmp_path):
         assert np.array_equal(opt.state_dict()["v"], opts[1].state_dict()["v"]), device
 
 
+@in_simulator
+def test_parameter_gradients_in_segments_and_groups_match_cpu():
+    # one conv whose 4,205 terms an element split into segments (summed by a second kernel),
+    # and a linear layer of 9 terms an element, a group of threads each, 128 // group a block
+    rng = np.random.default_rng(0)
+    cpu_k, cuda_k = get_backend("cpu"), get_backend("cuda")
+    conv = (rng.standard_normal((1, 29, 29, 5)), rng.standard_normal((1, 30, 30, 5)),
+            rng.standard_normal((1, 1, 2, 2)))  # dout, inp, weight
+    linear = (rng.standard_normal((7, 9)), rng.standard_normal((3, 9)),
+              rng.standard_normal((7, 3)))
+    for (dout, inp, weight), backward in ((conv, "conv2d_backward"),
+                                          (linear, "linear_backward")):
+        dout, inp, weight = (a.astype(np.float32) for a in (dout, inp, weight))
+        expected = [np.empty_like(weight), np.empty(len(weight), np.float32)]
+        getattr(cpu_k, backward)(None, *expected, dout, inp, weight)
+        got = [cuda.to_device(np.full_like(a, np.nan)) for a in expected]
+        getattr(cuda_k, backward)(None, *got, cuda.to_device(dout), cuda.to_device(inp),
+                                  cuda.to_device(weight))
+        for ours, theirs in zip(got, expected, strict=True):
+            assert rel_err(ours.copy_to_host(), theirs) <= 1e-5, backward
+    assert any(segments > 1 for segments, _ in cuda_kernels._PARTIALS), "no segments ran"
+
+
+@in_simulator
+def test_device_views_are_made_once_and_staging_sends_one_block():
+    array = cuda.device_array((2, 3, 4), np.float32)
+    flat = cuda_kernels.view(array, (24,))
+    assert cuda_kernels.view(array, (24,)) is flat and flat.shape == (24,)
+    array.copy_to_device(np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+    assert np.array_equal(cuda_kernels.view(array, (2, 5), 7).copy_to_host(),
+                          np.arange(7, 17).reshape(2, 5))
+    staging = cuda_kernels.Staging([((3, 2), np.float32), ((2,), np.int64)])
+    images, labels = staging.writable()
+    images[...], labels[...] = 1.5, 7
+    staging.send(2)
+    images[...], labels[...] = 2.5, 8
+    staging.send(1)  # the images alone
+    images_on_device, labels_on_device = (a.copy_to_host() for a in staging.device)
+    assert (images_on_device == 2.5).all() and (labels_on_device == 7).all()
+
+
 def tiny_blocks(device):
     """The new blocks in one network small enough for the simulator: a padded conv, batch
     norms, a residual block, max pooling, two dropouts. (Each batch norm after an activation:
@@ -459,8 +500,9 @@ def test_in_simulator(tmp_path):
     passed = sorted(case.get("name") for case in ElementTree.parse(report_file).iter("testcase")
                     if not len(case))  # a skip, failure or error is a child element
     expected = simulator_tests()
-    # the cases, the two networks' steps, and the device-name check
-    assert len(expected) == len(SIMULATOR_CASES) + 3, expected
+    # the cases, the two networks' steps, the segments, the views and staging, and the
+    # device-name check
+    assert len(expected) == len(SIMULATOR_CASES) + 5, expected
     assert passed == expected, (f"the simulator run passed {passed}, expected {expected}:\n"
                                 f"{report}")
 

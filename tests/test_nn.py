@@ -393,3 +393,23 @@ def test_a_checkpoint_from_before_the_specs_loads_as_lenet5(tmp_path):
     loaded, _, _, _, _ = checkpoint.load_run(tmp_path / "old.npz")
     assert loaded.spec() == archs.ARCHS["lenet5"]
     assert np.array_equal(loaded.flat_params, model.flat_params)
+
+
+def test_a_loss_log_holds_each_steps_summed_loss_until_read():
+    model = archs.build("lenet5", seed=0)
+    rng = np.random.default_rng(0)
+    log = nn.LossLog(model, 3)
+    means = []
+    for batch in (5, 7):
+        x = rng.standard_normal((batch, 1, 32, 32)).astype(np.float32)
+        y = rng.integers(0, 10, batch)
+        mean, grads = model.loss_and_grads(x, y)
+        kept = {name: grad.copy() for name, grad in grads.items()}
+        assert model.loss_and_grads(x, y, into=log)[0] is None
+        assert all(np.array_equal(kept[name], grads[name]) for name in kept)  # the same step
+        means.append(mean * batch)
+    np.testing.assert_allclose(log.new(), means, rtol=1e-6)
+    assert log.new().size == 0  # read once
+    model.loss_and_grads(x, y, into=log)
+    with pytest.raises(ValueError, match="all 3 steps are written"):
+        model.loss_and_grads(x, y, into=log)

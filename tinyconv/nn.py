@@ -80,10 +80,11 @@ def _stream(seed, index):
     return (seed * 0x9E3779B1 + index + 1) % 2**32
 
 
-def _flat(array):
-    """A contiguous array as a 1-D view: the elementwise kernels take any rank, but Numba
-    compiles them once per rank, and each compile lengthens the cold start."""
-    return array.reshape(-1)
+def _flat(k, array):
+    """A contiguous array as a 1-D view, by backend k's view (made once a buffer on a GPU):
+    the elementwise kernels take any rank, but Numba compiles them once per rank, and each
+    compile lengthens the cold start."""
+    return k.view(array, (array.size,))
 
 
 def _is_count(value, least=1):
@@ -377,11 +378,11 @@ class Tanh(Layer):
     """torch.nn.Tanh(), elementwise, any shape."""
 
     def forward(self, k, t, p, run):
-        k.tanh_forward(_flat(t.out), _flat(t.inp))
+        k.tanh_forward(_flat(k, t.out), _flat(k, t.inp))
 
     def backward(self, k, t, p, g, run):
         # reads the forward's output: d tanh(x)/dx = 1 - tanh(x)^2
-        k.tanh_backward(_flat(t.dinp), _flat(t.out), _flat(t.dout))
+        k.tanh_backward(_flat(k, t.dinp), _flat(k, t.out), _flat(k, t.dout))
 
     def onnx(self, make_node, inp, out, names):
         return [make_node("Tanh", [inp], [out])]
@@ -395,11 +396,11 @@ class ReLU(Layer):
     """torch.nn.ReLU(): max(x, 0) elementwise; the gradient at exactly 0 is torch's, 0."""
 
     def forward(self, k, t, p, run):
-        k.relu_forward(_flat(t.out), _flat(t.inp))
+        k.relu_forward(_flat(k, t.out), _flat(k, t.inp))
 
     def backward(self, k, t, p, g, run):
         # reads the forward's output: the gradient passes where it is positive
-        k.relu_backward(_flat(t.dinp), _flat(t.out), _flat(t.dout))
+        k.relu_backward(_flat(k, t.dinp), _flat(k, t.out), _flat(k, t.dout))
 
     def onnx(self, make_node, inp, out, names):
         return [make_node("Relu", [inp], [out])]
@@ -413,11 +414,11 @@ class SiLU(Layer):
     """torch.nn.SiLU(): x * sigmoid(x) elementwise."""
 
     def forward(self, k, t, p, run):
-        k.silu_forward(_flat(t.out), _flat(t.inp))
+        k.silu_forward(_flat(k, t.out), _flat(k, t.inp))
 
     def backward(self, k, t, p, g, run):
         # reads the forward's input: sigmoid(x) * (1 + x * (1 - sigmoid(x)))
-        k.silu_backward(_flat(t.dinp), _flat(t.inp), _flat(t.dout))
+        k.silu_backward(_flat(k, t.dinp), _flat(k, t.inp), _flat(k, t.dout))
 
     def onnx(self, make_node, inp, out, names):
         # opset 17 has no SiLU: x * Sigmoid(x)
@@ -550,16 +551,16 @@ class _BatchNorm(Layer):
         views["running_var"][...] = 1
         views["num_batches_tracked"][...] = 0
 
-    def _rows(self, array):
-        return array.reshape(self.num_features, -1)
+    def _rows(self, k, array):
+        return k.view(array, (self.num_features, array.size // self.num_features))
 
     def forward(self, k, t, p, run):
-        out, inp, mean, invstd = self._rows(t.out), self._rows(t.inp), t.work["mean"], \
+        out, inp, mean, invstd = self._rows(k, t.out), self._rows(k, t.inp), t.work["mean"], \
             t.work["invstd"]
         eps = np.float32(self.eps)
         if run.training:
             k.batchnorm_forward(out, mean, invstd, p["running_mean"], p["running_var"],
-                                p["num_batches_tracked"].reshape(1), inp, p["weight"],
+                                k.view(p["num_batches_tracked"], (1,)), inp, p["weight"],
                                 p["bias"], np.float32(self.momentum), eps)
         else:
             k.batchnorm_eval_forward(out, mean, invstd, inp, p["running_mean"], p["running_var"],
@@ -567,9 +568,10 @@ class _BatchNorm(Layer):
 
     def backward(self, k, t, p, g, run):
         # reads the forward's input and the statistics it saved in its workspace
-        dinp = None if t.dinp is None else self._rows(t.dinp)
-        k.batchnorm_backward(dinp, g["weight"], g["bias"], self._rows(t.dout), self._rows(t.inp),
-                             t.work["mean"], t.work["invstd"], p["weight"], run.training)
+        dinp = None if t.dinp is None else self._rows(k, t.dinp)
+        k.batchnorm_backward(dinp, g["weight"], g["bias"], self._rows(k, t.dout),
+                             self._rows(k, t.inp), t.work["mean"], t.work["invstd"], p["weight"],
+                             run.training)
 
     def onnx(self, make_node, inp, out, names):
         # inference: the running statistics; ONNX's momentum weighs the old value (1 - torch's)
@@ -634,11 +636,11 @@ class Dropout(Layer):
                 np.uint32(run.step % 2**32))
 
     def forward(self, k, t, p, run):
-        k.dropout_forward(_flat(t.out), _flat(t.inp), *self._mask(run))
+        k.dropout_forward(_flat(k, t.out), _flat(k, t.inp), *self._mask(run))
 
     def backward(self, k, t, p, g, run):
         # reads nothing the forward saw: the mask is hashed again from the same stream
-        k.dropout_backward(_flat(t.dinp), _flat(t.dout), *self._mask(run))
+        k.dropout_backward(_flat(k, t.dinp), _flat(k, t.dout), *self._mask(run))
 
     def onnx(self, make_node, inp, out, names):
         return [make_node("Identity", [inp], [out])]  # inference: no dropout
@@ -764,13 +766,13 @@ class Residual(Layer):
     def forward(self, k, t, p, run):
         tensors = self._tensors(t)
         _forward_chain(k, self.body, tensors, self._split(p), run)
-        k.add(_flat(t.out), _flat(t.inp), _flat(tensors[-1].out))
+        k.add(_flat(k, t.out), _flat(k, t.inp), _flat(k, tensors[-1].out))
 
     def backward(self, k, t, p, g, run):
         tensors = self._tensors(t)
         _backward_chain(k, self.body, tensors, self._split(p), self._split(g), run)
         if t.dinp is not None:  # the skip's gradient, dout, added to the body's
-            k.add(_flat(t.dinp), _flat(tensors[0].dinp), _flat(t.dout))
+            k.add(_flat(k, t.dinp), _flat(k, tensors[0].dinp), _flat(k, t.dout))
 
     def _split(self, named):
         """A {body.<j>.<name>: array} mapping as one {name: array} per body layer."""
@@ -892,33 +894,31 @@ class _Buffers:
     def __init__(self, model, batch, acts_arena, grads_arena):
         self.model, self.batch, self.grads_arena = model, batch, grads_arena
         self.shapes = [(*shape, batch) for shape in model.shapes]
-        self.acts, work = self._chain(acts_arena, True, "workspace")
+        backend = model.kernels
+        # the batch in the kernels' layout and its labels: written on the host, sent to the
+        # device in one copy a step (on the CPU they are the device arrays: nothing moves)
+        self.staging = backend.Staging([(self.shapes[0], np.float32), ((batch,), np.int64)])
+        self.acts, work = self._chain(acts_arena, self.staging.device[0], "workspace")
+        self.labels = self.staging.device[1]
         self.tensors = [Tensors(*self.acts[i:i + 2], work=work[i])
                         for i in range(len(model.layers))]
         self.has_gradients = False
-        backend = model.kernels
         self.losses = backend.empty(batch)
         self.probs = backend.empty(self.shapes[-1])
-        # where the labels go when they must be copied: to a GPU, or (CPU) from unaligned memory
-        self.labels = backend.empty(batch, np.int64)
-        # the batch in the kernels' layout on the host: the input buffer itself when the backend's
-        # arrays are host arrays, else a staging copy for the one transfer a step makes
-        self.host_input = (self.acts[0] if isinstance(self.acts[0], np.ndarray)
-                           else np.empty(self.shapes[0], np.float32))
 
-    def _chain(self, arena, with_input, workspace):
-        """A float32 buffer per layer boundary (a view layer's a reshape of the one before;
-        without the input, the first entry and every view of it are None), and each layer's
-        `workspace` (its method of that name) as {name: array}: carved in one go."""
+    def _chain(self, arena, first, workspace):
+        """A float32 buffer per layer boundary, the first one `first` (the input's; None for
+        the gradients: the first entry and every view of it are then None), a view layer's
+        a reshape of the one before, and each layer's `workspace` (its method of that name)
+        as {name: array}: carved in one go."""
         model = self.model
         owned = [i + 1 for i, layer in enumerate(model.layers) if not layer.is_view]
-        owned = [0, *owned] if with_input else owned
         work = [getattr(layer, workspace)(model.shapes[i], self.batch)
                 for i, layer in enumerate(model.layers)]
         carved = iter(arena.carve([self.shapes[i] for i in owned]
                                   + [shape for shapes in work for shape in shapes.values()]))
         arrays = {i: next(carved) for i in owned}
-        arrays.setdefault(0, None)
+        arrays[0] = first
         for i, layer in enumerate(model.layers):
             if layer.is_view:
                 before = arrays[i]
@@ -930,7 +930,7 @@ class _Buffers:
         """The activation gradients, carved on the first call: dacts[i] is the gradient of
         acts[i], None for the network's input."""
         if not self.has_gradients:
-            dacts, work = self._chain(self.grads_arena, False, "grad_workspace")
+            dacts, work = self._chain(self.grads_arena, None, "grad_workspace")
             for i, tensors in enumerate(self.tensors):
                 tensors.dinp, tensors.dout = dacts[i], dacts[i + 1]
                 tensors.work.update(work[i])
@@ -1079,6 +1079,37 @@ class SamplePlan:
 def _mean(losses):
     """The batch's mean loss from the per-sample losses, summed in float64."""
     return float(losses.mean(dtype=np.float64))
+
+
+class LossLog:
+    """The summed loss of each of up to `steps` training steps, kept where the network's
+    arrays live (device memory on a GPU): Sequential.loss_and_grads(..., into=log) writes a
+    step's sum with a kernel (loss_sum), so that no step waits for the GPU to read its loss.
+    new() copies back the sums written since it last ran, waiting for their steps: the
+    training loop calls it a few times a second and at the end of an epoch, and the first
+    non-finite sum names the step where the loss diverged."""
+
+    def __init__(self, model, steps):
+        self.kernels = model.kernels
+        self.sums = model.kernels.empty(steps)
+        self.written = self.read = 0  # steps written, and read back by new()
+
+    def write(self, losses):
+        """Queue the sum of a step's per-sample losses (N,) into the next slot."""
+        if self.written == len(self.sums):
+            raise ValueError(f"LossLog: all {len(self.sums)} steps are written; make a new "
+                             "log for more")
+        self.kernels.loss_sum(self.sums, losses, self.written)
+        self.written += 1
+
+    def new(self):
+        """The sums (float64, in step order) written since the last call; the first of them
+        is step `read` (from 0) before the call."""
+        if self.read == self.written:
+            return np.empty(0)
+        fresh = self.kernels.to_host(self.sums[self.read:self.written]).astype(np.float64)
+        self.read = self.written
+        return fresh
 
 
 # ---- the network
@@ -1313,9 +1344,10 @@ class Sequential:
         """What error messages call this network: its name, or Sequential."""
         return self.name or "Sequential"
 
-    def _run_forward(self, x, training):
+    def _run_forward(self, x, training, y=None):
         """Fill the batch size's activation buffers from batch-first x, in training mode or
-        not; returns them, with the Pass that the backward must run under."""
+        not, its labels y (checked by the caller) sent with it when given; returns the
+        buffers, with the Pass that the backward must run under."""
         batch = x.shape[0]
         if training:  # before any kernel runs: a refused batch changes no running statistic
             for index, (layer, shape) in enumerate(zip(self.layers, self.shapes, strict=False)):
@@ -1328,10 +1360,14 @@ class Sequential:
             self._buffers[batch] = _Buffers(self, batch, *self._arenas)
         buf = self._buffers[batch]
         k = self.kernels
-        # (N, ...) -> (..., N) float32 on the host, then to the device (CPU: nothing to do)
-        to_batch_last(buf.host_input.reshape(-1, batch),
+        # (N, ...) -> (..., N) float32 on the host, then with the labels to the device in one
+        # copy (CPU: nothing to send)
+        host_input, host_labels = buf.staging.writable()
+        to_batch_last(host_input.reshape(-1, batch),
                       np.ascontiguousarray(x, np.float32).reshape(batch, -1))
-        k.copy_in(buf.acts[0], buf.host_input)
+        if y is not None:
+            host_labels[...] = y
+        buf.staging.send(1 if y is None else 2)
         buf.run = Pass(training, int(self.seed or 0) % 2**32, self.steps)
         _forward_chain(k, self.layers, buf.tensors, self._layer_params, buf.run)
         self.steps += training
@@ -1445,11 +1481,10 @@ class Sequential:
             raise ValueError(f"{self._title()}: label_smoothing must be a number in [0, 1], "
                              f"found {label_smoothing!r}")
         smoothing = np.float32(label_smoothing)
-        buf = self._run_forward(x, training)
-        labels = self.kernels.to_device(y, buf.labels)  # on the CPU: y itself if aligned
-        self.kernels.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], labels,
+        buf = self._run_forward(x, training, y)
+        self.kernels.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], buf.labels,
                                           smoothing)
-        return buf, labels, smoothing
+        return buf, buf.labels, smoothing
 
     def loss(self, x, y, reduction="mean", label_smoothing=0.0):
         """Cross-entropy of a batch (torch's, label_smoothing included) and its logits
@@ -1462,12 +1497,14 @@ class Sequential:
         return (_mean(losses) if reduction == "mean" else losses.copy(),
                 self._batch_first(buf.acts[-1]))
 
-    def loss_and_grads(self, x, y, label_smoothing=0.0):
+    def loss_and_grads(self, x, y, label_smoothing=0.0, into=None):
         """Mean cross-entropy of a batch (torch's CrossEntropyLoss, label_smoothing included)
         and its gradients, keyed like the parameters of state_dict(), in the current mode.
 
         The gradients are views into the model's flat gradient buffer, overwritten by the
-        next call: copy them to keep them.
+        next call: copy them to keep them. With `into` (a LossLog) the batch's summed loss
+        goes there instead, and None stands for the mean: on a GPU nothing then waits for
+        the step to finish.
         """
         buf, labels, smoothing = self._loss(x, y, self.training, label_smoothing)
         k = self.kernels
@@ -1476,6 +1513,9 @@ class Sequential:
                                 smoothing)
         _backward_chain(k, self.layers, buf.tensors, self._layer_params, self._layer_grads,
                         buf.run)
+        if into is not None:
+            into.write(buf.losses)
+            return None, self.grads
         return _mean(k.to_host(buf.losses)), self.grads
 
 

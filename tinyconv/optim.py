@@ -38,8 +38,8 @@ class Optimizer:
     without it, one call for the whole buffer.
 
     A kind names its hyper-parameters (saved and restored with the state) and its state
-    buffers (zeros at the start), and writes _update_run(run, flat_grads, weight_decay), one
-    kernel call over the slice run of the flat buffers.
+    buffers (zeros at the start), and writes _update_run(part, flat_grads, weight_decay), one
+    kernel call over a run of the flat buffers, part(array) giving a flat buffer's run.
     """
 
     hyper = ()  # the constructor's arguments besides lr and no_decay, by name
@@ -63,7 +63,7 @@ class Optimizer:
         [(slice, whether its parameters decay)]."""
         names = [names] if isinstance(names, str) else list(names)
         if not names:
-            self.no_decay, self._runs = (), [(slice(None), True)]
+            self.no_decay, self._runs = (), [(slice(0, self.model.flat_params.size), True)]
             return
         shapes = getattr(self.model, "param_shapes", {})
         unknown = [name for name in names if name not in shapes]
@@ -91,8 +91,11 @@ class Optimizer:
         """Apply one update from gradients keyed like the model's state_dict()."""
         flat_grads = self.model.flatten_grads(grads)
         self.step_count += 1
+        view = self.model.kernels.view
         for run, decays in self._runs:
-            self._update_run(run, flat_grads, self.weight_decay if decays else 0.0)
+            def part(array, run=run):  # the run's stretch of a flat buffer: a view, made once
+                return view(array, (run.stop - run.start,), run.start)
+            self._update_run(part, flat_grads, self.weight_decay if decays else 0.0)
 
     def state_dict(self):
         """The kind, lr, hyper-parameters, step count and host copies of the state buffers."""
@@ -146,10 +149,10 @@ class Adam(Optimizer):
             self._fail("eps and weight_decay must be at least 0",
                        f"eps={self.eps}, weight_decay={self.weight_decay}")
 
-    def _update_run(self, run, flat_grads, weight_decay):
+    def _update_run(self, part, flat_grads, weight_decay):
         l2, decoupled = (0.0, weight_decay) if self.decoupled else (weight_decay, 0.0)
         self.model.kernels.adam_update(
-            self.model.flat_params[run], self.m[run], self.v[run], flat_grads[run],
+            part(self.model.flat_params), part(self.m), part(self.v), part(flat_grads),
             *adam_scalars(self.lr, *self.betas, self.eps, l2, self.step_count, decoupled))
 
 
@@ -183,10 +186,10 @@ class SGD(Optimizer):
             self._fail("Nesterov momentum needs a momentum and zero dampening",
                        f"momentum={self.momentum}, dampening={self.dampening}")
 
-    def _update_run(self, run, flat_grads, weight_decay):
+    def _update_run(self, part, flat_grads, weight_decay):
         f32 = np.float32
         self.model.kernels.sgd_update(
-            self.model.flat_params[run], self.momentum_buffer[run], flat_grads[run],
+            part(self.model.flat_params), part(self.momentum_buffer), part(flat_grads),
             f32(self.lr), f32(self.momentum), f32(self.dampening), f32(weight_decay),
             self.nesterov, self.step_count == 1)
 
@@ -208,10 +211,10 @@ class Adagrad(Optimizer):
                        f"lr_decay={self.lr_decay}, weight_decay={self.weight_decay}, "
                        f"eps={self.eps}")
 
-    def _update_run(self, run, flat_grads, weight_decay):
+    def _update_run(self, part, flat_grads, weight_decay):
         clr = self.lr / (1 + (self.step_count - 1) * self.lr_decay)  # float64, as torch's
         self.model.kernels.adagrad_update(
-            self.model.flat_params[run], self.state_sum[run], flat_grads[run], np.float32(clr),
+            part(self.model.flat_params), part(self.state_sum), part(flat_grads), np.float32(clr),
             np.float32(self.eps), np.float32(weight_decay))
 
 

@@ -30,6 +30,7 @@ from tinyconv.checkpoint import CheckpointError, load_run, save_run
 from tinyconv.data import augmentation, iterate_batches, load_mnist, num_batches
 from tinyconv.evaluation import check_classifier, evaluate
 from tinyconv.interop import CHECKPOINT_HELP, load_model
+from tinyconv.nn import LossLog
 from tinyconv.optim import (
     EMA,
     OPTIMIZER_NAMES,
@@ -81,6 +82,9 @@ NOT_SETTINGS = ("run_dir", "resume", "start_from", "quiet", "trust_pickle", "lis
 # drawing curves.png takes about 0.3 s, which after every epoch of 1.7 s made the default run
 # 15% longer; one drawing in 10 s of training costs 3%
 CURVES_EVERY = 10.0  # seconds
+# the steps' losses are read back (a wait for the GPU) this often, and at an epoch's end; a
+# divergence is then found up to this late, but named at the step where it happened
+LOSS_READ_EVERY = 0.2  # seconds
 
 
 class TrainingError(RuntimeError):
@@ -105,27 +109,35 @@ def train_epoch(model, opt, images, labels, config, epoch, quiet, after_step=Non
     total = num_batches(len(labels), config["batch_size"], drop_last=False)
     bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{config['epochs']}",
                unit="batch", leave=False, disable=quiet, file=sys.stderr)
-    loss_sum, seen, start = 0.0, 0, time.perf_counter()
+    log = LossLog(model, total)  # the steps' losses, read back a few times a second
+    loss_sum, seen, start, last_read = 0.0, 0, time.perf_counter(), 0.0
+    first_update = opt.step_count + 1
     notice = cli.compile_notice(enabled=not quiet)
     try:
         for step, (x, y) in enumerate(bar, 1):
             if position is not None:
                 position.step = step
-            loss, grads = model.loss_and_grads(x, y, config.get("label_smoothing", 0.0))
-            if not math.isfinite(loss):
-                raise TrainingError(f"loss is {loss} at epoch {epoch + 1}, step {step} of "
-                                    f"{total} (update {opt.step_count + 1} overall)")
+            _, grads = model.loss_and_grads(x, y, config.get("label_smoothing", 0.0), log)
             opt.step(grads)
             if ema is not None:
                 ema.update()
             if after_step is not None:
                 after_step()
             notice.cancel()  # the first step has compiled every kernel training needs
-            loss_sum += loss * len(y)
             seen += len(y)
-            rate = seen / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", samples_s=f"{rate:,.0f}",
-                            refresh=False)
+            now = time.perf_counter()
+            if step < total and now - last_read < LOSS_READ_EVERY:
+                continue
+            first, sums = log.read, log.new()
+            last_read = now
+            bad = np.flatnonzero(~np.isfinite(sums))
+            if bad.size:
+                at = first + bad[0] + 1  # the step, from 1
+                raise TrainingError(f"loss is {sums[bad[0]]} at epoch {epoch + 1}, step {at} "
+                                    f"of {total} (update {first_update + at - 1} overall)")
+            loss_sum += sums.sum()
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
+                            samples_s=f"{seen / (now - start):,.0f}", refresh=False)
     finally:  # an interrupt or a bad loss leaves no bar and no pending notice behind
         notice.cancel()
         bar.close()

@@ -17,7 +17,7 @@ KERNELS = (
     "batchnorm_forward", "batchnorm_eval_forward", "batchnorm_backward",
     "dropout_forward", "dropout_backward",
     "linear_forward", "linear_backward",
-    "softmax_xent_forward", "softmax_xent_backward",
+    "softmax_xent_forward", "softmax_xent_backward", "loss_sum",
     "adam_update", "sgd_update", "adagrad_update", "ema_update",
 )
 # kernels that only some backends have, None in the others: the whole-network small-batch
@@ -25,7 +25,8 @@ KERNELS = (
 # every batch size
 OPTIONAL = ("sequential_forward",)
 # make, fill and read a backend's arrays (see host.py and the end of cuda.py)
-HELPERS = ("empty", "zeros", "to_device", "to_host", "copy_in", "synchronize")
+HELPERS = ("empty", "zeros", "view", "Staging", "to_device", "to_host", "copy_in",
+           "synchronize")
 # backend name -> (modules of its KERNELS, module of its HELPERS)
 BACKENDS = {"cpu": (("cpu", "cpu_blocks", "cpu_optim"), "host"),
             "cuda": (("cuda", "cuda_blocks", "cuda_optim"), "cuda")}

@@ -31,8 +31,8 @@ from numba import njit, prange
 # meaningful. error_model="numpy" drops the division-by-zero check that blocks vectorisation.
 _JIT = dict(parallel=True, fastmath={"reassoc", "contract"}, error_model="numpy", cache=True)
 _HELPER = dict(fastmath={"reassoc", "contract"}, error_model="numpy", cache=True, inline="always")
-# a helper that numba's parfor analysis cannot take inlined (it trips over its tuples): called,
-# and left for LLVM to inline
+# serial code: a kernel too small for threads, or a helper that numba's parfor analysis cannot
+# take inlined (it trips over its tuples): called, and left for LLVM to inline
 _CALLED = dict(fastmath={"reassoc", "contract"}, error_model="numpy", cache=True)
 
 _ZERO = np.float32(0.0)
@@ -549,6 +549,17 @@ def softmax_xent_backward(dlogits, probs, labels, dloss, smoothing):
             dlogits[v, n] = probs[v, n] * scale - spread
     for n in range(N):
         dlogits[labels[n], n] -= scale * (_ONE - smoothing)
+
+
+@njit(**_CALLED)
+def loss_sum(sums, losses, index):
+    # losses (N,) -> sums[index] = their sum, the rest of sums (steps,) untouched: a step's
+    # loss kept where the network's arrays are, so that no step waits to read it (on a GPU)
+    total = _ZERO
+    for n in range(losses.shape[0]):
+        total += losses[n]
+    sums[index] = total
+
 
 # ---- the small-batch inference kernel: a whole network's eval-mode forward, one sample at a time.
 ##

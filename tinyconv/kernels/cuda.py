@@ -14,22 +14,33 @@ host waits only where it copies a result back (to_host).
 
 Threads: one per output element, the index running fastest over n, so the threads of a warp
 read and write neighbouring samples (coalesced). Weight and bias gradients are sums over
-positions and samples: one block per gradient element, each thread summing a fixed strided
-share of the terms, then a fixed-order tree in shared memory; no atomics, so results are
-the same on every run. float32 throughout: constants are np.float32 and math.exp/log/sqrt/tanh
+positions and samples: a group of threads per gradient element (as many as give each about
+TERMS_PER_THREAD terms), each thread summing a fixed strided share of the terms, then a
+fixed-order tree in shared memory; an element with very many terms splits them into segments
+whose sums a second kernel adds in order. No atomics, so results are the same on every run.
+Launchers take any-shaped arrays and make the views their kernels need once (view).
+float32 throughout: constants are np.float32 and math.exp/log/sqrt/tanh
 of a float32 compile to libdevice's float32 functions (tests scan the PTX for float64).
 Kernels compile on first launch and are cached on disk (cache=True, like cpu.py's).
 """
 
 import math
 import warnings
+import weakref
 
 import numpy as np
 from numba import cuda, float32
 from numba.cuda.core.errors import NumbaPerformanceWarning  # numba-cuda's, not numba's
 
+from tinyconv.kernels import host
+
 THREADS = 256  # threads per block of the elementwise kernels
 REDUCE_THREADS = 128  # most threads per block of a reduction: a power of two, for the tree
+# the terms each thread of a parameter-gradient sum adds up, about: conv3's 128 terms an
+# element (1x1 outputs at batch 128) take 4 threads each, 32 elements a block, where one
+# block an element left most of its threads idle; conv1's 100,352 terms an element split
+# into 25 segments of 128 threads, so that its 156 elements fill the GPU with 3,900 blocks
+TERMS_PER_THREAD = 32
 
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
@@ -50,6 +61,54 @@ def _reduce_threads(terms):
     """Threads per block of a reduction over `terms` terms: the power of two that covers
     them, at most REDUCE_THREADS (small sums do not launch idle threads)."""
     return min(REDUCE_THREADS, 1 << max(terms - 1, 0).bit_length())
+
+
+# id(array) -> (a weak reference to the array, {(shape, start): that view of it})
+_VIEWS = {}
+
+
+def view(array, shape, start=0):
+    """The elements of a C-contiguous device array from `start` on (in C order), as an array
+    of `shape`, no copy: made on first need and kept while array lives. numba-cuda builds a
+    device array's view in Python, microseconds each, and a step's arrays are the same every
+    step: each view is made once per buffer set."""
+    if start == 0 and array.shape == shape:
+        return array
+    key = id(array)
+    entry = _VIEWS.get(key)
+    if entry is None or entry[0]() is not array:
+        entry = _VIEWS[key] = (weakref.ref(array, lambda _, key=key: _VIEWS.pop(key, None)), {})
+    views = entry[1]
+    if (shape, start) not in views:
+        size = math.prod(shape)
+        views[shape, start] = (array.reshape(shape) if start == 0 and size == array.size else
+                               array.reshape(array.size)[start:start + size].reshape(shape))
+    return views[shape, start]
+
+
+def _flat(array):
+    """array's 1-D view (the elementwise kernels index flat arrays), made once (view)."""
+    return view(array, (array.size,))
+
+
+@cuda.jit(device=True, inline="always")
+def _group_sum(shared, value, width):
+    # the sum of `value` over each group of `width` consecutive threads of the block (width a
+    # power of two dividing blockDim.x), returned to the group's threads: a fixed tree in
+    # shared (REDUCE_THREADS float32), the same order every run. The barrier first lets every
+    # thread read a previous call's sum before it is overwritten
+    tid = cuda.threadIdx.x
+    lane = tid % width
+    cuda.syncthreads()
+    shared[tid] = value
+    cuda.syncthreads()
+    stride = width // 2
+    while stride > 0:
+        if lane < stride:
+            shared[tid] += shared[tid + stride]
+        cuda.syncthreads()
+        stride //= 2
+    return shared[tid - lane]
 
 
 @cuda.jit(device=True, inline="always")
@@ -103,24 +162,31 @@ def _conv2d_backward_input(dinp, dout, weight):
 
 
 @cuda.jit(cache=True)
-def _conv2d_backward_params(dweight, dbias, dout, inp):
-    # overwrites dweight (OC,C,KH,KW) and dbias (OC,); dout (OC,OH,OW,N), inp (C,H,W,N)
-    # block b < OC*C*KH*KW: dweight[oc,c,kh,kw] = sum over i, j, n of
-    #   dout[oc,i,j,n] * inp[c,i+kh,j+kw,n];
-    # the OC blocks after them: dbias[oc] = sum over i, j, n of dout[oc,i,j,n].
-    # Each thread sums a strided share of the terms, then the block adds the partials up in a
-    # fixed tree in shared memory (blockDim.x is a power of two): the same order every run.
+def _conv2d_backward_params(dweight, dbias, partials, dout, inp, group):
+    # overwrites dweight (OC,C,KH,KW) and dbias (OC,), or with S > 1 segments partials (S,E),
+    # E = dweight.size + OC (then summed over S by _sum_segments); dout (OC,OH,OW,N),
+    # inp (C,H,W,N). Element e < dweight.size: dweight[oc,c,kh,kw] = sum over i, j, n of
+    #   dout[oc,i,j,n] * inp[c,i+kh,j+kw,n]; the OC elements after: dbias[oc] = sum of dout[oc].
+    # A group of `group` threads (a power of two) takes one element's share of the terms
+    # (segment blockIdx.y of S), each thread a strided part of it, then _group_sum's tree:
+    # blockDim.x // group elements a block, the same order every run
     OC, C, KH, KW = dweight.shape
     OH, OW, N = dout.shape[1], dout.shape[2], dout.shape[3]
-    b = cuda.blockIdx.x
-    is_weight = b < dweight.size
-    if is_weight:
-        oc, c, kh, kw = _unravel4(b, C, KH, KW)
-    else:
-        oc, c, kh, kw = b - dweight.size, 0, 0, 0
+    segments, elements = partials.shape
     tid = cuda.threadIdx.x
+    lane = tid % group
+    e = cuda.blockIdx.x * (cuda.blockDim.x // group) + tid // group
+    is_weight = e < dweight.size
+    if is_weight:
+        oc, c, kh, kw = _unravel4(e, C, KH, KW)
+    else:
+        oc, c, kh, kw = min(e - dweight.size, OC - 1), 0, 0, 0
+    terms = OH * OW * N
+    share = (terms + segments - 1) // segments
+    start = cuda.blockIdx.y * share
+    stop = min(start + share, terms) if e < elements else start  # a group past the end: idle
     partial = _ZERO
-    for t in range(tid, OH * OW * N, cuda.blockDim.x):  # t = (i*OW + j)*N + n
+    for t in range(start + lane, stop, group):  # t = (i*OW + j)*N + n
         # three indices, not _unravel4's four: its first division would stay in this hot loop
         n, pos = t % N, t // N
         i, j = pos // OW, pos % OW
@@ -129,19 +195,30 @@ def _conv2d_backward_params(dweight, dbias, dout, inp):
             term *= inp[c, i + kh, j + kw, n]
         partial += term
     shared = cuda.shared.array(REDUCE_THREADS, float32)
-    shared[tid] = partial
-    cuda.syncthreads()
-    stride = cuda.blockDim.x // 2
-    while stride > 0:
-        if tid < stride:
-            shared[tid] += shared[tid + stride]
-        cuda.syncthreads()
-        stride //= 2
-    if tid == 0:
-        if is_weight:
-            dweight[oc, c, kh, kw] = shared[0]
+    total = _group_sum(shared, partial, group)
+    if lane == 0 and e < elements:
+        if segments > 1:
+            partials[cuda.blockIdx.y, e] = total
+        elif is_weight:
+            dweight[oc, c, kh, kw] = total
         else:
-            dbias[oc] = shared[0]
+            dbias[oc] = total
+
+
+@cuda.jit(cache=True)
+def _sum_segments(dweight, dbias, partials):
+    # overwrites dweight (P,) (flat) and dbias (OC,): element e of (dweight, dbias) one after
+    # the other = partials[:, e] (S,E) summed in order, s = 0 first; a thread per element
+    e = cuda.grid(1)
+    if e >= partials.shape[1]:
+        return
+    total = partials[0, e]
+    for s in range(1, partials.shape[0]):
+        total += partials[s, e]
+    if e < dweight.size:
+        dweight[e] = total
+    else:
+        dbias[e - dweight.size] = total
 
 
 def conv2d_forward(out, inp, weight, bias):
@@ -149,11 +226,27 @@ def conv2d_forward(out, inp, weight, bias):
     _conv2d_forward[_blocks(out.size), THREADS](out, inp, weight, bias)
 
 
+# (segments, elements) -> the device array _conv2d_backward_params leaves its segments' sums
+# in: made once per shape (a few: a layer's at its batch sizes); the launches of a step run
+# in order on one stream, so layers of one shape share it
+_PARTIALS = {}
+
+
 def _conv2d_params_grads(dweight, dbias, dout, inp):
-    # one block per element of dweight (OC,C,KH,KW) and of dbias (OC,); dout (OC,OH,OW,N)
-    terms = dout.size // dout.shape[0]  # OH*OW*N per output channel
-    _conv2d_backward_params[dweight.size + dbias.size, _reduce_threads(terms)](
-        dweight, dbias, dout, inp)
+    # dweight (OC,C,KH,KW), dbias (OC,), dout (OC,OH,OW,N): each element's terms split among
+    # groups of threads and segments of blocks (TERMS_PER_THREAD), summed in a fixed order
+    elements, terms = dweight.size + dbias.size, dout.size // dout.shape[0]
+    group = _reduce_threads(-(-terms // TERMS_PER_THREAD))
+    segments = -(-terms // (group * TERMS_PER_THREAD))
+    per_block = REDUCE_THREADS // group
+    shape = (segments, elements)
+    if shape not in _PARTIALS:  # with one segment it only carries the shape: never written
+        _PARTIALS[shape] = empty(shape)
+    partials = _PARTIALS[shape]
+    _conv2d_backward_params[(-(-elements // per_block), segments), REDUCE_THREADS](
+        dweight, dbias, partials, dout, inp, group)
+    if segments > 1:
+        _sum_segments[_blocks(elements), THREADS](_flat(dweight), dbias, partials)
 
 
 def conv2d_backward(dinp, dweight, dbias, dout, inp, weight):
@@ -283,12 +376,12 @@ def _tanh_backward(dinp, out, dout):
 
 def tanh_forward(out, inp):
     """Elementwise tanh, any shape (C-contiguous)."""
-    _tanh_forward[_blocks(out.size), THREADS](out.ravel(), inp.ravel())
+    _tanh_forward[_blocks(out.size), THREADS](_flat(out), _flat(inp))
 
 
 def tanh_backward(dinp, out, dout):
     """Overwrite dinp with dout * (1 - out^2), out being tanh_forward's saved output."""
-    _tanh_backward[_blocks(dinp.size), THREADS](dinp.ravel(), out.ravel(), dout.ravel())
+    _tanh_backward[_blocks(dinp.size), THREADS](_flat(dinp), _flat(out), _flat(dout))
 
 
 # ---- relu and silu (elementwise, on flat views)
@@ -340,22 +433,22 @@ def _silu_backward(dinp, inp, dout):
 
 def relu_forward(out, inp):
     """Elementwise max(x, 0), any shape (C-contiguous)."""
-    _relu_forward[_blocks(out.size), THREADS](out.ravel(), inp.ravel())
+    _relu_forward[_blocks(out.size), THREADS](_flat(out), _flat(inp))
 
 
 def relu_backward(dinp, out, dout):
     """Overwrite dinp with dout where out > 0, else 0, out being relu_forward's output."""
-    _relu_backward[_blocks(dinp.size), THREADS](dinp.ravel(), out.ravel(), dout.ravel())
+    _relu_backward[_blocks(dinp.size), THREADS](_flat(dinp), _flat(out), _flat(dout))
 
 
 def silu_forward(out, inp):
     """Elementwise x * sigmoid(x), any shape (C-contiguous)."""
-    _silu_forward[_blocks(out.size), THREADS](out.ravel(), inp.ravel())
+    _silu_forward[_blocks(out.size), THREADS](_flat(out), _flat(inp))
 
 
 def silu_backward(dinp, inp, dout):
     """Overwrite dinp with silu's gradient at the forward's input inp, times dout."""
-    _silu_backward[_blocks(dinp.size), THREADS](dinp.ravel(), inp.ravel(), dout.ravel())
+    _silu_backward[_blocks(dinp.size), THREADS](_flat(dinp), _flat(inp), _flat(dout))
 
 
 # ---- linear
@@ -401,8 +494,8 @@ def linear_backward(dinp, dweight, dbias, dout, inp, weight):
     # dweight = dout @ inp.T and dbias = dout summed over n are conv2d's parameter gradients
     # on 1x1 images with a 1x1 kernel (which is what a linear layer is): views, no copies
     (OUT, IN), N = dweight.shape, inp.shape[1]
-    _conv2d_params_grads(dweight.reshape(OUT, IN, 1, 1), dbias, dout.reshape(OUT, 1, 1, N),
-                         inp.reshape(IN, 1, 1, N))
+    _conv2d_params_grads(view(dweight, (OUT, IN, 1, 1)), dbias, view(dout, (OUT, 1, 1, N)),
+                         view(inp, (IN, 1, 1, N)))
 
 
 # ---- softmax cross-entropy
@@ -465,6 +558,25 @@ def softmax_xent_backward(dlogits, probs, labels, dloss, smoothing):
                                                            smoothing)
 
 
+@cuda.jit(cache=True)
+def _loss_sum(sums, losses, index):
+    # losses (N,) -> sums[index] = their sum, the rest of sums untouched; one block, each
+    # thread a strided share, then _group_sum's tree
+    tid = cuda.threadIdx.x
+    partial = _ZERO
+    for n in range(tid, losses.size, cuda.blockDim.x):
+        partial += losses[n]
+    shared = cuda.shared.array(REDUCE_THREADS, float32)
+    total = _group_sum(shared, partial, cuda.blockDim.x)
+    if tid == 0:
+        sums[index] = total
+
+
+def loss_sum(sums, losses, index):
+    """sums[index] = the sum of the per-sample losses (N,): a step's loss, kept on the GPU."""
+    _loss_sum[1, _reduce_threads(losses.size)](sums, losses, index)
+
+
 # ---- device arrays: made once, moved only where a step begins and ends
 
 
@@ -490,6 +602,32 @@ def to_device(host, out=None):
         out = empty(host.shape, host.dtype)
     copy_in(out, host)
     return out
+
+
+class Staging(host.Staging):
+    """host.Staging on a GPU: the host arrays in pinned memory, sent in one asynchronous copy
+    on the default stream (in order with the kernels, so the host does not wait); writable()
+    waits until the last copy has read them."""
+
+    def __init__(self, arrays):
+        self.spans, size = host.staging_spans(arrays)
+        pinned, self._block = cuda.pinned_array(size, np.uint8), cuda.device_array(size, np.uint8)
+        self.host, self.device = (host.staged_views(block, arrays, self.spans)
+                                  for block in (pinned, self._block))
+        # the block's first `count` arrays, host and device side, by count: views made once
+        self._parts = {count: (pinned[:stop], self._block[:stop])
+                       for count, (_, stop) in enumerate(self.spans, 1)}
+        self._stream, self._sent = cuda.default_stream(), cuda.event()
+        self._sent.record(self._stream)
+
+    def writable(self):
+        self._sent.synchronize()
+        return self.host
+
+    def send(self, count):
+        source, target = self._parts[count]
+        target.copy_to_device(source, stream=self._stream)
+        self._sent.record(self._stream)
 
 
 def to_host(array):

@@ -17,6 +17,8 @@ from tinyconv.kernels.cuda import (
     REDUCE_THREADS,
     THREADS,
     _blocks,
+    _flat,
+    _group_sum,
     _reduce_threads,
     _unravel4,
 )
@@ -73,28 +75,10 @@ def _add(out, a, b):
 
 def add(out, a, b):
     """out = a + b elementwise; the three of one shape, any rank (C-contiguous)."""
-    _add[_blocks(out.size), THREADS](out.ravel(), a.ravel(), b.ravel())
+    _add[_blocks(out.size), THREADS](_flat(out), _flat(a), _flat(b))
 
 
 # ---- batchnorm (BatchNorm2d and BatchNorm1d on (C,M) views: a row is one channel's M values)
-
-
-@cuda.jit(device=True, inline="always")
-def _block_sum(shared, value):
-    # the sum over the block's threads of their `value`, returned to every thread: a fixed tree
-    # in shared (REDUCE_THREADS float32; blockDim.x a power of two), the same order every run.
-    # The barrier first lets every thread read a previous call's sum before it is overwritten
-    tid = cuda.threadIdx.x
-    cuda.syncthreads()
-    shared[tid] = value
-    cuda.syncthreads()
-    stride = cuda.blockDim.x // 2
-    while stride > 0:
-        if tid < stride:
-            shared[tid] += shared[tid + stride]
-        cuda.syncthreads()
-        stride //= 2
-    return shared[0]
 
 
 @cuda.jit(device=True, inline="always")
@@ -110,7 +94,7 @@ def _batchnorm_stats(mean, invstd, running_mean, running_var, num_batches_tracke
     # variance, two-pass (the mean first, then the squared deviations from it); updates
     # running_mean, running_var (C,) (the latter with the unbiased var, M > 1) and
     # num_batches_tracked (1,) int64 (+= 1, by block 0) in place.
-    # Block c: channel c; each thread sums a strided share of the row, then _block_sum's tree
+    # Block c: channel c; each thread sums a strided share of the row, then _group_sum's tree
     M = inp.shape[1]
     c = cuda.blockIdx.x
     tid = cuda.threadIdx.x
@@ -118,12 +102,12 @@ def _batchnorm_stats(mean, invstd, running_mean, running_var, num_batches_tracke
     partial = _ZERO
     for m in range(tid, M, cuda.blockDim.x):
         partial += inp[c, m]
-    mu = _block_sum(shared, partial) / np.float32(M)
+    mu = _group_sum(shared, partial, cuda.blockDim.x) / np.float32(M)
     partial = _ZERO
     for m in range(tid, M, cuda.blockDim.x):
         d = inp[c, m] - mu
         partial += d * d
-    var = _block_sum(shared, partial) / np.float32(M)
+    var = _group_sum(shared, partial, cuda.blockDim.x) / np.float32(M)
     if tid == 0:
         mean[c] = mu
         invstd[c] = _ONE / math.sqrt(var + eps)
@@ -170,7 +154,7 @@ def _batchnorm_eval_forward(out, mean, invstd, inp, running_mean, running_var, w
 def _batchnorm_backward_params(dweight, dbias, dout, inp, mean, invstd):
     # overwrites dweight, dbias (C,); dout, inp (C,M), mean, invstd (C,) saved by the forward
     # block c: dbias[c] = sum over m of dout[c,m], dweight[c] = sum over m of dout[c,m] *
-    # xhat[c,m], xhat = (inp - mean) * invstd; strided shares, then _block_sum's tree
+    # xhat[c,m], xhat = (inp - mean) * invstd; strided shares, then _group_sum's tree
     M = dout.shape[1]
     c = cuda.blockIdx.x
     tid = cuda.threadIdx.x
@@ -182,8 +166,8 @@ def _batchnorm_backward_params(dweight, dbias, dout, inp, mean, invstd):
         partial_bias += g
         partial_weight += g * ((inp[c, m] - mu) * s)
     shared = cuda.shared.array(REDUCE_THREADS, float32)
-    total_bias = _block_sum(shared, partial_bias)
-    total_weight = _block_sum(shared, partial_weight)
+    total_bias = _group_sum(shared, partial_bias, cuda.blockDim.x)
+    total_weight = _group_sum(shared, partial_weight, cuda.blockDim.x)
     if tid == 0:
         dbias[c] = total_bias
         dweight[c] = total_weight
@@ -285,7 +269,7 @@ def _dropout(out, inp, threshold, scale, seed, step):
 
 
 def _dropout_launch(out, inp, threshold, scale, seed, step):
-    _dropout[_blocks(out.size), THREADS](out.ravel(), inp.ravel(), np.uint32(threshold),
+    _dropout[_blocks(out.size), THREADS](_flat(out), _flat(inp), np.uint32(threshold),
                                          np.float32(scale), np.uint32(seed), np.uint32(step))
 
 

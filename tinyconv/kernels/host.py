@@ -13,6 +13,8 @@ N*4 bytes, so they all share the array's alignment only when the batch N is a mu
 (LeNet's 128, the test pass's 16); at other batch sizes some rows straddle whatever the start.
 """
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -74,6 +76,41 @@ def to_batch_last(out, inp):
                     out[f, n] = inp[n, f]
 
 
+def staging_spans(arrays):
+    """The byte spans [(start, stop)] of arrays [(shape, dtype)] laid one after another in a
+    block, each from a 64-byte boundary, and the block's size."""
+    spans, start = [], 0
+    for shape, dtype in arrays:
+        stop = start + math.prod(shape) * np.dtype(dtype).itemsize
+        spans.append((start, stop))
+        start = -(-stop // ALIGNMENT) * ALIGNMENT
+    return spans, start
+
+
+def staged_views(block, arrays, spans):
+    """The arrays [(shape, dtype)] as views of a byte block (host or device) at their spans."""
+    return [block[start:stop].view(dtype).reshape(shape)
+            for (shape, dtype), (start, stop) in zip(arrays, spans, strict=True)]
+
+
+class Staging:
+    """What a step sends to the device, written on the host: arrays [(shape, dtype)] (a
+    batch and its labels) in one block, so that one copy sends them (send). Here the host
+    arrays are the device arrays: nothing moves. CUDA's Staging, of the same name and
+    methods, copies the block from pinned memory, asynchronously."""
+
+    def __init__(self, arrays):
+        self.spans, size = staging_spans(arrays)
+        self.host = self.device = staged_views(empty(size, np.uint8), arrays, self.spans)
+
+    def writable(self):
+        """The host arrays, once the last send has read them."""
+        return self.host
+
+    def send(self, count):
+        """Send the first `count` arrays to their device arrays."""
+
+
 def to_device(host, out=None):
     """host itself, no copy, when it is aligned (see aligned); else a copy of it in aligned
     memory: `out` when given (an aligned array of its shape and dtype), or a new array."""
@@ -83,6 +120,15 @@ def to_device(host, out=None):
         out = empty(host.shape, host.dtype)
     out[...] = host
     return out
+
+
+def view(array, shape, start=0):
+    """The elements of a C-contiguous array from `start` on (in C order), as an array of
+    `shape`, no copy (numpy's views cost nothing to make: CUDA's helper of this name keeps
+    them)."""
+    if start == 0 and array.size == math.prod(shape):
+        return array.reshape(shape)
+    return array.reshape(-1)[start:start + math.prod(shape)].reshape(shape)
 
 
 def to_host(array):
