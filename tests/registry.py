@@ -276,6 +276,8 @@ REGISTRY = {
         "conv_sim_rect_batch1": _conv(1, 1, 4, 5, 2, 2, 3, simulator=True),
         "conv_sim_k_eq_input": _conv(2, 2, 3, 3, 2, 3, 3, simulator=True),
         "conv_sim_long_sums": _conv(2, 1, 10, 10, 1, 2, 2, simulator=True),  # 162-term sums
+        # 4,205-term sums: CUDA splits them into two segments (kernels.cuda.TERMS_PER_THREAD)
+        "conv_sim_segments": _conv(5, 1, 30, 30, 1, 2, 2, simulator=True),
         "conv_sim_no_dinp": _conv(2, 2, 4, 4, 2, 2, 2, dinp=False, simulator=True),
         # zero padding: a residual block's 3x3 (its LeNet-sized row for the bench), every
         # padding up to the kernel's side less one, rectangular kernels, the first layer
