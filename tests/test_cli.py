@@ -20,6 +20,7 @@ from tinyconv import (
     cli,
     evaluate,
     export,
+    nn,
     predict,
     serve,
     train,
@@ -458,6 +459,32 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, capsys, mo
     assert "loss is nan at epoch 2, step 4 of 10 (update 14 overall)" in err
     assert f"the last good checkpoint, {tmp_path / 'run' / 'last.npz'} (epoch 1), is kept" in err
     assert (tmp_path / "run" / "last.npz").read_bytes() == kept
+
+
+def test_the_losses_are_read_back_once_an_epoch_at_the_least(tmp_path, monkeypatch):
+    # a GPU's step waits for nothing: the epoch's summed losses come back at its end (and every
+    # LOSS_READ_EVERY seconds), and the logged train loss is their mean all the same
+    reads, real_new, real_step = [], nn.LossLog.new, Sequential.loss_and_grads
+    means = []
+
+    def new(self):
+        reads.append(self.written)
+        return real_new(self)
+
+    def step(self, x, y, label_smoothing=0.0, into=None):
+        loss, _ = real_step(self, x, y, label_smoothing)  # the mean, for the check
+        means.append(loss * len(y))
+        return real_step(self, x, y, label_smoothing, into)
+
+    monkeypatch.setattr(train, "LOSS_READ_EVERY", float("inf"))
+    monkeypatch.setattr(nn.LossLog, "new", new)
+    monkeypatch.setattr(Sequential, "loss_and_grads", step)
+    # the warm-up's recording step, which computes nothing, would count as a step
+    monkeypatch.setattr(warmup, "compile_kernels", lambda model, config: 0)
+    assert run_train(tmp_path / "run", "--epochs", "1", "--quiet") == 0
+    assert reads == [10]  # 640 images, batch 64: one read, after the tenth step
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert log[0]["train_loss"] == pytest.approx(sum(means) / 640, rel=1e-6)
 
 
 def test_exploding_lr_stops_before_any_checkpoint(tmp_path, capsys):
