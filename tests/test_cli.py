@@ -461,9 +461,12 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, capsys, mo
     assert (tmp_path / "run" / "last.npz").read_bytes() == kept
 
 
-def test_the_losses_are_read_back_once_an_epoch_at_the_least(tmp_path, monkeypatch):
-    # a GPU's step waits for nothing: the epoch's summed losses come back at its end (and every
-    # LOSS_READ_EVERY seconds), and the logged train loss is their mean all the same
+@pytest.mark.parametrize("interval", [0.0, float("inf")])
+def test_the_losses_are_read_back_every_step_or_at_the_epochs_end(tmp_path, monkeypatch,
+                                                                   interval):
+    # on the CPU every step is read before its update; a GPU's step waits for nothing, its
+    # losses coming back every LOSS_READ_EVERY seconds and at the epoch's end (an infinite
+    # interval: the end only), and the logged train loss is their mean all the same
     reads, real_new, real_step = [], nn.LossLog.new, Sequential.loss_and_grads
     means = []
 
@@ -476,13 +479,15 @@ def test_the_losses_are_read_back_once_an_epoch_at_the_least(tmp_path, monkeypat
         means.append(loss * len(y))
         return real_step(self, x, y, label_smoothing, into)
 
-    monkeypatch.setattr(train, "LOSS_READ_EVERY", float("inf"))
+    if interval:
+        monkeypatch.setattr(train, "loss_read_interval", lambda model: interval)
     monkeypatch.setattr(nn.LossLog, "new", new)
     monkeypatch.setattr(Sequential, "loss_and_grads", step)
     # the warm-up's recording step, which computes nothing, would count as a step
     monkeypatch.setattr(warmup, "compile_kernels", lambda model, config: 0)
     assert run_train(tmp_path / "run", "--epochs", "1", "--quiet") == 0
-    assert reads == [10]  # 640 images, batch 64: one read, after the tenth step
+    # 640 images, batch 64: ten steps
+    assert reads == ([10] if interval else list(range(1, 11))), reads
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert log[0]["train_loss"] == pytest.approx(sum(means) / 640, rel=1e-6)
 

@@ -38,7 +38,7 @@ if HAVE_NUMBA_CUDA:
     from numba import cuda
 
     from tinyconv.kernels import cuda as cuda_kernels
-    from tinyconv.kernels import kernel_modules
+    from tinyconv.kernels import cuda_host, kernel_modules
 
     # every name of the CUDA kernel files (cuda.py, cuda_blocks.py): launchers and kernels
     CUDA_NAMES = {name: obj for module in kernel_modules("cuda") for name, obj in
@@ -141,7 +141,7 @@ def compare_training(make_model, batch, steps, bound, param_bound):
         (loss, grads), (gpu_loss, gpu_grads) = (model.loss_and_grads(x, y) for model in models)
         assert abs(gpu_loss - loss) <= bound * abs(loss), f"step {step}: loss"
         for name, grad in grads.items():
-            err = rel_err(cuda_kernels.to_host(gpu_grads[name]), grad)
+            err = rel_err(cuda_host.to_host(gpu_grads[name]), grad)
             assert err <= bound, f"step {step}: gradient {name} differs by {err:.3g}"
         for opt, grad, sched in zip(opts, (grads, gpu_grads), scheds, strict=True):
             opt.step(grad)
@@ -180,12 +180,12 @@ def test_network_steps_match_cpu_in_simulator(tmp_path):
 @in_simulator
 def test_device_views_are_made_once_and_staging_sends_one_block():
     array = cuda.device_array((2, 3, 4), np.float32)
-    flat = cuda_kernels.view(array, (24,))
-    assert cuda_kernels.view(array, (24,)) is flat and flat.shape == (24,)
+    flat = cuda_host.view(array, (24,))
+    assert cuda_host.view(array, (24,)) is flat and flat.shape == (24,)
     array.copy_to_device(np.arange(24, dtype=np.float32).reshape(2, 3, 4))
-    assert np.array_equal(cuda_kernels.view(array, (2, 5), 7).copy_to_host(),
+    assert np.array_equal(cuda_host.view(array, (2, 5), 7).copy_to_host(),
                           np.arange(7, 17).reshape(2, 5))
-    staging = cuda_kernels.Staging([((3, 2), np.float32), ((2,), np.int64)])
+    staging = cuda_host.Staging([((3, 2), np.float32), ((2,), np.int64)])
     images, labels = staging.writable()
     images[...], labels[...] = 1.5, 7
     staging.send(2)

@@ -745,17 +745,18 @@ class Residual(Layer):
         for j, layer in enumerate(self.body):
             layer.init(_local(views, f"body.{j}."), rng)
 
-    def _tensors(self, t):
-        """The body's Tensors for t's batch, from t and its workspace."""
+    def _tensors(self, k, t):
+        """The body's Tensors for t's batch, from t and its workspace (views by backend k's
+        view)."""
         *in_shape, batch = t.inp.shape  # a tuple (the CUDA simulator's shapes index no -1)
         shapes = [shape + (batch,) for shape in self._shapes(in_shape)]
         acts, dacts = [t.inp], [None] * len(self.body) + [t.dout]
         for j, layer in enumerate(self.body):
-            acts.append(acts[j].reshape(shapes[j + 1]) if layer.is_view else t.work[f"act{j + 1}"])
+            acts.append(k.view(acts[j], shapes[j + 1]) if layer.is_view else t.work[f"act{j + 1}"])
         if t.dout is not None:
             for j in reversed(range(len(self.body))):
                 if self.body[j].is_view:
-                    dacts[j] = dacts[j + 1].reshape(shapes[j])
+                    dacts[j] = k.view(dacts[j + 1], shapes[j])
                 else:
                     dacts[j] = t.work[f"dact{j}"]
             if t.dinp is None and not self.body[0].is_view:
@@ -764,12 +765,12 @@ class Residual(Layer):
                         _local(t.work, f"body.{j}.")) for j in range(len(self.body))]
 
     def forward(self, k, t, p, run):
-        tensors = self._tensors(t)
+        tensors = self._tensors(k, t)
         _forward_chain(k, self.body, tensors, self._split(p), run)
         k.add(_flat(k, t.out), _flat(k, t.inp), _flat(k, tensors[-1].out))
 
     def backward(self, k, t, p, g, run):
-        tensors = self._tensors(t)
+        tensors = self._tensors(k, t)
         _backward_chain(k, self.body, tensors, self._split(p), self._split(g), run)
         if t.dinp is not None:  # the skip's gradient, dout, added to the body's
             k.add(_flat(k, t.dinp), _flat(k, tensors[0].dinp), _flat(k, t.dout))

@@ -82,8 +82,9 @@ NOT_SETTINGS = ("run_dir", "resume", "start_from", "quiet", "trust_pickle", "lis
 # drawing curves.png takes about 0.3 s, which after every epoch of 1.7 s made the default run
 # 15% longer; one drawing in 10 s of training costs 3%
 CURVES_EVERY = 10.0  # seconds
-# the steps' losses are read back (a wait for the GPU) this often, and at an epoch's end; a
-# divergence is then found up to this late, but named at the step where it happened
+# on a GPU the steps' losses are read back (a wait for it) this often, and at an epoch's end:
+# a divergence is then found up to this late, after the updates queued meanwhile (named at the
+# step where it happened; nothing is saved after it)
 LOSS_READ_EVERY = 0.2  # seconds
 
 
@@ -110,38 +111,54 @@ def train_epoch(model, opt, images, labels, config, epoch, quiet, after_step=Non
     bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{config['epochs']}",
                unit="batch", leave=False, disable=quiet, file=sys.stderr)
     log = LossLog(model, total)  # the steps' losses, read back a few times a second
-    loss_sum, seen, start, last_read = 0.0, 0, time.perf_counter(), 0.0
-    first_update = opt.step_count + 1
+    read_every = loss_read_interval(model)
+    sums, seen, shown, start = [], 0, 0.0, time.perf_counter()
+    last_read = start
+    first_update = opt.step_count + 1  # the optimizer's count at this epoch's first step
+
+    def read():  # keeps the sums written since the last read, returns their total; stops
+        first, fresh = log.read, log.new()  # at a non-finite one
+        bad = np.flatnonzero(~np.isfinite(fresh))
+        if bad.size:
+            at = first + bad[0] + 1  # the step, from 1
+            raise TrainingError(f"loss is {fresh[bad[0]]} at epoch {epoch + 1}, step {at} of "
+                                f"{total} (update {first_update + at - 1} overall)")
+        sums.append(fresh)
+        return fresh.sum()
+
     notice = cli.compile_notice(enabled=not quiet)
     try:
         for step, (x, y) in enumerate(bar, 1):
             if position is not None:
                 position.step = step
             _, grads = model.loss_and_grads(x, y, config.get("label_smoothing", 0.0), log)
+            seen += len(y)
+            now = time.perf_counter()
+            if not read_every or now - last_read >= read_every:  # before the update
+                shown += read()
+                last_read = now
+                bar.set_postfix(loss=f"{shown / seen:.4f}",
+                                samples_s=f"{seen / (now - start):,.0f}", refresh=False)
             opt.step(grads)
             if ema is not None:
                 ema.update()
             if after_step is not None:
                 after_step()
             notice.cancel()  # the first step has compiled every kernel training needs
-            seen += len(y)
-            now = time.perf_counter()
-            if step < total and now - last_read < LOSS_READ_EVERY:
-                continue
-            first, sums = log.read, log.new()
-            last_read = now
-            bad = np.flatnonzero(~np.isfinite(sums))
-            if bad.size:
-                at = first + bad[0] + 1  # the step, from 1
-                raise TrainingError(f"loss is {sums[bad[0]]} at epoch {epoch + 1}, step {at} "
-                                    f"of {total} (update {first_update + at - 1} overall)")
-            loss_sum += sums.sum()
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
-                            samples_s=f"{seen / (now - start):,.0f}", refresh=False)
+        if log.read < log.written:  # the steps since the last read
+            read()
     finally:  # an interrupt or a bad loss leaves no bar and no pending notice behind
         notice.cancel()
         bar.close()
-    return loss_sum / seen
+    # exactly rounded, so the figure does not depend on when the reads happened
+    return math.fsum(np.concatenate(sums)) / seen
+
+
+def loss_read_interval(model):
+    """Seconds between reads of the steps' losses: 0 (every step, before its update) where
+    the network's arrays are the host's, since reading costs nothing there; else
+    LOSS_READ_EVERY."""
+    return 0.0 if model.device == "cpu" else LOSS_READ_EVERY
 
 
 def redraw_curves(run_dir):

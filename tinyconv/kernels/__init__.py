@@ -24,12 +24,12 @@ KERNELS = (
 # inference kernel (the end of cpu.py); a backend without it runs the batch-last kernels at
 # every batch size
 OPTIONAL = ("sequential_forward",)
-# make, fill and read a backend's arrays (see host.py and the end of cuda.py)
+# make, fill and read a backend's arrays (see host.py and cuda_host.py)
 HELPERS = ("empty", "zeros", "view", "Staging", "to_device", "to_host", "copy_in",
            "synchronize")
 # backend name -> (modules of its KERNELS, module of its HELPERS)
 BACKENDS = {"cpu": (("cpu", "cpu_blocks", "cpu_optim"), "host"),
-            "cuda": (("cuda", "cuda_blocks", "cuda_optim"), "cuda")}
+            "cuda": (("cuda", "cuda_blocks", "cuda_optim"), "cuda_host")}
 
 
 class DeviceUnavailable(RuntimeError):

@@ -8,9 +8,10 @@ norm, dropout, padding, the sum) are in cuda_blocks.py.
 Layout and contract as in cpu.py: the batch is the LAST axis of every activation (images
 (C,H,W,N), features (IN,N), logits (V,N)); weights keep torch's layout; arguments are outputs,
 saved tensors, inputs, parameters, sizes; every backward OVERWRITES its outputs. Arrays are
-device arrays (the helpers at the end make and move them); each launcher queues its kernel on
-the default stream and returns at once, so the work of a step runs in order on the GPU and the
-host waits only where it copies a result back (to_host).
+device arrays (cuda_host.py makes and moves them); each launcher queues its kernel on the
+default stream and returns at once, so the work of a step runs in order on the GPU and the
+host waits only where it copies a result back (to_host) and before it rewrites the staged
+batch (Staging: until the copy of the last one has run).
 
 Threads: one per output element, the index running fastest over n, so the threads of a warp
 read and write neighbouring samples (coalesced). Weight and bias gradients are sums over
@@ -26,13 +27,12 @@ Kernels compile on first launch and are cached on disk (cache=True, like cpu.py'
 
 import math
 import warnings
-import weakref
 
 import numpy as np
 from numba import cuda, float32
 from numba.cuda.core.errors import NumbaPerformanceWarning  # numba-cuda's, not numba's
 
-from tinyconv.kernels import host
+from tinyconv.kernels.cuda_host import empty, view
 
 THREADS = 256  # threads per block of the elementwise kernels
 REDUCE_THREADS = 128  # most threads per block of a reduction: a power of two, for the tree
@@ -61,29 +61,6 @@ def _reduce_threads(terms):
     """Threads per block of a reduction over `terms` terms: the power of two that covers
     them, at most REDUCE_THREADS (small sums do not launch idle threads)."""
     return min(REDUCE_THREADS, 1 << max(terms - 1, 0).bit_length())
-
-
-# id(array) -> (a weak reference to the array, {(shape, start): that view of it})
-_VIEWS = {}
-
-
-def view(array, shape, start=0):
-    """The elements of a C-contiguous device array from `start` on (in C order), as an array
-    of `shape`, no copy: made on first need and kept while array lives. numba-cuda builds a
-    device array's view in Python, microseconds each, and a step's arrays are the same every
-    step: each view is made once per buffer set."""
-    if start == 0 and array.shape == shape:
-        return array
-    key = id(array)
-    entry = _VIEWS.get(key)
-    if entry is None or entry[0]() is not array:
-        entry = _VIEWS[key] = (weakref.ref(array, lambda _, key=key: _VIEWS.pop(key, None)), {})
-    views = entry[1]
-    if (shape, start) not in views:
-        size = math.prod(shape)
-        views[shape, start] = (array.reshape(shape) if start == 0 and size == array.size else
-                               array.reshape(array.size)[start:start + size].reshape(shape))
-    return views[shape, start]
 
 
 def _flat(array):
@@ -164,7 +141,8 @@ def _conv2d_backward_input(dinp, dout, weight):
 @cuda.jit(cache=True)
 def _conv2d_backward_params(dweight, dbias, partials, dout, inp, group):
     # overwrites dweight (OC,C,KH,KW) and dbias (OC,), or with S > 1 segments partials (S,E),
-    # E = dweight.size + OC (then summed over S by _sum_segments); dout (OC,OH,OW,N),
+    # E = dweight.size + OC (then summed over S by _sum_segments; with one segment partials
+    # only says S = 1, and any (1, ...) array will do); dout (OC,OH,OW,N),
     # inp (C,H,W,N). Element e < dweight.size: dweight[oc,c,kh,kw] = sum over i, j, n of
     #   dout[oc,i,j,n] * inp[c,i+kh,j+kw,n]; the OC elements after: dbias[oc] = sum of dout[oc].
     # A group of `group` threads (a power of two) takes one element's share of the terms
@@ -172,7 +150,7 @@ def _conv2d_backward_params(dweight, dbias, partials, dout, inp, group):
     # blockDim.x // group elements a block, the same order every run
     OC, C, KH, KW = dweight.shape
     OH, OW, N = dout.shape[1], dout.shape[2], dout.shape[3]
-    segments, elements = partials.shape
+    segments, elements = partials.shape[0], dweight.size + dbias.size
     tid = cuda.threadIdx.x
     lane = tid % group
     e = cuda.blockIdx.x * (cuda.blockDim.x // group) + tid // group
@@ -227,8 +205,10 @@ def conv2d_forward(out, inp, weight, bias):
 
 
 # (segments, elements) -> the device array _conv2d_backward_params leaves its segments' sums
-# in: made once per shape (a few: a layer's at its batch sizes); the launches of a step run
-# in order on one stream, so layers of one shape share it
+# in: the one buffer a launcher makes itself (the kernel contract's exception: how many
+# segments a sum takes is this backend's business, not the layer's), made once per shape (a
+# few: a layer's at its batch sizes); the launches of a step run in order on one stream, so
+# layers of one shape share it
 _PARTIALS = {}
 
 
@@ -238,11 +218,13 @@ def _conv2d_params_grads(dweight, dbias, dout, inp):
     elements, terms = dweight.size + dbias.size, dout.size // dout.shape[0]
     group = _reduce_threads(-(-terms // TERMS_PER_THREAD))
     segments = -(-terms // (group * TERMS_PER_THREAD))
+    if segments == 1:  # the sums go straight to dweight and dbias
+        partials = view(dweight, (1, dweight.size))
+    else:
+        if (segments, elements) not in _PARTIALS:
+            _PARTIALS[segments, elements] = empty((segments, elements))
+        partials = _PARTIALS[segments, elements]
     per_block = REDUCE_THREADS // group
-    shape = (segments, elements)
-    if shape not in _PARTIALS:  # with one segment it only carries the shape: never written
-        _PARTIALS[shape] = empty(shape)
-    partials = _PARTIALS[shape]
     _conv2d_backward_params[(-(-elements // per_block), segments), REDUCE_THREADS](
         dweight, dbias, partials, dout, inp, group)
     if segments > 1:
@@ -575,66 +557,3 @@ def _loss_sum(sums, losses, index):
 def loss_sum(sums, losses, index):
     """sums[index] = the sum of the per-sample losses (N,): a step's loss, kept on the GPU."""
     _loss_sum[1, _reduce_threads(losses.size)](sums, losses, index)
-
-
-# ---- device arrays: made once, moved only where a step begins and ends
-
-
-def empty(shape, dtype=np.float32):
-    """An uninitialised device array."""
-    return cuda.device_array(shape, dtype)
-
-
-def zeros(shape, dtype=np.float32):
-    """A device array of zeros."""
-    return cuda.to_device(np.zeros(shape, dtype))
-
-
-def copy_in(dst, src):
-    """Copy a host array (any strides, any real dtype) into the device array dst."""
-    dst.copy_to_device(np.ascontiguousarray(src, dst.dtype))
-
-
-def to_device(host, out=None):
-    """host copied to the device: into `out` (a device array of its shape) when given, so
-    that nothing is allocated, else into a new device array."""
-    if out is None:
-        out = empty(host.shape, host.dtype)
-    copy_in(out, host)
-    return out
-
-
-class Staging(host.Staging):
-    """host.Staging on a GPU: the host arrays in pinned memory, sent in one asynchronous copy
-    on the default stream (in order with the kernels, so the host does not wait); writable()
-    waits until the last copy has read them."""
-
-    def __init__(self, arrays):
-        self.spans, size = host.staging_spans(arrays)
-        pinned, self._block = cuda.pinned_array(size, np.uint8), cuda.device_array(size, np.uint8)
-        self.host, self.device = (host.staged_views(block, arrays, self.spans)
-                                  for block in (pinned, self._block))
-        # the block's first `count` arrays, host and device side, by count: views made once
-        self._parts = {count: (pinned[:stop], self._block[:stop])
-                       for count, (_, stop) in enumerate(self.spans, 1)}
-        self._stream, self._sent = cuda.default_stream(), cuda.event()
-        self._sent.record(self._stream)
-
-    def writable(self):
-        self._sent.synchronize()
-        return self.host
-
-    def send(self, count):
-        source, target = self._parts[count]
-        target.copy_to_device(source, stream=self._stream)
-        self._sent.record(self._stream)
-
-
-def to_host(array):
-    """A host copy of a device array (waits for the work queued before it)."""
-    return array.copy_to_host()
-
-
-def synchronize():
-    """Wait until the GPU has finished all the work queued so far."""
-    cuda.synchronize()

@@ -1,6 +1,6 @@
 """The CPU backend's array helpers: its device memory is the host's, so nothing moves.
 
-The same names as at the end of cuda.py, so a model allocates and moves its arrays without
+The same names as cuda_host.py's, so a model allocates and moves its arrays without
 knowing where they live; here moving in and out copies nothing (unless an array is not
 aligned). Also to_batch_last, the host-side transpose of a batch into the kernels' layout,
 which both backends' models use.
