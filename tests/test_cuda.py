@@ -178,6 +178,27 @@ def test_network_steps_match_cpu_in_simulator(tmp_path):
 
 
 @in_simulator
+def test_a_loss_log_on_the_device_matches_the_cpu_losses():
+    # the training loop's path on a GPU: each step's summed loss written on the device and
+    # read back later, a NaN naming its step
+    rng = np.random.default_rng(0)
+    models = [tiny_lenet("cpu"), tiny_lenet("cuda")]
+    log = nn.LossLog(models[1], 4)
+    expected = []
+    for step in range(3):
+        x = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
+        if step == 2:
+            x[0, 0, 0, 0] = np.nan
+        y = rng.integers(0, 10, size=3)
+        expected.append(models[0].loss_and_grads(x, y)[0] * 3)
+        assert models[1].loss_and_grads(x, y, into=log)[0] is None
+    sums = log.new()
+    np.testing.assert_allclose(sums[:2], expected[:2], rtol=1e-5)
+    assert np.isnan(sums[2]) and np.isnan(expected[2])
+    assert log.new().size == 0
+
+
+@in_simulator
 def test_device_views_are_made_once_and_staging_sends_one_block():
     array = cuda.device_array((2, 3, 4), np.float32)
     flat = cuda_host.view(array, (24,))
@@ -480,8 +501,9 @@ def test_in_simulator(tmp_path):
     passed = sorted(case.get("name") for case in ElementTree.parse(report_file).iter("testcase")
                     if not len(case))  # a skip, failure or error is a child element
     expected = simulator_tests()
-    # the cases, the two networks' steps, the views and staging, and the device-name check
-    assert len(expected) == len(SIMULATOR_CASES) + 4, expected
+    # the cases, the two networks' steps, the loss log, the views and staging, and the
+    # device-name check
+    assert len(expected) == len(SIMULATOR_CASES) + 5, expected
     assert passed == expected, (f"the simulator run passed {passed}, expected {expected}:\n"
                                 f"{report}")
 
