@@ -1474,8 +1474,8 @@ class Sequential:
         return np.ascontiguousarray(y, dtype=np.int64)
 
     def _loss(self, x, y, training, label_smoothing):
-        """Forward and the per-sample cross-entropy; returns the buffers, the device labels
-        and the smoothing as the kernels take it."""
+        """Forward and the per-sample cross-entropy; returns the buffers (the labels sent
+        with the batch among them) and the smoothing as the kernels take it."""
         x = self._check_input(x)
         y = self._check_labels(y, len(x))
         if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing <= 1):
@@ -1485,7 +1485,7 @@ class Sequential:
         buf = self._run_forward(x, training, y)
         self.kernels.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], buf.labels,
                                           smoothing)
-        return buf, buf.labels, smoothing
+        return buf, smoothing
 
     def loss(self, x, y, reduction="mean", label_smoothing=0.0):
         """Cross-entropy of a batch (torch's, label_smoothing included) and its logits
@@ -1493,7 +1493,7 @@ class Sequential:
         reduction "none" each sample's (N,) float32."""
         if reduction not in ("mean", "none"):
             raise ValueError(f"loss: reduction must be 'mean' or 'none', found {reduction!r}")
-        buf, _, _ = self._loss(x, y, self.training, label_smoothing)
+        buf, _ = self._loss(x, y, self.training, label_smoothing)
         losses = self.kernels.to_host(buf.losses)
         return (_mean(losses) if reduction == "mean" else losses.copy(),
                 self._batch_first(buf.acts[-1]))
@@ -1507,10 +1507,10 @@ class Sequential:
         goes there instead, and None stands for the mean: on a GPU nothing then waits for
         the step to finish.
         """
-        buf, labels, smoothing = self._loss(x, y, self.training, label_smoothing)
+        buf, smoothing = self._loss(x, y, self.training, label_smoothing)
         k = self.kernels
         buf.gradients()
-        k.softmax_xent_backward(buf.tensors[-1].dout, buf.probs, labels, np.float32(1.0),
+        k.softmax_xent_backward(buf.tensors[-1].dout, buf.probs, buf.labels, np.float32(1.0),
                                 smoothing)
         _backward_chain(k, self.layers, buf.tensors, self._layer_params, self._layer_grads,
                         buf.run)

@@ -6,7 +6,6 @@ result is read (to_host, which waits for the work queued before it). view keeps 
 the launchers and layers need, since numba-cuda builds each in Python.
 """
 
-import math
 import weakref
 
 import numpy as np
@@ -30,10 +29,8 @@ def view(array, shape, start=0):
     if entry is None or entry[0]() is not array:
         entry = _VIEWS[key] = (weakref.ref(array, lambda _, key=key: _VIEWS.pop(key, None)), {})
     views = entry[1]
-    if (shape, start) not in views:
-        size = math.prod(shape)
-        views[shape, start] = (array.reshape(shape) if start == 0 and size == array.size else
-                               array.reshape(array.size)[start:start + size].reshape(shape))
+    if (shape, start) not in views:  # made as host.view makes numpy's (the same methods)
+        views[shape, start] = host.view(array, shape, start)
     return views[shape, start]
 
 

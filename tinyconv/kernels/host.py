@@ -126,9 +126,10 @@ def view(array, shape, start=0):
     """The elements of a C-contiguous array from `start` on (in C order), as an array of
     `shape`, no copy (numpy's views cost nothing to make: CUDA's helper of this name keeps
     them)."""
-    if start == 0 and array.size == math.prod(shape):
+    size = math.prod(shape)
+    if start == 0 and array.size == size:
         return array.reshape(shape)
-    return array.reshape(-1)[start:start + math.prod(shape)].reshape(shape)
+    return array.reshape(array.size)[start:start + size].reshape(shape)
 
 
 def to_host(array):
