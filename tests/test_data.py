@@ -173,6 +173,16 @@ def test_read_idx_round_trips_every_type(tmp_path, type_code, compress):
     found = data.read_idx(next(path.iterdir()), ndim=2)
     assert found.dtype.isnative and found.dtype.kind == data.IDX_DTYPES[type_code].kind
     np.testing.assert_array_equal(found, values)
+    found[0, 0] = 1  # writable, whether it shares the file's buffer (bytes) or was converted
+    assert found[0, 0] == 1
+
+
+def test_a_multi_member_gzip_decompresses_whole(tmp_path):
+    # gunzip sizes its buffer from the last member's ISIZE: here smaller than the stream
+    values = np.arange(2 * 70, dtype=np.uint8).reshape(2, 70)
+    payload = idx_bytes(values)
+    (tmp_path / "two.gz").write_bytes(gzip.compress(payload[:100]) + gzip.compress(payload[100:]))
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "two.gz"), values)
 
 
 def replace_file(name, payload=None, raw=None):

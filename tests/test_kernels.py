@@ -220,7 +220,7 @@ def test_model_buffers_start_on_a_cache_line(batch):
     opt = Adam(model)
     x = np.random.default_rng(0).standard_normal((batch, 1, 32, 32)).astype(np.float32)
     model.loss_and_grads(x, np.zeros(batch, np.int64))
-    buffers = model._buffers[batch]
+    buffers = model._buffers[batch, True]  # (batch, keep: a backward's)
     for array in [*buffers.acts, *buffers.gradients()[1:], buffers.losses, buffers.probs,
                   model.flat_params, model.flat_grads, opt.m, opt.v]:
         assert array.ctypes.data % ALIGNMENT == 0, array.shape
@@ -237,6 +237,7 @@ def test_arena_sizes_are_python_ints():
         return host.empty(size)
 
     arena = _Arena(allocate)
-    views = arena.carve([(6, 28, 28, 7), (3,), (16, 5, 5, 7)])
+    groups = arena.carve([[(6, 28, 28, 7)], [(3,), (16, 5, 5, 7)], []])
+    views = [view for group in groups for view in group]
     assert [view.shape for view in views] == [(6, 28, 28, 7), (3,), (16, 5, 5, 7)]
     assert len(sizes) == 2 and all(view.ctypes.data % ALIGNMENT == 0 for view in views)

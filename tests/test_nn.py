@@ -2,6 +2,8 @@
 Sequential owns (names, specs, buffers, modes, devices, checkpoints)."""
 
 import json
+import math
+import weakref
 
 import numpy as np
 import pytest
@@ -271,6 +273,29 @@ def test_named_architectures_match_their_torch_twins(name, smoothing):
     with torch.no_grad():
         expected = module(torch.from_numpy(x.astype(np.float64))).numpy()
     assert rel_err(model.eval().forward(x), expected) < BACKWARD
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet-mini"])
+def test_buffers_of_another_batch_size_change_no_result_and_free_the_old_block(name):
+    # a step at batch 12, eval at 40 (a larger activation block: the step's buffers go stale
+    # and are carved again from it), a step at 12 again: the same gradients' bits; eval's
+    # logits from buffers in turns are the bits of those kept for activations()
+    model = archs.build(name, seed=4)
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((12, 1, 32, 32)).astype(np.float32), rng.integers(0, 10, 12)
+    wide = rng.standard_normal((40, 1, 32, 32)).astype(np.float32)
+    first = {key: grad.copy() for key, grad in model.loss_and_grads(x, y)[1].items()}
+    old_block = weakref.ref(model._arenas[0].memory)
+    logits = model.eval().forward(wide)
+    assert np.array_equal(logits, model.activations(wide)[-1])
+    again = model.train().loss_and_grads(x, y)[1]
+    for key, grad in first.items():
+        assert np.array_equal(again[key], grad), key
+    assert old_block() is None  # freed: the arena holds one block, not one per batch size
+    assert all(buffers.current() for buffers in model._buffers.values())
+    # the gradients take turns: their arena is smaller than all the boundaries' together
+    boundaries = sum(math.prod(shape) * 12 for shape in model.shapes[1:])
+    assert model._arenas[1].memory.size < boundaries
 
 
 def test_init_is_torchs_default_and_seeded():

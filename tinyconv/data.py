@@ -16,6 +16,7 @@ loads from there.
 import dataclasses
 import gzip
 import hashlib
+import io
 import math
 import os
 import struct
@@ -126,11 +127,20 @@ class DataError(ValueError):
 
 
 def gunzip(raw, source):
-    """Decompress gzip bytes, reporting a damaged stream as a DataError naming source."""
+    """Decompress gzip bytes into a bytearray, reporting a damaged stream as a DataError
+    naming source. The output is sized from the stream's ISIZE trailer and filled in place,
+    so a data set's images are never held twice (bytes, then an array copied from them);
+    a multi-member stream, whose trailer sizes only its last member, gets the rest appended."""
+    size = int.from_bytes(raw[-4:], "little") if len(raw) >= 4 else 0
+    out = bytearray(size)
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            filled = stream.readinto(out)
+            del out[filled:]
+            out += stream.read()
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DataError(f"{source}: corrupt gzip stream ({exc})") from exc
+    return out
 
 
 def read_file_bytes(path, decompress=True):
@@ -138,7 +148,9 @@ def read_file_bytes(path, decompress=True):
     not decompress)."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as file:  # into a bytearray, which an array can share
+            raw = bytearray(os.fstat(file.fileno()).st_size)
+            del raw[file.readinto(raw):]
     except FileNotFoundError as exc:
         raise DataError(f"{path}: no such file") from exc
     if not raw:
@@ -181,9 +193,11 @@ def parse_idx(data, source, ndim=None):
             f"{source}: shape {shape} of {dtype.name} needs {expected_size} bytes, "
             f"found {len(data)} ({fault})"
         )
-    # astype copies into native byte order, leaving a writable array that owns its memory.
+    # A writable buffer of single bytes (uint8 and int8: MNIST's images) is shared, not copied;
+    # otherwise astype copies into native byte order, leaving a writable array
     array = np.frombuffer(data, dtype, offset=header_size).reshape(shape)
-    return array.astype(dtype.newbyteorder("="))
+    shared = array.flags.writeable and dtype.itemsize == 1
+    return array if shared else array.astype(dtype.newbyteorder("="))
 
 
 def read_idx(path, ndim=None):

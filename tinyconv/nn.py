@@ -727,11 +727,14 @@ class Residual(Layer):
                                                                                      batch))}
 
     def grad_workspace(self, in_shape, batch):
-        # the gradient at each body boundary but the last (dout's)
+        # the gradients at the body's boundaries but the last (dout's), taking turns in two
+        # flat buffers as _Buffers' do (a body layer's backward reads one, writes the other)
+        # (a view layer's input gradient is a reshape of its output's: no memory of its own)
         shapes = self._shapes(in_shape)
-        grads = {f"dact{j}": (*shapes[j], batch)
-                 for j, layer in enumerate(self.body) if not layer.is_view}
-        return {**grads, **self._named(in_shape, lambda layer, shape: layer.grad_workspace(
+        sizes = [math.prod(shapes[j]) * batch for j, layer in enumerate(self.body)
+                 if not layer.is_view]
+        turns = {f"dturn{turn}": (max(sizes[turn::2], default=0),) for turn in (0, 1)}
+        return {**turns, **self._named(in_shape, lambda layer, shape: layer.grad_workspace(
             shape, batch))}
 
     def check_pass(self, in_shape, batch, training):
@@ -754,11 +757,12 @@ class Residual(Layer):
         for j, layer in enumerate(self.body):
             acts.append(k.view(acts[j], shapes[j + 1]) if layer.is_view else t.work[f"act{j + 1}"])
         if t.dout is not None:
+            owned = [j for j, layer in enumerate(self.body) if not layer.is_view]
             for j in reversed(range(len(self.body))):
                 if self.body[j].is_view:
                     dacts[j] = k.view(dacts[j + 1], shapes[j])
                 else:
-                    dacts[j] = t.work[f"dact{j}"]
+                    dacts[j] = k.view(t.work[f"dturn{owned.index(j) % 2}"], shapes[j])
             if t.dinp is None and not self.body[0].is_view:
                 dacts[0] = None  # nobody needs the input's gradient
         return [Tensors(acts[j], acts[j + 1], dacts[j], dacts[j + 1],
@@ -860,25 +864,42 @@ class _Arena:
     """A block of float32 memory that hands out contiguous arrays, from its start each time.
 
     Only one batch is in flight at a time, so the buffers of every batch size can share it: a
-    training run uses 128 (the batch), 96 (the last of 60,000) and 16 (the last of the 10,000
-    test images), and keeps one set of buffers instead of three.
+    training run uses 128 (the batch), 96 (the last of 60,000) and 250 (the test pass), and
+    keeps one set of buffers instead of three. A larger need gets a new block, and the
+    buffers carved from the old one are stale (see _Buffers.current): they are carved again
+    from the new block when next used, and the old block is freed.
     """
 
     def __init__(self, empty):
         self.empty = empty  # the backend's allocator: host or device memory
         self.memory = empty(0)
 
-    def carve(self, shapes):
-        """Arrays of these shapes, one after another, each starting on a 64-byte boundary
+    def carve(self, groups):
+        """For each group of shapes, arrays on top of one another (buffers never in use at the
+        same time), the groups one after another, each array starting on a 64-byte boundary
         (the block does: see kernels.host); a larger need gets a new block (the arrays already
         handed out keep the old one)."""
-        sizes = [math.prod(shape) for shape in shapes]
+        sizes = [max((_aligned(math.prod(shape)) for shape in group), default=0)
+                 for group in groups]
         # Python ints: numba-cuda's allocator takes no numpy integer as a size
-        starts = [0, *itertools.accumulate(-(-size // _ALIGN) * _ALIGN for size in sizes)]
+        starts = [0, *itertools.accumulate(sizes)]
         if starts[-1] > self.memory.size:
             self.memory = self.empty(starts[-1])
-        return [self.memory[start:start + size].reshape(shape)
-                for shape, size, start in zip(shapes, sizes, starts[:-1], strict=True)]
+        return [[self.memory[start:start + math.prod(shape)].reshape(shape) for shape in group]
+                for group, start in zip(groups, starts[:-1], strict=True)]
+
+
+def _aligned(size):
+    """size float32 values rounded up to whole 64-byte lines."""
+    return -(-size // _ALIGN) * _ALIGN
+
+
+def _split(span, shapes):
+    """Arrays of these shapes one after another in the flat array span, each on a 64-byte
+    boundary (span's own start being one)."""
+    starts = [0, *itertools.accumulate(_aligned(math.prod(shape)) for shape in shapes)]
+    return [span[start:start + math.prod(shape)].reshape(shape)
+            for shape, start in zip(shapes, starts[:-1], strict=True)]
 
 
 class _Buffers:
@@ -890,16 +911,23 @@ class _Buffers:
     overlap and drops to a scalar loop, several times slower. Gradient buffers wait for
     the first backward, so evaluation never pays for them. Each layer's workspace is carved
     with the activations, its gradient workspace with the gradients.
+
+    Activations a backward will read (keep: a training step's, those activations() returns)
+    each have their own memory; otherwise, and always for the gradients, a buffer is live
+    only while the layer before and the layer after it run: the boundaries take turns in two
+    regions, and the layers' workspaces share a third (a backward reads only its own layer's
+    gradient workspace). A forward pass then holds two activations, not all of them.
     """
 
-    def __init__(self, model, batch, acts_arena, grads_arena):
+    def __init__(self, model, batch, keep, acts_arena, grads_arena):
         self.model, self.batch, self.grads_arena = model, batch, grads_arena
         self.shapes = [(*shape, batch) for shape in model.shapes]
         backend = model.kernels
+        self.carved = []  # (arena, the block carved from), for current()
         # the batch in the kernels' layout and its labels: written on the host, sent to the
         # device in one copy a step (on the CPU they are the device arrays: nothing moves)
         self.staging = backend.Staging([(self.shapes[0], np.float32), ((batch,), np.int64)])
-        self.acts, work = self._chain(acts_arena, self.staging.device[0], "workspace")
+        self.acts, work = self._chain(acts_arena, self.staging.device[0], "workspace", keep)
         self.labels = self.staging.device[1]
         self.tensors = [Tensors(*self.acts[i:i + 2], work=work[i])
                         for i in range(len(model.layers))]
@@ -907,31 +935,48 @@ class _Buffers:
         self.losses = backend.empty(batch)
         self.probs = backend.empty(self.shapes[-1])
 
-    def _chain(self, arena, first, workspace):
+    def current(self):
+        """Whether every block these buffers were carved from is still its arena's."""
+        return all(arena.memory is block for arena, block in self.carved)
+
+    def _chain(self, arena, first, workspace, keep):
         """A float32 buffer per layer boundary, the first one `first` (the input's; None for
         the gradients: the first entry and every view of it are then None), a view layer's
         a reshape of the one before, and each layer's `workspace` (its method of that name)
-        as {name: array}: carved in one go."""
+        as {name: array}: carved in one go, each buffer in its own memory if keep, else in
+        turns (see the class)."""
         model = self.model
         owned = [i + 1 for i, layer in enumerate(model.layers) if not layer.is_view]
         work = [getattr(layer, workspace)(model.shapes[i], self.batch)
                 for i, layer in enumerate(model.layers)]
-        carved = iter(arena.carve([self.shapes[i] for i in owned]
-                                  + [shape for shapes in work for shape in shapes.values()]))
-        arrays = {i: next(carved) for i in owned}
+        # each layer's workspace as one span, its arrays one after another
+        spans = [(sum(_aligned(math.prod(shape)) for shape in shapes.values()),)
+                 for shapes in work]
+        if keep:
+            groups = arena.carve([[self.shapes[i]] for i in owned] + [[span] for span in spans])
+            owned_arrays = [group[0] for group in groups[:len(owned)]]
+            span_arrays = [group[0] for group in groups[len(owned):]]
+        else:  # consecutive owned boundaries in turns, the spans on top of one another
+            turns = arena.carve([[self.shapes[i] for i in owned[turn::2]] for turn in (0, 1)]
+                                + [spans])
+            owned_arrays = [turns[n % 2][n // 2] for n in range(len(owned))]
+            span_arrays = turns[2]
+        self.carved.append((arena, arena.memory))
+        arrays = dict(zip(owned, owned_arrays, strict=True))
         arrays[0] = first
         for i, layer in enumerate(model.layers):
             if layer.is_view:
                 before = arrays[i]
                 arrays[i + 1] = None if before is None else before.reshape(self.shapes[i + 1])
-        work = [{name: next(carved) for name in shapes} for shapes in work]
+        work = [dict(zip(shapes, _split(span, list(shapes.values())), strict=True))
+                for shapes, span in zip(work, span_arrays, strict=True)]
         return [arrays[i] for i in range(len(self.shapes))], work
 
     def gradients(self):
         """The activation gradients, carved on the first call: dacts[i] is the gradient of
         acts[i], None for the network's input."""
         if not self.has_gradients:
-            dacts, work = self._chain(self.grads_arena, None, "grad_workspace")
+            dacts, work = self._chain(self.grads_arena, None, "grad_workspace", False)
             for i, tensors in enumerate(self.tensors):
                 tensors.dinp, tensors.dout = dacts[i], dacts[i + 1]
                 tensors.work.update(work[i])
@@ -1178,7 +1223,7 @@ class Sequential:
                               for i in range(len(self.layers))]
         self._layer_grads = [self._local(i, self.grads) for i in range(len(self.layers))]
         self._arenas = (_Arena(self.kernels.empty), _Arena(self.kernels.empty))  # acts, grads
-        self._buffers = {}  # batch size -> _Buffers
+        self._buffers = {}  # (batch size, keep) -> _Buffers
         self._plan = None  # the small-batch SamplePlan, False where there is none
         self._samples_below = None  # samples_below as set, None for the network's own rule
         self._scratch = np.empty((0, 0), np.float32)  # its scratch rows, one per sample
@@ -1345,10 +1390,11 @@ class Sequential:
         """What error messages call this network: its name, or Sequential."""
         return self.name or "Sequential"
 
-    def _run_forward(self, x, training, y=None):
+    def _run_forward(self, x, training, y=None, keep=False):
         """Fill the batch size's activation buffers from batch-first x, in training mode or
         not, its labels y (checked by the caller) sent with it when given; returns the
-        buffers, with the Pass that the backward must run under."""
+        buffers, with the Pass that the backward must run under. keep: every activation
+        stays for a backward or activations() (see _Buffers); else only the last."""
         batch = x.shape[0]
         if training:  # before any kernel runs: a refused batch changes no running statistic
             for index, (layer, shape) in enumerate(zip(self.layers, self.shapes, strict=False)):
@@ -1357,9 +1403,12 @@ class Sequential:
                 except ValueError as exc:
                     raise ValueError(f"{self._title()}: layer {self.prefix}{index} {layer!r}: "
                                      f"{exc}") from None
-        if batch not in self._buffers:
-            self._buffers[batch] = _Buffers(self, batch, *self._arenas)
-        buf = self._buffers[batch]
+        buf = self._buffers.get((batch, keep))
+        if buf is None or not buf.current():
+            buf = _Buffers(self, batch, keep, *self._arenas)
+            # a new block leaves the buffers carved from the old one stale: dropped, it is freed
+            self._buffers = {key: old for key, old in self._buffers.items() if old.current()}
+            self._buffers[batch, keep] = buf
         k = self.kernels
         # (N, ...) -> (..., N) float32 on the host, then with the labels to the device in one
         # copy (CPU: nothing to send)
@@ -1456,7 +1505,7 @@ class Sequential:
 
     def activations(self, x):
         """Each layer's output for a batch x, batch first: a list, index = layer."""
-        buf = self._run_forward(self._check_input(x), self.training)
+        buf = self._run_forward(self._check_input(x), self.training, keep=True)
         return [self._batch_first(act) for act in buf.acts[1:]]
 
     def _check_labels(self, y, batch):
@@ -1473,16 +1522,17 @@ class Sequential:
                              f"{y[(y < 0) | (y >= classes)][0]}")
         return np.ascontiguousarray(y, dtype=np.int64)
 
-    def _loss(self, x, y, training, label_smoothing):
-        """Forward and the per-sample cross-entropy; returns the buffers (the labels sent
-        with the batch among them) and the smoothing as the kernels take it."""
+    def _loss(self, x, y, training, label_smoothing, keep):
+        """Forward (keep as _run_forward's) and the per-sample cross-entropy; returns the
+        buffers (the labels sent with the batch among them) and the smoothing as the
+        kernels take it."""
         x = self._check_input(x)
         y = self._check_labels(y, len(x))
         if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing <= 1):
             raise ValueError(f"{self._title()}: label_smoothing must be a number in [0, 1], "
                              f"found {label_smoothing!r}")
         smoothing = np.float32(label_smoothing)
-        buf = self._run_forward(x, training, y)
+        buf = self._run_forward(x, training, y, keep)
         self.kernels.softmax_xent_forward(buf.losses, buf.probs, buf.acts[-1], buf.labels,
                                           smoothing)
         return buf, smoothing
@@ -1493,7 +1543,7 @@ class Sequential:
         reduction "none" each sample's (N,) float32."""
         if reduction not in ("mean", "none"):
             raise ValueError(f"loss: reduction must be 'mean' or 'none', found {reduction!r}")
-        buf, _ = self._loss(x, y, self.training, label_smoothing)
+        buf, _ = self._loss(x, y, self.training, label_smoothing, keep=False)
         losses = self.kernels.to_host(buf.losses)
         return (_mean(losses) if reduction == "mean" else losses.copy(),
                 self._batch_first(buf.acts[-1]))
@@ -1507,7 +1557,7 @@ class Sequential:
         goes there instead, and None stands for the mean: on a GPU nothing then waits for
         the step to finish.
         """
-        buf, smoothing = self._loss(x, y, self.training, label_smoothing)
+        buf, smoothing = self._loss(x, y, self.training, label_smoothing, keep=True)
         k = self.kernels
         buf.gradients()
         k.softmax_xent_backward(buf.tensors[-1].dout, buf.probs, buf.labels, np.float32(1.0),
