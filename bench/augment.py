@@ -65,7 +65,13 @@ def kernel_rows(images, rounds):
     """Rows of the elastic warp's two kernels on one batch of 128: the blur of its
     displacement fields (with its GFLOP/s, counting the taps inside the canvas only, the ones
     it computes) and the warp."""
-    from tinyconv.data import Distortions, affine_matrices, elastic_fields, gaussian_weights
+    from tinyconv.data import (
+        NORMALIZATIONS,
+        Distortions,
+        affine_matrices,
+        elastic_fields,
+        gaussian_weights,
+    )
     from tinyconv.kernels import cpu_augment
 
     n, size, (alpha, sigma) = 128, 32, ELASTIC["elastic"]
@@ -73,15 +79,17 @@ def kernel_rows(images, rounds):
     noise = rng.uniform(-1, 1, (size, size, 2 * n)).astype(np.float32)
     blurred, tmp = np.empty_like(noise), np.empty_like(noise)
     weights = gaussian_weights(sigma)
-    canvas = np.zeros((n, size, size), np.float32)
-    canvas[:, 2:30, 2:30] = images[:n]
+    raw = images[:n]  # the warp reads the uint8 digits, as the training batches' does
     distortions = Distortions(rotate=AFFINE["rotate"], scale=AFFINE["scale"],
                               shear=AFFINE["shear"], translate=AFFINE["translate"])
     matrices = affine_matrices(n, rng, size, distortions)
-    fields, out = elastic_fields(n, rng, size, alpha, sigma), np.empty_like(canvas)
+    fields = elastic_fields(n, rng, size, alpha, sigma)
+    out = np.empty((n, size, size), np.float32)
+    scale, offset = NORMALIZATIONS["standard"]
     blur, warp = alternate(
         [lambda: cpu_augment.gaussian_blur(blurred, tmp, noise, weights, np.float32(alpha)),
-         lambda: cpu_augment.warp_bilinear(out, canvas, matrices, fields)], rounds, 200)
+         lambda: cpu_augment.warp_bilinear(out, raw, matrices, fields, scale, offset)],
+        rounds, 200)
     radius = len(weights) // 2
     taps = sum(min(size - 1, x + radius) - max(0, x - radius) + 1 for x in range(size))
     flops = 2 * 2 * size * taps * 2 * n  # two passes, each S lines of `taps` FMAs per map

@@ -10,6 +10,7 @@ from tinyconv.kernels import cpu_augment, cpu_blocks
 from tinyconv.kernels import reference as ref
 
 SIZE = 32
+KEEP_SCALE = data.NORMALIZATIONS["none"]  # the warp's scale and offset: values as they are
 STRONG = data.Distortions(rotate=15, scale=0.15, shear=0.3, translate=2.5, elastic_alpha=34,
                           elastic_sigma=4)
 
@@ -35,10 +36,25 @@ def test_the_warp_matches_its_reference():
     for with_fields in (None, fields):
         out = np.empty_like(src)
         given = fields if with_fields is not None else np.empty((SIZE, SIZE, 0, 2), np.float32)
-        cpu_augment.warp_bilinear(out, src, matrices, given)
+        cpu_augment.warp_bilinear(out, src, matrices, given, *KEEP_SCALE)
         expected = ref.warp_bilinear(src, matrices, with_fields)
         assert np.abs(out - expected).max() < 1e-3  # of 255: float32 coordinates
         assert not np.array_equal(out, src)
+
+
+def test_the_warp_from_the_uint8_digits_pads_and_normalises_as_numpy_does():
+    # the training batches' path: straight from the 28x28 digits, the normalisation fused
+    images, _ = data.load_mnist("test")
+    raw, rng = images[:7], np.random.default_rng(3)
+    matrices = data.affine_matrices(len(raw), rng, SIZE, STRONG)
+    fields = data.elastic_fields(len(raw), rng, SIZE, 34, 4)
+    scale, offset = data.NORMALIZATIONS["standard"]
+    out = np.empty((len(raw), SIZE, SIZE), np.float32)
+    cpu_augment.warp_bilinear(out, raw, matrices, fields, scale, offset)
+    canvas = data.resized(raw, "pad")  # the digits on the 32x32 canvas, 2 pixels of zeros
+    expected = ref.warp_bilinear(canvas, matrices, fields) * scale - offset
+    assert np.abs(out - expected).max() < 1e-3 * scale * 255
+    assert np.abs(out[:, 0, 0] + offset).max() < 1e-6  # the corners: the zero fill, normalised
 
 
 def test_the_blur_and_the_noise_match_their_references():
@@ -101,7 +117,7 @@ def test_identity_parameters_give_the_input_back_exactly():
                                     data.Distortions())
     out = np.empty_like(src)
     cpu_augment.warp_bilinear(out, src, matrices, np.zeros((SIZE, SIZE, len(src), 2),
-                                                           np.float32))
+                                                           np.float32), *KEEP_SCALE)
     assert np.array_equal(out, src)
     assert not data.Distortions()  # and none is no warp at all
 
@@ -116,7 +132,8 @@ def test_known_transforms_move_the_pixels_where_they_should():
     # a quarter turn about the centre, by the transform's matrix
     quarter = warp(3, Extremes(), SIZE, data.Distortions(rotate=90))
     out = np.empty_like(src)
-    cpu_augment.warp_bilinear(out, src, quarter, np.empty((SIZE, SIZE, 0, 2), np.float32))
+    cpu_augment.warp_bilinear(out, src, quarter, np.empty((SIZE, SIZE, 0, 2), np.float32),
+                              *KEEP_SCALE)
     assert np.abs(out - np.rot90(src, k=-1, axes=(1, 2))).max() < 1e-2
     # scaling by 1 + 0.5 about the centre makes the digit's ink spread wider
     grown = data.distorted(src, Extremes(), data.Distortions(scale=0.5))

@@ -504,14 +504,17 @@ def affine_matrices(n, rng, size, distortions):
     zoom = rng.uniform(1 - d.scale, 1 + d.scale, n)
     shear = rng.uniform(-d.shear, d.shear, n)
     shift = rng.uniform(-d.translate, d.translate, (n, 2))
-    cos, sin = np.cos(angle), np.sin(angle)
-    # forward (x, y) -> A (x - c, y - c) + c + shift, A = rotation @ zoom @ [[1, shear], [0, 1]]
-    forward = np.stack([np.stack([cos, cos * shear - sin], -1),
-                        np.stack([sin, sin * shear + cos], -1)], 1) * zoom[:, None, None]
-    inverse = np.linalg.inv(forward)
+    # forward (x, y) -> A (x - c, y - c) + c + shift, A = zoom rotation(angle) [[1, shear],
+    # [0, 1]]; its inverse in closed form, [[1, -shear], [0, 1]] rotation(-angle) / zoom, and
+    # the source of (x, y) is A^-1 (x, y) + c - A^-1 (c + shift)
+    cos, sin = np.cos(angle) / zoom, np.sin(angle) / zoom
+    maps = np.empty((n, 2, 3))
+    maps[:, 0, 0], maps[:, 0, 1] = cos + shear * sin, sin - shear * cos
+    maps[:, 1, 0], maps[:, 1, 1] = -sin, cos
     centre = (size - 1) / 2
-    offset = centre - inverse @ np.array([centre, centre]) - (inverse @ shift[:, :, None])[..., 0]
-    return np.concatenate([inverse, offset[:, :, None]], axis=2).astype(np.float32)
+    moved = centre + shift  # (n, 2): where the centre goes
+    maps[:, :, 2] = centre - (maps[:, :, 0] * moved[:, :1] + maps[:, :, 1] * moved[:, 1:])
+    return maps.astype(np.float32)
 
 
 def gaussian_weights(sigma):
@@ -536,19 +539,22 @@ def elastic_fields(n, rng, size, alpha, sigma):
     return fields
 
 
-def distorted(canvas, rng, distortions):
-    """canvas (n,S,S) float32 warped by per-sample random distortions (zero fill)."""
+def distorted(src, rng, distortions, normalize="none"):
+    """src (n,H,W), uint8 digits or 0-255 float32 canvases (H, W <= 32, centred), warped by
+    per-sample random distortions onto the float32 (n,32,32) canvas (zero fill), then
+    normalised ("none": kept on the 0-255 scale), in one kernel pass."""
     from tinyconv.kernels import cpu_augment
 
-    n, size = len(canvas), canvas.shape[1]
-    matrices = affine_matrices(n, rng, size, distortions)
+    n = len(src)
+    matrices = affine_matrices(n, rng, INPUT_SIZE, distortions)
     if distortions.elastic_alpha:
-        fields = elastic_fields(n, rng, size, distortions.elastic_alpha,
+        fields = elastic_fields(n, rng, INPUT_SIZE, distortions.elastic_alpha,
                                 distortions.elastic_sigma)
     else:
-        fields = np.empty((size, size, 0, 2), np.float32)
-    out = np.empty_like(canvas)
-    cpu_augment.warp_bilinear(out, np.ascontiguousarray(canvas), matrices, fields)
+        fields = np.empty((INPUT_SIZE, INPUT_SIZE, 0, 2), np.float32)
+    out = np.empty((n, INPUT_SIZE, INPUT_SIZE), np.float32)
+    scale, offset = NORMALIZATIONS[normalize]
+    cpu_augment.warp_bilinear(out, np.ascontiguousarray(src), matrices, fields, scale, offset)
     return out
 
 
@@ -591,12 +597,13 @@ def prepare_batch(raw, rng, resize, flip, translate, normalize, distortions=None
         raw = randomly_flipped(raw, rng)
     # Fill (padding, translation, warps) happens on raw zeros before normalising, so the
     # border equals the normalised background.
-    if resize == "pad" and not distortions:  # one kernel pass from the uint8 images
+    if distortions:  # one kernel pass from the uint8 digits (padding) or the resized canvas
+        src = raw if resize == "pad" else resized(raw, resize)
+        return distorted(src, rng, distortions, normalize)[:, None]
+    if resize == "pad":  # one kernel pass from the uint8 images
         return padded_and_shifted(raw, rng, translate, normalize)[:, None]
     canvas = resized(raw, resize)
-    if distortions:
-        canvas = distorted(canvas, rng, distortions)
-    elif translate:
+    if translate:
         canvas = randomly_translated(canvas, rng, translate)
     return normalized(canvas, normalize)[:, None]
 

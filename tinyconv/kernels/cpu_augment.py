@@ -96,11 +96,15 @@ def pad_shift_normalize(out, raw, shifts, table):
 
 
 @njit(**_JIT)
-def warp_bilinear(out, src, matrices, fields):
-    # src (N,S,S), matrices (N,2,3), fields (S,S,N,2) (each sample's dx, dy) or (S,S,0,2) for
-    # none -> out (N,S,S). Branch-free: a neighbour outside the canvas is read clamped and
-    # weighted 0
-    N, S, _ = src.shape
+def warp_bilinear(out, src, matrices, fields, scale, offset):
+    # src (N,H,W) (uint8 digits or float32 canvases, H, W <= S) centred on the canvas (a
+    # border of (S-H)/2, zero), matrices (N,2,3), fields (S,S,N,2) (each sample's dx, dy) or
+    # (S,S,0,2) for none -> out (N,S,S) = the bilinear sample times scale minus offset: the
+    # normalisation, after the zero fill (compiled code may fuse the two into one rounding).
+    # Branch-free: a neighbour outside src is read clamped and weighted 0
+    N, S, _ = out.shape
+    H, W = src.shape[1], src.shape[2]
+    top, left = (S - H) // 2, (S - W) // 2
     elastic = fields.shape[2] > 0
     for n in prange(N):
         m00, m01, m02 = matrices[n, 0, 0], matrices[n, 0, 1], matrices[n, 0, 2]
@@ -116,16 +120,17 @@ def warp_bilinear(out, src, matrices, fields):
                     sy += fields[y, x, n, 1]
                 x0, y0 = np.floor(sx), np.floor(sy)
                 wx, wy = sx - x0, sy - y0
-                ix, iy = int(x0), int(y0)
-                ax, bx = _clamped(ix, S), _clamped(ix + 1, S)
-                ay, by = _clamped(iy, S), _clamped(iy + 1, S)
+                ix, iy = int(x0) - left, int(y0) - top  # in src
+                ax, bx = _clamped(ix, W), _clamped(ix + 1, W)
+                ay, by = _clamped(iy, H), _clamped(iy + 1, H)
                 # each neighbour's weight, 0 where it lies outside
-                w00 = (_ONE - wx) * (_ONE - wy) * _inside(ix, S) * _inside(iy, S)
-                w01 = wx * (_ONE - wy) * _inside(ix + 1, S) * _inside(iy, S)
-                w10 = (_ONE - wx) * wy * _inside(ix, S) * _inside(iy + 1, S)
-                w11 = wx * wy * _inside(ix + 1, S) * _inside(iy + 1, S)
-                out[n, y, x] = (w00 * src[n, ay, ax] + w01 * src[n, ay, bx]
-                                + w10 * src[n, by, ax] + w11 * src[n, by, bx])
+                w00 = (_ONE - wx) * (_ONE - wy) * _inside(ix, W) * _inside(iy, H)
+                w01 = wx * (_ONE - wy) * _inside(ix + 1, W) * _inside(iy, H)
+                w10 = (_ONE - wx) * wy * _inside(ix, W) * _inside(iy + 1, H)
+                w11 = wx * wy * _inside(ix + 1, W) * _inside(iy + 1, H)
+                value = (w00 * np.float32(src[n, ay, ax]) + w01 * np.float32(src[n, ay, bx])
+                         + w10 * np.float32(src[n, by, ax]) + w11 * np.float32(src[n, by, bx]))
+                out[n, y, x] = value * scale - offset
 
 
 @njit(**_HELPER)
