@@ -14,9 +14,7 @@ loads from there.
 """
 
 import dataclasses
-import gzip
 import hashlib
-import io
 import math
 import os
 import struct
@@ -122,25 +120,57 @@ RESIZE_MODES = ("pad", "bilinear")
 NORMALIZE_MODES = ("standard", "unit", "none")
 
 
+DEFLATE_MOST = 1032  # the most bytes deflate makes of one byte of its stream
+GZIP_MAGIC = b"\x1f\x8b"
+GZIP_PIECE = 1 << 16  # compressed bytes gunzip takes at a time
+GZIP_OUT = 1 << 20  # and the most bytes it makes of them at a time
+
+
 class DataError(ValueError):
     """A data file is missing, damaged, or not what was expected."""
 
 
 def gunzip(raw, source):
-    """Decompress gzip bytes into a bytearray, reporting a damaged stream as a DataError
-    naming source. The output is sized from the stream's ISIZE trailer and filled in place,
-    so a data set's images are never held twice (bytes, then an array copied from them);
-    a multi-member stream, whose trailer sizes only its last member, gets the rest appended."""
-    size = int.from_bytes(raw[-4:], "little") if len(raw) >= 4 else 0
-    out = bytearray(size)
+    """Decompress gzip bytes into a uint8 array an IDX parse can share, reporting a damaged
+    stream as a DataError naming source.
+
+    The stream is decompressed a piece at a time into one buffer sized from its ISIZE
+    trailer, so a data set's images are never held twice (whole bytes, then an array copied
+    from them). The trailer is only a hint: a multi-member stream's gives its last member's
+    size (the buffer then grows), a damaged one can say anything, and np.empty's untouched
+    pages take no memory, only address space, which deflate's ratio bounds."""
+    if bytes(raw[:2]) != GZIP_MAGIC:
+        raise DataError(f"{source}: corrupt gzip stream (Not a gzipped file "
+                        f"({bytes(raw[:2])!r}))")
+    size = min(int.from_bytes(raw[-4:], "little"), DEFLATE_MOST * len(raw))
+    out, filled = np.empty(size, np.uint8), 0
+    pending = memoryview(raw)
     try:
-        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
-            filled = stream.readinto(out)
-            del out[filled:]
-            out += stream.read()
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        while pending:  # a member a pass
+            member = zlib.decompressobj(wbits=31)  # 31: a gzip header, its CRC and size checked
+            while pending and not member.eof:
+                piece, pending = pending[:GZIP_PIECE], pending[GZIP_PIECE:]
+                while piece and not member.eof:  # at most GZIP_OUT bytes a call
+                    out, filled = _appended(out, filled, member.decompress(piece, GZIP_OUT))
+                    piece = member.unconsumed_tail
+            if not member.eof:
+                raise DataError(f"{source}: corrupt gzip stream (Compressed file ended before "
+                                "the end-of-stream marker was reached)")
+            pending = memoryview(member.unused_data + bytes(pending))  # the next member's
+    except zlib.error as exc:
         raise DataError(f"{source}: corrupt gzip stream ({exc})") from exc
-    return out
+    return out[:filled]
+
+
+def _appended(out, filled, chunk):
+    """(out, filled) with chunk's bytes after out's first `filled`, out grown if need be."""
+    end = filled + len(chunk)
+    if end > out.size:
+        grown = np.empty(max(end, 2 * out.size), np.uint8)
+        grown[:filled] = out[:filled]
+        out = grown
+    out[filled:end] = np.frombuffer(chunk, np.uint8)
+    return out, end
 
 
 def read_file_bytes(path, decompress=True):
@@ -162,7 +192,7 @@ def parse_idx(data, source, ndim=None):
     """Parse IDX bytes into a native-endian array, checking the header against the data."""
     if len(data) < 4:
         raise DataError(f"{source}: {len(data)} bytes, expected at least the 4-byte IDX magic")
-    zero0, zero1, type_code, found_ndim = data[:4]
+    zero0, zero1, type_code, found_ndim = bytes(data[:4])  # Python ints, whatever data is
     if zero0 or zero1:
         raise DataError(
             f"{source}: bad IDX magic, expected first two bytes 0x00 0x00, "
@@ -193,8 +223,9 @@ def parse_idx(data, source, ndim=None):
             f"{source}: shape {shape} of {dtype.name} needs {expected_size} bytes, "
             f"found {len(data)} ({fault})"
         )
-    # A writable buffer of single bytes (uint8 and int8: MNIST's images) is shared, not copied;
-    # otherwise astype copies into native byte order, leaving a writable array
+    # A writable buffer (gunzip's array, read_file_bytes' bytearray) of single bytes (uint8 and
+    # int8: MNIST's images) is shared, not copied; otherwise astype copies into native byte
+    # order, leaving a writable array
     array = np.frombuffer(data, dtype, offset=header_size).reshape(shape)
     shared = array.flags.writeable and dtype.itemsize == 1
     return array if shared else array.astype(dtype.newbyteorder("="))

@@ -14,8 +14,8 @@ from tinyconv.interop import TORCH_PREPROCESSING, load_model
 
 # what data.py's batches are: one grey channel of 32x32
 MNIST_INPUT = (1, INPUT_SIZE, INPUT_SIZE)
-# inference batches: as fast per image as 1000 on this machine, and a quarter of the
-# activations' memory (a run's peak RSS: README "Memory")
+# the evaluate command's batches: a quarter of 1000's activations, no slower per image
+# (README, "Memory")
 BATCH_SIZE = 250
 
 

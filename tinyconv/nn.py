@@ -864,10 +864,10 @@ class _Arena:
     """A block of float32 memory that hands out contiguous arrays, from its start each time.
 
     Only one batch is in flight at a time, so the buffers of every batch size can share it: a
-    training run uses 128 (the batch), 96 (the last of 60,000) and 250 (the test pass), and
-    keeps one set of buffers instead of three. A larger need gets a new block, and the
-    buffers carved from the old one are stale (see _Buffers.current): they are carved again
-    from the new block when next used, and the old block is freed.
+    training run uses 128 (the batch), 96 (the last of 60,000) and 16 (the last of the 10,000
+    test images), and keeps one set of buffers' memory instead of three. A larger need gets
+    a new block, and the buffers carved from the old one are stale (see _Buffers.current):
+    they are carved again from the new block when next used, and the old block is freed.
     """
 
     def __init__(self, empty):
@@ -894,7 +894,7 @@ def _aligned(size):
     return -(-size // _ALIGN) * _ALIGN
 
 
-def _split(span, shapes):
+def _one_after_another(span, shapes):
     """Arrays of these shapes one after another in the flat array span, each on a 64-byte
     boundary (span's own start being one)."""
     starts = [0, *itertools.accumulate(_aligned(math.prod(shape)) for shape in shapes)]
@@ -968,7 +968,8 @@ class _Buffers:
             if layer.is_view:
                 before = arrays[i]
                 arrays[i + 1] = None if before is None else before.reshape(self.shapes[i + 1])
-        work = [dict(zip(shapes, _split(span, list(shapes.values())), strict=True))
+        work = [dict(zip(shapes, _one_after_another(span, list(shapes.values())),
+                          strict=True))
                 for shapes, span in zip(work, span_arrays, strict=True)]
         return [arrays[i] for i in range(len(self.shapes))], work
 
@@ -1405,10 +1406,8 @@ class Sequential:
                                      f"{exc}") from None
         buf = self._buffers.get((batch, keep))
         if buf is None or not buf.current():
-            buf = _Buffers(self, batch, keep, *self._arenas)
-            # a new block leaves the buffers carved from the old one stale: dropped, it is freed
-            self._buffers = {key: old for key, old in self._buffers.items() if old.current()}
-            self._buffers[batch, keep] = buf
+            buf = self._buffers[batch, keep] = _Buffers(self, batch, keep, *self._arenas)
+            self._drop_stale_buffers()
         k = self.kernels
         # (N, ...) -> (..., N) float32 on the host, then with the labels to the device in one
         # copy (CPU: nothing to send)
@@ -1422,6 +1421,10 @@ class Sequential:
         _forward_chain(k, self.layers, buf.tensors, self._layer_params, buf.run)
         self.steps += training
         return buf
+
+    def _drop_stale_buffers(self):
+        """Forget the buffers carved from a block its arena has replaced, which frees it."""
+        self._buffers = {key: buf for key, buf in self._buffers.items() if buf.current()}
 
     def _batch_first(self, array):
         """A host copy of a batch-last array, batch first: (..., N) -> (N, ...)."""
@@ -1560,6 +1563,7 @@ class Sequential:
         buf, smoothing = self._loss(x, y, self.training, label_smoothing, keep=True)
         k = self.kernels
         buf.gradients()
+        self._drop_stale_buffers()  # the gradients' arena may have grown
         k.softmax_xent_backward(buf.tensors[-1].dout, buf.probs, buf.labels, np.float32(1.0),
                                 smoothing)
         _backward_chain(k, self.layers, buf.tensors, self._layer_params, self._layer_grads,

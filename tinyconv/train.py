@@ -366,7 +366,7 @@ def scores(model, config, test, validation, ema=None):
     with ema.applied() if ema is not None else contextlib.nullcontext():
         for name, (images, labels) in (("test", test), *((("val", validation),) if validation
                                                          else ())):
-            # at the training batch size, so the pass reuses the training buffers
+            # at the training batch size, so the pass fits in the training buffers' memory
             result = evaluate(model, images, labels, config["resize"], config["normalize"],
                               config["batch_size"])
             figures.update({f"{name}_loss": result["loss"],
