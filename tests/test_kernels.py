@@ -220,7 +220,7 @@ def test_model_buffers_start_on_a_cache_line(batch):
     opt = Adam(model)
     x = np.random.default_rng(0).standard_normal((batch, 1, 32, 32)).astype(np.float32)
     model.loss_and_grads(x, np.zeros(batch, np.int64))
-    buffers = model._buffers[batch, True]  # (batch, keep: a backward's)
+    buffers = model._buffers[batch, "read"]  # (batch, keep: what a backward reads)
     for array in [*buffers.acts, *buffers.gradients()[1:], buffers.losses, buffers.probs,
                   model.flat_params, model.flat_grads, opt.m, opt.v]:
         assert array.ctypes.data % ALIGNMENT == 0, array.shape

@@ -302,6 +302,43 @@ def test_buffers_of_another_batch_size_change_no_result_and_free_the_old_block(n
     spans = [sum(math.prod(shape) + 16 for shape in named.values()) for named in work]
     turns = 2 * max(owned) + max(spans) + 3 * 16
     assert model._arenas[1].memory.size <= turns < sum(owned) + sum(spans)
+    # a step keeps only the activations a backward reads: less than activations() keeps
+    keeping_all = archs.build(name, seed=4)
+    keeping_all.activations(x)
+    step_only = archs.build(name, seed=4)
+    step_only.loss_and_grads(x, y)
+    assert step_only._arenas[0].memory.size < keeping_all._arenas[0].memory.size
+
+
+@pytest.mark.parametrize("build", [odd_network, modern_network, mlp, tanh_first,
+                                   lambda: archs.build("lenet5-bn", seed=1),
+                                   lambda: archs.build("resnet-mini", seed=1)])
+def test_what_each_backward_reads_is_all_it_reads(build, monkeypatch):
+    # a step whose unkept activations are spoiled (NaN) between its forward and backward
+    # gives the gradients of one that leaves them be: backward_reads names all a backward
+    # reads (the last activation, the logits, is the loss's, read before any backward)
+    model = build()
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5, *model.input_shape)).astype(np.float32)
+    y = rng.integers(0, model.output_shape[0], 5)
+    expected = {key: grad.copy() for key, grad in model.loss_and_grads(x, y)[1].items()}
+    buf = model._buffers[5, "read"]
+    owned = [i for i in range(1, len(buf.acts) - 1) if not model.layers[i - 1].is_view]
+    spoiled = [buf.acts[i] for i in owned if not buf._read_by_a_backward(i)
+               and not np.shares_memory(buf.acts[i], buf.acts[-1])]  # the logits' turn
+    assert spoiled or build is tanh_first  # the networks leave some unread
+    forward = nn._forward_chain
+
+    def spoiling(k, layers, tensors, params, run):
+        forward(k, layers, tensors, params, run)
+        if tensors is buf.tensors:  # the network's own chain, not a residual body's
+            for act in spoiled:
+                act[...] = np.nan
+
+    monkeypatch.setattr(nn, "_forward_chain", spoiling)
+    got = model.loss_and_grads(x, y)[1]
+    for key, grad in expected.items():
+        assert np.array_equal(got[key], grad), key
 
 
 def test_init_is_torchs_default_and_seeded():

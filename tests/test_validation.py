@@ -159,7 +159,7 @@ def test_bad_inputs_are_named_and_nothing_is_written(case, call):
     model = archs.LeNet5()
     good = lenet_args()
     model.loss_and_grads(good["x"], good["y"])  # buffers for batch 3 exist and hold values
-    buffers = model._buffers[3, True]  # (batch, keep: a backward's)
+    buffers = model._buffers[3, "read"]  # (batch, keep: what a backward reads)
     before = [a.copy() for a in [*buffers.acts, *buffers.gradients()[1:], buffers.losses]]
     params, grads = model.flat_params.copy(), model.flat_grads.copy()
     args, message = BAD_INPUTS[case]

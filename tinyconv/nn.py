@@ -126,6 +126,9 @@ class Layer:
 
     # whether the output is the input reshaped (Flatten): no buffer and no kernel of its own
     is_view = False
+    # which of its activations ("inp", "out") its backward reads: those keep memory of their
+    # own through a training step, the others take turns (see _Buffers); a kind names fewer
+    backward_reads = ("inp", "out")
 
     def out_shape(self, in_shape):
         return in_shape
@@ -269,6 +272,10 @@ class Conv2d(Layer):
             k.pad2d_forward(inp, t.inp, self.padding)
         k.conv2d_forward(t.out, inp, p["weight"], p["bias"])
 
+    @property
+    def backward_reads(self):
+        return () if self.padding else ("inp",)  # a padded input: its workspace copy
+
     def backward(self, k, t, p, g, run):
         # reads the forward's (padded) input; dinp None (the network's input) skips its
         # gradient
@@ -339,6 +346,8 @@ class AvgPool2d(_Pool2d):
     def forward(self, k, t, p, run):
         k.avgpool2d_forward(t.out, t.inp, self.kernel_size)
 
+    backward_reads = ()
+
     def backward(self, k, t, p, g, run):
         # reads nothing the forward saw: each pixel gets 1/k^2 of its window's gradient
         k.avgpool2d_backward(t.dinp, t.dout, self.kernel_size)
@@ -380,6 +389,8 @@ class Tanh(Layer):
     def forward(self, k, t, p, run):
         k.tanh_forward(_flat(k, t.out), _flat(k, t.inp))
 
+    backward_reads = ("out",)
+
     def backward(self, k, t, p, g, run):
         # reads the forward's output: d tanh(x)/dx = 1 - tanh(x)^2
         k.tanh_backward(_flat(k, t.dinp), _flat(k, t.out), _flat(k, t.dout))
@@ -398,6 +409,8 @@ class ReLU(Layer):
     def forward(self, k, t, p, run):
         k.relu_forward(_flat(k, t.out), _flat(k, t.inp))
 
+    backward_reads = ("out",)
+
     def backward(self, k, t, p, g, run):
         # reads the forward's output: the gradient passes where it is positive
         k.relu_backward(_flat(k, t.dinp), _flat(k, t.out), _flat(k, t.dout))
@@ -415,6 +428,8 @@ class SiLU(Layer):
 
     def forward(self, k, t, p, run):
         k.silu_forward(_flat(k, t.out), _flat(k, t.inp))
+
+    backward_reads = ("inp",)
 
     def backward(self, k, t, p, g, run):
         # reads the forward's input: sigmoid(x) * (1 + x * (1 - sigmoid(x)))
@@ -445,6 +460,8 @@ class Flatten(Layer):
 
     def forward(self, k, t, p, run):
         """Nothing to compute: the output is a view of the input."""
+
+    backward_reads = ()
 
     def backward(self, k, t, p, g, run):
         """Nothing to compute: the input's gradient is a view of the output's."""
@@ -483,6 +500,8 @@ class Linear(Layer):
 
     def forward(self, k, t, p, run):
         k.linear_forward(t.out, t.inp, p["weight"], p["bias"])
+
+    backward_reads = ("inp",)
 
     def backward(self, k, t, p, g, run):
         # reads the forward's input; dinp None (the network's input) skips its gradient
@@ -566,6 +585,8 @@ class _BatchNorm(Layer):
             k.batchnorm_eval_forward(out, mean, invstd, inp, p["running_mean"], p["running_var"],
                                      p["weight"], p["bias"], eps)
 
+    backward_reads = ("inp",)
+
     def backward(self, k, t, p, g, run):
         # reads the forward's input and the statistics it saved in its workspace
         dinp = None if t.dinp is None else self._rows(k, t.dinp)
@@ -637,6 +658,8 @@ class Dropout(Layer):
 
     def forward(self, k, t, p, run):
         k.dropout_forward(_flat(k, t.out), _flat(k, t.inp), *self._mask(run))
+
+    backward_reads = ()
 
     def backward(self, k, t, p, g, run):
         # reads nothing the forward saw: the mask is hashed again from the same stream
@@ -772,6 +795,10 @@ class Residual(Layer):
         tensors = self._tensors(k, t)
         _forward_chain(k, self.body, tensors, self._split(p), run)
         k.add(_flat(k, t.out), _flat(k, t.inp), _flat(k, tensors[-1].out))
+
+    # the body's first layer may read the input; the body's own activations are in the
+    # workspace, and the sum reads nothing
+    backward_reads = ("inp",)
 
     def backward(self, k, t, p, g, run):
         tensors = self._tensors(k, t)
@@ -912,11 +939,14 @@ class _Buffers:
     the first backward, so evaluation never pays for them. Each layer's workspace is carved
     with the activations, its gradient workspace with the gradients.
 
-    Activations a backward will read (keep: a training step's, those activations() returns)
-    each have their own memory; otherwise, and always for the gradients, a buffer is live
-    only while the layer before and the layer after it run: the boundaries take turns in two
-    regions, and the layers' workspaces share a third (a backward reads only its own layer's
-    gradient workspace). A forward pass then holds two activations, not all of them.
+    Which buffers keep memory of their own is `keep`'s: "all" (activations() returns every
+    one), "read" (a training step's: the activations a backward reads, as each layer kind's
+    backward_reads says, directly or through the view layers after them) or "none" (a pass
+    no backward follows, and always the gradients). The rest take turns: a buffer is live
+    only while the layer before and the layer after it run, so consecutive ones alternate
+    between two regions; where keep is "none" the layers' workspaces share a third (a
+    backward reads only its own layer's gradient workspace). An eval-mode pass then holds
+    two activations, not all of them.
     """
 
     def __init__(self, model, batch, keep, acts_arena, grads_arena):
@@ -943,26 +973,27 @@ class _Buffers:
         """A float32 buffer per layer boundary, the first one `first` (the input's; None for
         the gradients: the first entry and every view of it are then None), a view layer's
         a reshape of the one before, and each layer's `workspace` (its method of that name)
-        as {name: array}: carved in one go, each buffer in its own memory if keep, else in
-        turns (see the class)."""
+        as {name: array}: carved in one go, as keep says (see the class)."""
         model = self.model
         owned = [i + 1 for i, layer in enumerate(model.layers) if not layer.is_view]
+        kept = {"all": owned, "read": [i for i in owned if self._read_by_a_backward(i)],
+                "none": []}[keep]
+        turned = [i for i in owned if i not in kept]
         work = [getattr(layer, workspace)(model.shapes[i], self.batch)
                 for i, layer in enumerate(model.layers)]
         # each layer's workspace as one span, its arrays one after another
         spans = [(sum(_aligned(math.prod(shape)) for shape in shapes.values()),)
                  for shapes in work]
-        if keep:
-            groups = arena.carve([[self.shapes[i]] for i in owned] + [[span] for span in spans])
-            owned_arrays = [group[0] for group in groups[:len(owned)]]
-            span_arrays = [group[0] for group in groups[len(owned):]]
-        else:  # consecutive owned boundaries in turns, the spans on top of one another
-            turns = arena.carve([[self.shapes[i] for i in owned[turn::2]] for turn in (0, 1)]
-                                + [spans])
-            owned_arrays = [turns[n % 2][n // 2] for n in range(len(owned))]
-            span_arrays = turns[2]
+        span_groups = [spans] if keep == "none" else [[span] for span in spans]
+        groups = arena.carve([[self.shapes[i]] for i in kept]
+                             + [[self.shapes[i] for i in turned[turn::2]] for turn in (0, 1)]
+                             + span_groups)
         self.carved.append((arena, arena.memory))
-        arrays = dict(zip(owned, owned_arrays, strict=True))
+        arrays = {i: group[0] for i, group in zip(kept, groups, strict=False)}
+        turns = groups[len(kept):len(kept) + 2]
+        arrays.update((i, turns[n % 2][n // 2]) for n, i in enumerate(turned))
+        spanned = groups[len(kept) + 2:]
+        span_arrays = spanned[0] if keep == "none" else [group[0] for group in spanned]
         arrays[0] = first
         for i, layer in enumerate(model.layers):
             if layer.is_view:
@@ -973,11 +1004,21 @@ class _Buffers:
                 for shapes, span in zip(work, span_arrays, strict=True)]
         return [arrays[i] for i in range(len(self.shapes))], work
 
+    def _read_by_a_backward(self, boundary):
+        """Whether a backward reads the activation at this owned boundary: as the output of
+        the layer before it or as the input of the first layer after it and its views."""
+        layers = self.model.layers
+        end = boundary
+        while end < len(layers) and layers[end].is_view:
+            end += 1
+        return ("out" in layers[boundary - 1].backward_reads
+                or (end < len(layers) and "inp" in layers[end].backward_reads))
+
     def gradients(self):
         """The activation gradients, carved on the first call: dacts[i] is the gradient of
         acts[i], None for the network's input."""
         if not self.has_gradients:
-            dacts, work = self._chain(self.grads_arena, None, "grad_workspace", False)
+            dacts, work = self._chain(self.grads_arena, None, "grad_workspace", "none")
             for i, tensors in enumerate(self.tensors):
                 tensors.dinp, tensors.dout = dacts[i], dacts[i + 1]
                 tensors.work.update(work[i])
@@ -1391,11 +1432,11 @@ class Sequential:
         """What error messages call this network: its name, or Sequential."""
         return self.name or "Sequential"
 
-    def _run_forward(self, x, training, y=None, keep=False):
+    def _run_forward(self, x, training, y=None, keep="none"):
         """Fill the batch size's activation buffers from batch-first x, in training mode or
         not, its labels y (checked by the caller) sent with it when given; returns the
-        buffers, with the Pass that the backward must run under. keep: every activation
-        stays for a backward or activations() (see _Buffers); else only the last."""
+        buffers, with the Pass that the backward must run under. keep: which activations
+        stay, as _Buffers takes it ("none": only the last is sure to)."""
         batch = x.shape[0]
         if training:  # before any kernel runs: a refused batch changes no running statistic
             for index, (layer, shape) in enumerate(zip(self.layers, self.shapes, strict=False)):
@@ -1508,7 +1549,7 @@ class Sequential:
 
     def activations(self, x):
         """Each layer's output for a batch x, batch first: a list, index = layer."""
-        buf = self._run_forward(self._check_input(x), self.training, keep=True)
+        buf = self._run_forward(self._check_input(x), self.training, keep="all")
         return [self._batch_first(act) for act in buf.acts[1:]]
 
     def _check_labels(self, y, batch):
@@ -1546,7 +1587,7 @@ class Sequential:
         reduction "none" each sample's (N,) float32."""
         if reduction not in ("mean", "none"):
             raise ValueError(f"loss: reduction must be 'mean' or 'none', found {reduction!r}")
-        buf, _ = self._loss(x, y, self.training, label_smoothing, keep=False)
+        buf, _ = self._loss(x, y, self.training, label_smoothing, keep="none")
         losses = self.kernels.to_host(buf.losses)
         return (_mean(losses) if reduction == "mean" else losses.copy(),
                 self._batch_first(buf.acts[-1]))
@@ -1560,7 +1601,7 @@ class Sequential:
         goes there instead, and None stands for the mean: on a GPU nothing then waits for
         the step to finish.
         """
-        buf, smoothing = self._loss(x, y, self.training, label_smoothing, keep=True)
+        buf, smoothing = self._loss(x, y, self.training, label_smoothing, keep="read")
         k = self.kernels
         buf.gradients()
         self._drop_stale_buffers()  # the gradients' arena may have grown
