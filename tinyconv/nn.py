@@ -1056,7 +1056,7 @@ class SamplePlan:
     def alloc(self, count):
         """The offset of `count` fresh floats in the scratch row, aligned to 64 bytes."""
         offset = self.size
-        self.size += -(-count // _ALIGN) * _ALIGN
+        self.size += _aligned(count)
         return offset
 
     def param(self, view):
