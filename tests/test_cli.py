@@ -759,6 +759,43 @@ def test_help_runs_from_the_command_line():
     assert done.returncode == 0 and "--recipe {default,best,plain,report}" in done.stdout
 
 
+# a child that runs a kernel as a command would (through cli.run) or directly, with a stand-in
+# SciPy first on its path whose linalg records that it was imported, then imports that linalg
+SCIPY_PROBE = """
+import sys
+import numpy as np
+from tinyconv import cli
+from tinyconv.kernels import cpu
+def command(_):
+    cpu.tanh_forward(np.zeros(4, np.float32), np.ones(4, np.float32))
+if sys.argv[1] == "command":
+    assert cli.run(cli.parser("probe", "a probe"), command, []) == 0
+else:
+    command(None)
+print("linalg imported by the kernel:", "scipy.linalg" in sys.modules)
+import scipy.linalg
+print("then imported:", scipy.linalg.IMPORTED)
+"""
+
+
+@pytest.mark.parametrize("how, imported", [("command", False), ("direct", True)])
+def test_a_command_loads_numba_without_importing_scipy_linalg(how, imported, tmp_path):
+    # Numba's first use imports scipy.linalg, if installed, only to probe its BLAS (about
+    # 20 MiB): the commands skip it, and it still imports afterwards; a direct call, the
+    # library's way, is the control that shows the probe would see the import
+    linalg = tmp_path / "scipy" / "linalg"
+    linalg.mkdir(parents=True)
+    (tmp_path / "scipy" / "__init__.py").write_text('__version__ = "1.14.0"\n')
+    (linalg / "__init__.py").write_text("IMPORTED = True\n")  # no cython_blas: no BLAS
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, "-c", SCIPY_PROBE, how], capture_output=True,
+                          text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"linalg imported by the kernel: {imported}",
+                                        "then imported: True"]
+
+
 def test_errors_are_one_line_with_the_status_of_their_kind(capsys):
     class Diverged(RuntimeError):
         pass

@@ -30,7 +30,7 @@ from tinyconv.interop import (
     MissingDependencyError,
     load_model,
 )
-from tinyconv.kernels import BACKENDS, DeviceUnavailable
+from tinyconv.kernels import BACKENDS, DeviceUnavailable, load_numba_cpu_target
 
 DONE, FAILED, STOPPED = 0, 1, 2
 # errors of the input or environment (CheckpointError, DataError, ImageError and ShapeError are
@@ -147,7 +147,9 @@ def run(parser, command, argv=None, failed=()):
     one line, an interrupt as one "stopped: ..." line."""
     try:
         with interrupts_raised():
-            status = command(parser.parse_args(argv))
+            args = parser.parse_args(argv)
+            load_numba_cpu_target()  # before the first kernel
+            status = command(args)
     except Interrupted as exc:
         print(f"stopped: {exc}", file=sys.stderr, flush=True)
         return 128 + exc.signum
