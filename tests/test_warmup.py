@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 
@@ -23,7 +24,9 @@ def test_the_recorded_calls_are_those_a_step_and_a_test_pass_make():
     model = nn.Sequential.from_spec(spec)
     opt, ema = make_optimizer(model, CONFIG), EMA(model, CONFIG["ema"])
     x = np.random.default_rng(0).standard_normal((8, 1, 32, 32)).astype(np.float32)
-    _, grads = model.loss_and_grads(x, np.arange(8) % 10, CONFIG["label_smoothing"])
+    # as training steps, the losses summed into a LossLog
+    _, grads = model.loss_and_grads(x, np.arange(8) % 10, CONFIG["label_smoothing"],
+                                    nn.LossLog(model, 1))
     opt.step(grads)
     ema.update()
     model.eval().loss(x, np.arange(8) % 10)
@@ -32,6 +35,25 @@ def test_the_recorded_calls_are_those_a_step_and_a_test_pass_make():
             "ema_update", "softmax_xent_backward"} <= names
     for name, types in recorded:  # each compiled (or loaded) under exactly these types
         assert types in getattr(backend, name).signatures, (name, types)
+
+
+def test_recording_reads_no_value_of_the_kernels_it_does_not_run(monkeypatch):
+    # the recorded calls run nothing, so their buffers keep whatever memory held: here +inf
+    # and -inf in turn, whose mean NumPy warns about ("invalid value"), as a warm-up once did
+    # in CI from real garbage
+    infinities = np.array([np.inf, -np.inf], np.float32).view(np.uint8)
+    real_empty = np.empty
+
+    def garbage(shape, dtype=float):
+        raw = real_empty(shape, dtype)
+        if raw.dtype == np.uint8:
+            raw[:] = np.resize(infinities, raw.size)
+        return raw
+
+    monkeypatch.setattr(np, "empty", garbage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warmup.kernel_calls(archs.ARCHS["lenet5"], CONFIG)
 
 
 CHILD = """
