@@ -20,7 +20,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 # units where more is better; in every other unit (ms, s, MiB) less is better
-HIGHER_IS_BETTER = ("samples/s", "calls/s", "GFLOP/s")
+HIGHER_IS_BETTER = ("samples/s", "calls/s", "GFLOP/s", "% of peak")
 
 
 def ratio_meaning(peer="torch"):
@@ -88,6 +88,18 @@ def network_flops(layers, in_shape, batch):
         total += flops(layer, shape, batch)
         shape = tuple(layer.out_shape(shape))
     return total
+
+
+def train_step_flops(layers, in_shape, batch):
+    """flops of a training step of a chain of layers: the forward, and a backward of twice as
+    many, less the first layer's dinp (a network's input needs no gradient) where that layer
+    is a convolution or a linear layer. The optimizer's update and the elementwise layers are
+    not counted (as torch.utils.flop_counter does not)."""
+    from tinyconv import nn
+
+    first = layers[0] if layers else None
+    skipped = flops(first, in_shape, batch) if isinstance(first, (nn.Conv2d, nn.Linear)) else 0
+    return 3 * network_flops(layers, in_shape, batch) - skipped
 
 
 def cpu_model():

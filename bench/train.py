@@ -1,10 +1,12 @@
 """LeNet-5 (or another network, --arch) end to end, tinyconv against PyTorch eager:
 python bench/train.py [--help].
 
-A training step (forward, loss, backward, Adam update) and inference (forward only), each
-checked against torch before it is timed, and a whole epoch of the plain recipe, the two
-libraries taking turns; then the time from process start to the first finished training step
-(cold and warm Numba cache) and the peak resident memory of training.
+A training step (forward, loss, backward, Adam update) at each --batch-size, its GFLOP/s and
+their share of the machine's measured float32 multiply-add peak (a register-only loop, run
+here on tinyconv's threads), inference (forward only), each checked against torch before it
+is timed, and a whole epoch of the plain recipe, the two libraries taking turns; then the
+time from process start to the first finished training step (cold and warm Numba cache) and
+the peak resident memory of training.
 
 Each library runs in a process of its own, as in a program that uses only it: tinyconv (Numba)
 and torch both run on OpenMP's libgomp, and in one process they share one runtime, which
@@ -21,6 +23,7 @@ ending only when the device has finished it.
 import argparse
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -50,13 +53,16 @@ from bench.common import (  # noqa: E402
     make_header,
     positive,
     timing_rows,
+    train_step_flops,
     write_json,
 )
 
 ARCH = "lenet5"  # the network, a name in tinyconv.archs.ARCHS or a spec file
 DEVICE = "cpu"
 THREADS = 2  # the same for both libraries
-BATCH_SIZE = 128  # images per training step (the default recipe's)
+# images per training step: the default recipe's first (it also sizes the epoch, start-up and
+# memory cases), then issue 16's other two
+BATCH_SIZES = (128, 32, 512)
 INFER_BATCH_SIZE = 1000
 ROUNDS = 20  # timed rounds per case; in each, each library runs STEPS calls in a row
 STEPS = 10
@@ -93,6 +99,56 @@ class Side(NamedTuple):
     get_threads: Callable  # () -> the thread count the library will use
 
 
+def fma_peak_gflops(threads, rounds=7, repeats=100_000):
+    """The float32 multiply-add peak of `threads` Numba threads (already set), GFLOP/s, the
+    best of `rounds`: each thread runs chains of 32 dependent multiply-adds on four vectors of
+    lanes at a time, which stay in registers (one load and one store per 32), enough
+    independent chains to keep every FMA unit busy through its latency (measured here: four
+    did, one reached 70%; eight no longer vectorised)."""
+    import numba
+    from numba import njit, prange
+
+    lanes = 256  # each thread's: four chains of 64 lanes
+
+    @njit(fastmath=True, inline="always")
+    def eight(v, a, b):
+        v = v * a + b
+        v = v * a + b
+        v = v * a + b
+        v = v * a + b
+        v = v * a + b
+        v = v * a + b
+        v = v * a + b
+        return v * a + b
+
+    @njit(fastmath=True, parallel=True)
+    def chains(values, a, b, repeats):
+        # values (threads, lanes): a thread's row, a quarter of it per chain
+        for t in prange(values.shape[0]):
+            row = values[t]
+            q = row.size // 4
+            for _ in range(repeats):
+                for j in range(q):
+                    v0, v1, v2, v3 = row[j], row[j + q], row[j + 2 * q], row[j + 3 * q]
+                    for _ in range(4):
+                        v0, v1 = eight(v0, a, b), eight(v1, a, b)
+                        v2, v3 = eight(v2, a, b), eight(v3, a, b)
+                    row[j], row[j + q], row[j + 2 * q], row[j + 3 * q] = v0, v1, v2, v3
+
+    if numba.get_num_threads() != threads:
+        raise RuntimeError(f"the peak needs {threads} Numba threads, found "
+                           f"{numba.get_num_threads()}")
+    values = np.ones((threads, lanes), np.float32)
+    a, b = np.float32(0.999), np.float32(0.001)  # a fixed point at 1: no overflow
+    chains(values, a, b, 1)  # compiles
+    best = math.inf
+    for _ in range(rounds):
+        start = time.perf_counter()
+        chains(values, a, b, repeats)
+        best = min(best, time.perf_counter() - start)
+    return 2 * 32 * lanes * threads * repeats / best / 1e9
+
+
 def tinyconv_side(threads, device=DEVICE, arch=ARCH):
     """tinyconv's network `arch` (a name or spec file, seeded init) with Adam on a device, on
     `threads` Numba threads."""
@@ -104,7 +160,7 @@ def tinyconv_side(threads, device=DEVICE, arch=ARCH):
     numba.set_num_threads(threads)  # starts Numba's thread pool, on an OpenMP runtime
     model = archs.build(archs.find_spec(arch), seed=SEED, device=device)
     # as python -m tinyconv.train does: an empty cache's kernels compiled on every core
-    warmup.compile_kernels(model, {"optimizer": "adam", "lr": LR, "batch_size": BATCH_SIZE})
+    warmup.compile_kernels(model, {"optimizer": "adam", "lr": LR, "batch_size": BATCH_SIZES[0]})
     opt = tinyconv.Adam(model, lr=LR)
 
     def train_step(x, y):
@@ -190,8 +246,9 @@ def mnist_batches(split, batch_size, count):
 # ---- one process per library, called in turns
 
 
-def serve(library, threads, batch_size, infer_batch_size, device, arch, connection):
-    """A worker process: build the library's side, then answer calls until sent None.
+def serve(library, threads, batch_sizes, infer_batch_size, device, arch, connection):
+    """A worker process: build the library's side, then answer calls until sent None. The
+    epoch runs at the first of batch_sizes; tinyconv's worker also measures the FMA peak.
 
     A call (name, *args) answers ("ok", result) or ("error", traceback). Every worker draws
     the same batches (mnist_batches is seeded) and starts from tinyconv's seeded weights
@@ -206,20 +263,23 @@ def serve(library, threads, batch_size, infer_batch_size, device, arch, connecti
         side = tinyconv_side(threads, device, arch)
     from tinyconv import load_mnist  # only the data: neither torch nor Numba's threads
 
-    train = mnist_batches("train", batch_size, TRAIN_BATCHES)
+    train = {size: mnist_batches("train", size, TRAIN_BATCHES) for size in batch_sizes}
     infer = mnist_batches("test", infer_batch_size, INFER_BATCHES)
     data = (load_mnist("train"), load_mnist("test"))  # whole, for the epoch case
     calls = {"threads": side.get_threads,
-             "train_step": lambda index: side.train_step(*train[index % len(train)]),
+             "train_step": lambda size, at: side.train_step(*train[size][at % TRAIN_BATCHES]),
              "forward": lambda index: side.forward(infer[index % len(infer)][0]),
-             "epoch": lambda index: run_epoch(side, batch_size, data, index)}
+             "epoch": lambda index: run_epoch(side, batch_sizes[0], data, index)}
+    if library == "tinyconv":
+        calls["fma_peak"] = lambda: fma_peak_gflops(threads)
     answer(connection, calls)
 
 
-def cycling(worker, name):
-    """A no-argument callable: worker's `name` on batch 0, then 1, 2, ... (wrapping round)."""
+def cycling(worker, name, *args):
+    """A no-argument callable: worker's `name` (after args) on batch 0, then 1, 2, ...
+    (wrapping round)."""
     indices = itertools.count()
-    return lambda: worker(name, next(indices))
+    return lambda: worker(name, *args, next(indices))
 
 
 # ---- correctness, before any timing
@@ -244,11 +304,13 @@ def check_inference(ours, theirs):
     return error
 
 
-def check_training(ours, theirs):
-    """The losses' largest relative difference over CHECK_STEPS steps; exits over CHECK_RTOL."""
+def check_training(ours, theirs, batch_size):
+    """The losses' largest relative difference over CHECK_STEPS steps at batch_size; exits
+    over CHECK_RTOL."""
     largest = 0.0
     for step in range(CHECK_STEPS):
-        ours_loss, theirs_loss = ours("train_step", step), theirs("train_step", step)
+        ours_loss, theirs_loss = (worker("train_step", batch_size, step)
+                                  for worker in (ours, theirs))
         error = abs(ours_loss - theirs_loss) / abs(theirs_loss)
         if not error <= CHECK_RTOL:
             sys.exit(f"error: training step {step + 1} from equal weights: tinyconv's loss "
@@ -299,8 +361,8 @@ def peak_mib(argv, env):
 
 def subprocess_rows(args):
     """Yield the start-up (cold and warm Numba cache) and peak-memory rows, from children."""
-    shape = f"N={args.batch_size}"
-    batches = mnist_batches("train", args.batch_size, TRAIN_BATCHES)
+    shape = f"N={args.batch_sizes[0]}"
+    batches = mnist_batches("train", args.batch_sizes[0], TRAIN_BATCHES)
     with tempfile.TemporaryDirectory(prefix="tinyconv-bench-") as tmp:
         tmp = Path(tmp)
         batches_path = tmp / "batches.npz"
@@ -355,8 +417,11 @@ def parse_args(argv):
     parser.add_argument("--threads", type=positive, default=THREADS,
                         help=f"threads for both libraries, numba.set_num_threads and "
                              f"torch.set_num_threads (default {THREADS})")
-    parser.add_argument("--batch-size", type=positive, default=BATCH_SIZE,
-                        help=f"images per training step (default {BATCH_SIZE})")
+    parser.add_argument("--batch-size", type=positive, nargs="+", default=BATCH_SIZES,
+                        dest="batch_sizes", metavar="N",
+                        help="images per training step, each timed (default "
+                             f"{' '.join(map(str, BATCH_SIZES))}); the first also sizes the "
+                             "epoch, start-up and memory cases")
     parser.add_argument("--infer-batch-size", type=positive, default=INFER_BATCH_SIZE,
                         help=f"images per inference call (default {INFER_BATCH_SIZE})")
     parser.add_argument("--rounds", type=positive, default=ROUNDS,
@@ -389,12 +454,13 @@ def parse_args(argv):
         parser.error("--arch: the network holds a Dropout, whose masks torch draws its own "
                      "way: the check before timing (equal losses from equal weights) cannot pass")
     args.arch_name = spec.get("name") or Path(args.arch).stem
+    args.network = network
     if args.epoch_rounds < 0:
         parser.error(f"--epoch-rounds must be at least 0, found {args.epoch_rounds}")
     if args.threads > os.cpu_count():
         parser.error(f"--threads must be at most the {os.cpu_count()} cores, "
                      f"found {args.threads}")
-    if args.batch_size > 60000 or args.infer_batch_size > 10000:
+    if max(args.batch_sizes) > 60000 or args.infer_batch_size > 10000:
         parser.error("--batch-size must be at most 60000 (the training images) and "
                      "--infer-batch-size at most 10000 (the test images)")
     return args
@@ -433,20 +499,24 @@ def main(argv=None):
             print(format_row(row), flush=True)
             rows.append(row)
 
-    worker_args = (args.threads, args.batch_size, args.infer_batch_size, args.device, args.arch)
+    worker_args = (args.threads, tuple(dict.fromkeys(args.batch_sizes)),
+                   args.infer_batch_size, args.device, args.arch)
     with (Worker("tinyconv", serve, ("tinyconv", *worker_args)) as ours,
           Worker("torch", serve, ("torch", *worker_args)) as theirs):
         threads = check_threads(ours, theirs, args.threads)
         logits_error = check_inference(ours, theirs)
-        loss_error = check_training(ours, theirs)
+        loss_error = check_training(ours, theirs, args.batch_sizes[0])
+        peak = ours("fma_peak")  # and again after the steps: the better of the two
         header = make_header(
             f"bench/train.py: {args.arch_name} end to end, tinyconv vs torch eager, both on "
             f"{args.device}, each in a process of its own", threads,
             f"per call (a pipe round trip to the library's worker), min and median over "
             f"{args.rounds} rounds of {args.steps} calls per library, alternating, after "
             f"{WARMUP} warm-up calls, each block after a {SETTLE * 1e3:.0f} ms pause and one "
-            f"untimed call; samples/s at the median; epochs: {args.epoch_rounds} rounds of one "
-            "each, alternating",
+            f"untimed call; samples/s and GFLOP/s at the median (a step's convolutions' and "
+            f"linear layers' flops, as torch.utils.flop_counter counts them); the FMA peak the "
+            f"best of two register-only runs on tinyconv's threads, before and after the "
+            f"steps; epochs: {args.epoch_rounds} rounds of one each, alternating",
             busy)
         header["device"] = device
         header["check"] = (f"from equal weights, logits differ by {logits_error:.1e} of the "
@@ -454,11 +524,27 @@ def main(argv=None):
                            f"relative (allowed {CHECK_RTOL:g})")
         print(format_header(header), end="\n\n")
         print(format_table_head())
-        for case, call, size in (("train step", "train_step", args.batch_size),
-                                 ("inference", "forward", args.infer_batch_size)):
-            timings = alternate([cycling(worker, call) for worker in (ours, theirs)],
-                                args.rounds, args.steps, WARMUP)
-            emit(timing_rows(case, f"{size}x1x32x32", timings, size, "samples/s"))
+        steps = {}
+        for size in dict.fromkeys(args.batch_sizes):
+            steps[size] = alternate([cycling(worker, "train_step", size)
+                                     for worker in (ours, theirs)],
+                                    args.rounds, args.steps, WARMUP)
+            emit(timing_rows("train step", f"{size}x1x32x32", steps[size], size, "samples/s"))
+        peak = max(peak, ours("fma_peak"))
+        emit([Row("FMA peak, register-only loop", f"{args.threads} threads", peak, None,
+                  "GFLOP/s")])
+        network = args.network
+        for size, timings in steps.items():
+            gflop = train_step_flops(network.layers, network.input_shape, size) / 1e9
+            ours_rate, theirs_rate = (gflop / timing.median for timing in timings)
+            shape = f"{size}x1x32x32"
+            emit([Row("train step", shape, ours_rate, theirs_rate, "GFLOP/s"),
+                  Row("train step, share of FMA peak", shape, 100 * ours_rate / peak,
+                      100 * theirs_rate / peak, "% of peak")])
+        timings = alternate([cycling(worker, "forward") for worker in (ours, theirs)],
+                            args.rounds, args.steps, WARMUP)
+        emit(timing_rows("inference", f"{args.infer_batch_size}x1x32x32", timings,
+                         args.infer_batch_size, "samples/s"))
         if args.epoch_rounds:  # seconds long: no untimed call needed before each
             mine, other = alternate([cycling(worker, "epoch") for worker in (ours, theirs)],
                                     args.epoch_rounds, 1, warmup=0, prime=False)
