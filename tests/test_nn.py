@@ -51,6 +51,14 @@ def tanh_first():
     return nn.Sequential(nn.Tanh(), nn.Linear(9, 5), input_shape=(9,), seed=3)
 
 
+def whole_input_conv():
+    """A convolution whose kernel covers its whole input, after another (so its input's
+    gradient is needed): the linear kernels run it; a width of 4, whose taps go along c."""
+    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.Tanh(),   # -> (3, 5, 4)
+                         nn.Conv2d(3, 6, (5, 4)), nn.Tanh(),  # -> (6, 1, 1)
+                         nn.Flatten(), nn.Linear(6, 4), input_shape=(2, 7, 6), seed=4)
+
+
 def torch_twin(model):
     """The torch.nn module of the model's spec, holding its parameters."""
     module = interop.torch_module(model.spec()).double()
@@ -59,7 +67,8 @@ def torch_twin(model):
     return module
 
 
-@pytest.mark.parametrize("build", [odd_network, modern_network, mlp, tanh_first])
+@pytest.mark.parametrize("build", [odd_network, modern_network, mlp, tanh_first,
+                                   whole_input_conv])
 def test_network_matches_its_torch_twin(build):
     model = build()
     rng = np.random.default_rng(5)
@@ -86,6 +95,45 @@ def test_network_matches_its_torch_twin(build):
     for name, param in module.named_parameters():
         err = rel_err(grads[name], param.grad.numpy())
         assert err < BACKWARD, f"{name}: gradient differs from torch by {err:.3g}"
+
+
+@pytest.mark.parametrize("batch", [7, 33])
+def test_a_whole_input_convolution_gives_the_bits_of_the_conv_kernels(batch, monkeypatch):
+    # LeNet-5's conv3 shape (a kernel width of five): linear_forward and linear_backward make
+    # the same multiply-adds in the same order as conv2d_forward and conv2d_backward
+    def build():
+        return nn.Sequential(nn.Conv2d(4, 3, 3), nn.Tanh(), nn.Conv2d(3, 9, 5), nn.Flatten(),
+                             nn.Linear(9, 5), input_shape=(4, 7, 7), seed=1)
+
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, 4, 7, 7)).astype(np.float32)
+    y = rng.integers(0, 5, size=batch)
+    results, counts = [], []
+    for covers in (nn._covers, lambda conv, inp: False):
+        monkeypatch.setattr(nn, "_covers", covers)
+        model = build()
+        calls = []
+        model.kernels = _spied(model.kernels, calls)
+        _, grads = model.loss_and_grads(x, y)
+        counts.append((calls.count("conv2d_forward"), calls.count("linear_forward")))
+        results.append([*(g.copy() for g in grads.values()), *model.activations(x)])
+    assert counts == [(1, 2), (2, 1)]  # conv2 ran as a linear layer...
+    for ours, theirs in zip(*results, strict=True):
+        np.testing.assert_array_equal(ours, theirs)  # ...to the same bits
+
+
+def _spied(kernels, calls):
+    """A backend namespace whose kernels also append their names to calls."""
+    from types import SimpleNamespace
+
+    def spy(name, kernel):
+        def call(*args):
+            calls.append(name)
+            return kernel(*args)
+        return call
+
+    return SimpleNamespace(**{name: spy(name, value) if name.endswith(("forward", "backward"))
+                              else value for name, value in vars(kernels).items()})
 
 
 def test_training_steps_track_torch_for_an_odd_network():

@@ -270,6 +270,9 @@ class Conv2d(Layer):
         if self.padding:
             inp = t.work["padded"]
             k.pad2d_forward(inp, t.inp, self.padding)
+        elif _covers(self, inp):
+            k.linear_forward(*_as_linear(k, t.out, inp, p["weight"]), p["bias"])
+            return
         k.conv2d_forward(t.out, inp, p["weight"], p["bias"])
 
     @property
@@ -279,6 +282,12 @@ class Conv2d(Layer):
     def backward(self, k, t, p, g, run):
         # reads the forward's (padded) input; dinp None (the network's input) skips its
         # gradient
+        if not self.padding and _covers(self, t.inp):
+            dout, inp, weight = _as_linear(k, t.dout, t.inp, p["weight"])
+            dweight = k.view(g["weight"], weight.shape)
+            dinp = None if t.dinp is None else k.view(t.dinp, inp.shape)
+            k.linear_backward(dinp, dweight, g["bias"], dout, inp, weight)
+            return
         if not self.padding:
             k.conv2d_backward(t.dinp, g["weight"], g["bias"], t.dout, t.inp, p["weight"])
             return
@@ -307,6 +316,24 @@ class Conv2d(Layer):
         work = plan.alloc(oc * ((oh - 1) * width + ow))  # the wide output (cpu._conv2d)
         return plan.step("conv2d", src, oc * oh * ow, a=weight, b=bias, work=work,
                          sizes=(channels, height, width, oc, kh, kw))
+
+
+def _covers(conv, inp):
+    """Whether an unpadded convolution's kernel covers its whole input (C,H,W,N): LeNet-5's
+    conv3, a linear layer on the flattened input."""
+    return inp.shape[1:3] == conv.kernel
+
+
+def _as_linear(k, out, inp, weight):
+    """A whole-input convolution's out (OC,1,1,N), inp (C,H,W,N) and weight (OC,C,H,W) as the
+    linear kernels' (OC,N), (C*H*W,N) and (OC,C*H*W): the same multiply-adds, and with a
+    kernel width of five the same taps in the same order, so the same bits as conv2d's
+    kernels, which spend their time on this shape on tasks of one output position each (at
+    batch 32, linear_backward took 269 us where conv2d_backward took 351)."""
+    c, h, w, n = inp.shape  # (a device array's shape takes no negative index)
+    flat = c * h * w
+    return (k.view(out, (out.shape[0], n)), k.view(inp, (flat, n)),
+            k.view(weight, (weight.shape[0], flat)))
 
 
 @_layer
