@@ -92,14 +92,27 @@ def network_flops(layers, in_shape, batch):
 
 def train_step_flops(layers, in_shape, batch):
     """flops of a training step of a chain of layers: the forward, and a backward of twice as
-    many, less the first layer's dinp (a network's input needs no gradient) where that layer
-    is a convolution or a linear layer. The optimizer's update and the elementwise layers are
-    not counted (as torch.utils.flop_counter does not)."""
+    many, less the dinp of the first layer with parameters (no gradient reaches the layers
+    before it, and the network's input needs none). The optimizer's update and the
+    elementwise layers are not counted (as torch.utils.flop_counter does not)."""
+    return 3 * network_flops(layers, in_shape, batch) - _first_dinp_flops(layers, in_shape,
+                                                                         batch)
+
+
+def _first_dinp_flops(layers, in_shape, batch):
+    """flops of the dinp a step skips: that of the first layer with parameters, when it is a
+    convolution or a linear layer, looked for inside a residual block that comes first (its
+    skip carries no gradient back either)."""
     from tinyconv import nn
 
-    first = layers[0] if layers else None
-    skipped = flops(first, in_shape, batch) if isinstance(first, (nn.Conv2d, nn.Linear)) else 0
-    return 3 * network_flops(layers, in_shape, batch) - skipped
+    shape = tuple(in_shape)
+    for layer in layers:
+        if isinstance(layer, nn.Residual):
+            return _first_dinp_flops(layer.body, shape, batch)
+        if layer.params(shape):
+            return flops(layer, shape, batch)
+        shape = tuple(layer.out_shape(shape))
+    return 0
 
 
 def cpu_model():

@@ -103,8 +103,8 @@ def fma_peak_gflops(threads, rounds=7, repeats=100_000):
     """The float32 multiply-add peak of `threads` Numba threads (already set), GFLOP/s, the
     best of `rounds`: each thread runs chains of 32 dependent multiply-adds on four vectors of
     lanes at a time, which stay in registers (one load and one store per 32), enough
-    independent chains to keep every FMA unit busy through its latency (measured here: four
-    did, one reached 70%; eight no longer vectorised)."""
+    independent chains to keep every FMA unit busy through its latency (one chain cannot;
+    eight no longer vectorise)."""
     import numba
     from numba import njit, prange
 
@@ -267,7 +267,7 @@ def serve(library, threads, batch_sizes, infer_batch_size, device, arch, connect
     infer = mnist_batches("test", infer_batch_size, INFER_BATCHES)
     data = (load_mnist("train"), load_mnist("test"))  # whole, for the epoch case
     calls = {"threads": side.get_threads,
-             "train_step": lambda size, at: side.train_step(*train[size][at % TRAIN_BATCHES]),
+             "train_step": lambda size, at: side.train_step(*train[size][at % len(train[size])]),
              "forward": lambda index: side.forward(infer[index % len(infer)][0]),
              "epoch": lambda index: run_epoch(side, batch_sizes[0], data, index)}
     if library == "tinyconv":

@@ -780,8 +780,8 @@ print("then imported:", scipy.linalg.IMPORTED)
 
 @pytest.mark.parametrize("how, imported", [("command", False), ("direct", True)])
 def test_a_command_loads_numba_without_importing_scipy_linalg(how, imported, tmp_path):
-    # Numba's first use imports scipy.linalg, if installed, only to probe its BLAS (about
-    # 20 MiB): the commands skip it, and it still imports afterwards; a direct call, the
+    # Numba's first use imports scipy.linalg, if installed, only to probe its BLAS: the
+    # commands skip the probe, and scipy.linalg still imports afterwards; a direct call, the
     # library's way, is the control that shows the probe would see the import
     linalg = tmp_path / "scipy" / "linalg"
     linalg.mkdir(parents=True)
@@ -794,6 +794,14 @@ def test_a_command_loads_numba_without_importing_scipy_linalg(how, imported, tmp
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"linalg imported by the kernel: {imported}",
                                         "then imported: True"]
+
+
+def test_only_commands_that_run_kernels_load_numbas_target(monkeypatch):
+    loads = []
+    monkeypatch.setattr(cli, "load_numba_cpu_target", lambda: loads.append(True))
+    parser = cli.parser("prog", "a test command")
+    assert cli.run(parser, lambda _: None, [], kernels=False) == 0 and loads == []
+    assert cli.run(parser, lambda _: None, []) == 0 and loads == [True]
 
 
 def test_errors_are_one_line_with_the_status_of_their_kind(capsys):

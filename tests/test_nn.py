@@ -4,6 +4,7 @@ Sequential owns (names, specs, buffers, modes, devices, checkpoints)."""
 import json
 import math
 import weakref
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -124,8 +125,6 @@ def test_a_whole_input_convolution_gives_the_bits_of_the_conv_kernels(batch, mon
 
 def _spied(kernels, calls):
     """A backend namespace whose kernels also append their names to calls."""
-    from types import SimpleNamespace
-
     def spy(name, kernel):
         def call(*args):
             calls.append(name)

@@ -12,15 +12,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
 from bench import train as bench_train  # noqa: E402
-from tinyconv import archs, interop  # noqa: E402
+from tinyconv import archs, interop, nn  # noqa: E402
+
+# networks whose first layers have no parameters, or sit in a residual block: no gradient
+# reaches them, so only the first layer with parameters goes without its dinp
+LEADING = {
+    "tanh-flatten-linear": [nn.Tanh(), nn.Flatten(), nn.Linear(1024, 10)],
+    "maxpool-conv-linear": [nn.MaxPool2d(2), nn.Conv2d(1, 4, 3), nn.Flatten(),
+                            nn.Linear(4 * 14 * 14, 10)],
+    "residual-first": [nn.Residual(nn.Conv2d(1, 1, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(1, 1, 3, padding=1)),
+                       nn.Conv2d(1, 2, 5), nn.Flatten(), nn.Linear(2 * 28 * 28, 10)],
+    "batchnorm-first": [nn.BatchNorm2d(1), nn.Conv2d(1, 2, 5), nn.Flatten(),
+                        nn.Linear(2 * 28 * 28, 10)],
+}
 
 
-@pytest.mark.parametrize("arch", ["lenet5", "lenet5-bn", "resnet-mini"])
+@pytest.mark.parametrize("arch", ["lenet5", "lenet5-bn", "resnet-mini", *LEADING])
 def test_a_steps_flops_are_those_torch_counts(arch):
     torch = pytest.importorskip("torch")
     from torch.utils.flop_counter import FlopCounterMode
 
-    spec = archs.find_spec(arch)
+    spec = archs.spec_of(arch, LEADING[arch]) if arch in LEADING else archs.find_spec(arch)
     module = interop.torch_module(spec)
     x, y = torch.randn(6, 1, 32, 32), torch.arange(6) % 10
     with FlopCounterMode(display=False) as counter:

@@ -42,18 +42,20 @@ def test_recording_reads_no_value_of_the_kernels_it_does_not_run(monkeypatch):
     # and -inf in turn, whose mean NumPy warns about ("invalid value"), as a warm-up once did
     # in CI from real garbage
     infinities = np.array([np.inf, -np.inf], np.float32).view(np.uint8)
-    real_empty = np.empty
+    real_empty, spoiled = np.empty, []
 
     def garbage(shape, dtype=float):
         raw = real_empty(shape, dtype)
         if raw.dtype == np.uint8:
             raw[:] = np.resize(infinities, raw.size)
+            spoiled.append(raw.size)
         return raw
 
     monkeypatch.setattr(np, "empty", garbage)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert warmup.kernel_calls(archs.ARCHS["lenet5"], CONFIG)
+    assert spoiled  # the model's buffers came from np.empty (uint8 blocks), spoiled
 
 
 CHILD = """

@@ -30,7 +30,7 @@ from tinyconv.interop import (
     MissingDependencyError,
     load_model,
 )
-from tinyconv.kernels import BACKENDS, DeviceUnavailable, load_numba_cpu_target
+from tinyconv.kernels import BACKENDS, DeviceUnavailable
 
 DONE, FAILED, STOPPED = 0, 1, 2
 # errors of the input or environment (CheckpointError, DataError, ImageError and ShapeError are
@@ -140,15 +140,17 @@ def parser(prog, description, examples=(), failed=None):
                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def run(parser, command, argv=None, failed=()):
+def run(parser, command, argv=None, failed=(), kernels=True):
     """Parse argv and run command(args), returning the exit status: command's own (None for
     0), 1 for the exception types in `failed` (the job ran and failed), 2 for those of
     STOPPING_ERRORS, 128 + the signal's number for SIGINT and SIGTERM; each error printed as
-    one line, an interrupt as one "stopped: ..." line."""
+    one line, an interrupt as one "stopped: ..." line. A command that runs kernels (`kernels`)
+    has Numba's CPU target loaded first, without its BLAS probe (load_numba_cpu_target)."""
     try:
         with interrupts_raised():
             args = parser.parse_args(argv)
-            load_numba_cpu_target()  # before the first kernel
+            if kernels:
+                load_numba_cpu_target()
             status = command(args)
     except Interrupted as exc:
         print(f"stopped: {exc}", file=sys.stderr, flush=True)
@@ -158,6 +160,34 @@ def run(parser, command, argv=None, failed=()):
     except (*STOPPING_ERRORS, UsageError, WriteError) as exc:
         return report(exc, STOPPED)
     return DONE if status is None else status
+
+
+def _no_blas():
+    raise ImportError("tinyconv's commands skip Numba's BLAS probe")
+
+
+def load_numba_cpu_target():
+    """Load Numba's CPU target, what its first compile or cache hit does anyway, with its probe
+    for BLAS answered "none": for a command's process (run), not a library user's.
+
+    Where SciPy is installed, that probe imports scipy.linalg only to decide whether jitted
+    np.correlate and np.convolve may call BLAS, which no tinyconv kernel does; the import
+    weighs a command down in memory and start-up time (README: Speed). Those two then use
+    Numba's own loop; everything else, Numba's linear algebra included, works as before.
+    """
+    from numba.core import registry
+    from numba.np import linalg
+
+    if "numba.np.arraymath" in sys.modules:  # the target is loaded, its probe answered
+        return
+    probe = linalg.ensure_blas
+    linalg.ensure_blas = _no_blas  # numba.np.arraymath imports it by name and calls it once
+    try:
+        registry.cpu_target.target_context.refresh()
+    finally:
+        linalg.ensure_blas = probe
+        if "numba.np.arraymath" in sys.modules:
+            sys.modules["numba.np.arraymath"].ensure_blas = probe
 
 
 def report(error, status):

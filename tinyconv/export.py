@@ -70,7 +70,7 @@ def command(args):
 
 
 def main(argv=None):
-    return cli.run(parser(), command, argv)
+    return cli.run(parser(), command, argv, kernels=False)  # it runs none
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 import functools
 import importlib
 import importlib.util
-import sys
 from types import SimpleNamespace
 
 KERNELS = (
@@ -31,28 +30,6 @@ HELPERS = ("empty", "zeros", "view", "Staging", "to_device", "to_host", "copy_in
 # backend name -> (modules of its KERNELS, module of its HELPERS)
 BACKENDS = {"cpu": (("cpu", "cpu_blocks", "cpu_optim"), "host"),
             "cuda": (("cuda", "cuda_blocks", "cuda_optim"), "cuda_host")}
-
-
-def load_numba_cpu_target():
-    """Load Numba's CPU target (what its first compile or cache hit does anyway) without
-    importing scipy.linalg, for a command's process (cli.run), not a library user's.
-
-    Where SciPy is installed, that first use imports scipy.linalg only to decide whether
-    jitted np.correlate and np.convolve may call BLAS, which no tinyconv kernel does; the
-    import costs a command about 20 MiB of memory and 0.2-0.4 s. Here those two fall back to
-    Numba's own loop; everything else, a later `import scipy.linalg` and Numba's linear algebra
-    included, works as before.
-    """
-    from numba.core.registry import cpu_target
-
-    if "scipy.linalg" in sys.modules:
-        cpu_target.target_context.refresh()
-        return
-    sys.modules["scipy.linalg"] = None  # an import of it raises ImportError meanwhile
-    try:
-        cpu_target.target_context.refresh()
-    finally:
-        del sys.modules["scipy.linalg"]
 
 
 class DeviceUnavailable(RuntimeError):
