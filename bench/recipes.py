@@ -14,7 +14,8 @@ group's recipe. --stage final trains that recipe on all 60,000 training images w
 1, 2 and reports the final test accuracy, once. Every run is a run directory of
 python -m tinyconv.train under OUT/<stage>/<candidate>-seed<k>; a finished one is not
 redone and a stopped one resumes, so the script can be stopped and run again. It prints a
-Markdown table of the stage's runs and writes it with the figures to OUT/<stage>-<group>.json.
+Markdown table of the stage's runs and writes it with the figures to OUT/<stage>-<group>.json,
+where the rows of candidates run before (--only) are kept, each with its commit.
 """
 
 import argparse
@@ -53,6 +54,22 @@ CANDIDATES = {
         "elastic-ema-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995", "--epochs", "100"],
         "elastic-ema-ls-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
                                "--label-smoothing", "0.1", "--epochs", "100"],
+        # two and three times as long (about 8 and 12 minutes on 2 cores), and Simard's own
+        # alpha of 34
+        "elastic-ema-ls-200": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
+                               "--label-smoothing", "0.1", "--epochs", "200"],
+        "elastic-ema-ls-300": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
+                               "--label-smoothing", "0.1", "--epochs", "300"],
+        "elastic34-ema-ls-100": [*COSINE, *AFFINE, "--elastic", "34,4", "--ema", "0.9995",
+                                 "--label-smoothing", "0.1", "--epochs", "100"],
+        # validation peaked mid-run and fell as the cosine reached 0 in the longer runs: a
+        # constant lr under the moving average, or AdamW's decay, against that late fit
+        "elastic-ema-ls-const-100": ["--lr", "2e-3", "--lr-gamma", "1", *AFFINE, *ELASTIC,
+                                     "--ema", "0.9995", "--label-smoothing", "0.1",
+                                     "--epochs", "100"],
+        "elastic-ema-ls-adamw-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
+                                     "--label-smoothing", "0.1", "--optimizer", "adamw",
+                                     "--weight-decay", "0.05", "--epochs", "100"],
     },
     "variant": {  # the best group's two strongest candidates, on the variant
         "bn-elastic-ema-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995", "--epochs",
@@ -163,15 +180,26 @@ def main(argv=None):
                     [*base, *flags, "--seed", str(seed)], args.threads) for seed in seeds]
         rows.append(summary(name, seeds, logs, key))
     what = "validation accuracy (5,000 held out)" if args.stage == "val" else "test accuracy"
-    text = table(rows, what)
-    print(text)
-    record = {"group": group, "stage": args.stage, "rows": rows, "table": text,
-              "arch": VARIANT if group == "variant" else "lenet5", "threads": args.threads,
-              "commit": commit(), "cpu": cpu_model()}
-    if not args.only and not args.seeds:
-        atomic_write(out / f"{args.stage}-{group}.json",
-                     lambda file: file.write(json.dumps(record, indent=1).encode()))
+    print(table(rows, what))
+    if not args.seeds:  # each row whole: all of the stage's seeds
+        record(out / f"{args.stage}-{group}.json", group, args.stage, rows, what, args.threads)
     return 0
+
+
+def record(path, group, stage, rows, what, threads):
+    """Write the stage's rows to path, with its table: those of candidates run before (by an
+    --only run, or another commit) are kept, each row naming its commit and machine."""
+    here = {"commit": commit(), "cpu": cpu_model(), "threads": threads}
+    kept = json.loads(path.read_text())["rows"] if path.exists() else []
+    done = {row["candidate"]: row for row in kept} | {
+        row["candidate"]: {**row, **here} for row in rows}
+    order = [name for name in CANDIDATES[group] if name in done]
+    merged = [done[name] for name in order] + [row for name, row in done.items()
+                                               if name not in order]
+    text = table(merged, what)
+    content = {"group": group, "stage": stage, "rows": merged, "table": text,
+               "arch": VARIANT if group == "variant" else "lenet5"}
+    atomic_write(path, lambda file: file.write(json.dumps(content, indent=1).encode()))
 
 
 if __name__ == "__main__":
