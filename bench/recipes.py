@@ -71,15 +71,22 @@ CANDIDATES = {
                                      "--label-smoothing", "0.1", "--optimizer", "adamw",
                                      "--weight-decay", "0.05", "--epochs", "100"],
     },
-    "variant": {  # the best group's two strongest candidates, on the variant
+    "variant": {  # the best group's strongest candidates, on the variant
         "bn-elastic-ema-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995", "--epochs",
                                "100"],
         "bn-elastic-ema-ls-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
                                   "--label-smoothing", "0.1", "--epochs", "100"],
+        # and with AdamW's decay, the best group's choice since
+        "bn-elastic-ema-adamw-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
+                                     "--optimizer", "adamw", "--weight-decay", "0.05",
+                                     "--epochs", "100"],
+        "bn-elastic-ema-ls-adamw-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
+                                        "--label-smoothing", "0.1", "--optimizer", "adamw",
+                                        "--weight-decay", "0.05", "--epochs", "100"],
     },
 }
 VAL = 5000
-VAL_SEEDS = {"default": (0, 1), "best": (0,), "variant": (0,)}
+VAL_SEEDS = {"default": (0, 1), "best": (0, 1), "variant": (0,)}
 FINAL_SEEDS = (0, 1, 2)
 
 

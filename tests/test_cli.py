@@ -634,11 +634,13 @@ def test_the_best_recipe_brings_its_schedule_distortions_and_average():
     config = config_of("--recipe", "best")
     assert {key: config[key] for key in ("epochs", "lr", "schedule", "translate", "rotate",
                                          "scale", "shear", "elastic", "ema",
-                                         "label_smoothing")} == {
+                                         "label_smoothing", "optimizer", "weight_decay")} == {
         "epochs": 100, "lr": 3e-3, "schedule": "cosine", "translate": 2.5, "rotate": 12.0,
         "scale": 0.12, "shear": 0.12, "elastic": [20.0, 4.0], "ema": 0.9995,
-        "label_smoothing": 0.1}
-    assert config["optimizer"] == "adam" and config["arch"] == "lenet5"
+        "label_smoothing": 0.1, "optimizer": "adamw", "weight_decay": 0.05}
+    assert config["arch"] == "lenet5"
+    # another optimizer brings its own default decay, not the recipe's
+    assert config_of("--recipe", "best", "--optimizer", "adam")["weight_decay"] == 0.0
     # its cosine takes the cosine's flags; a flag still overrides it
     assert config_of("--recipe", "best", "--per-step")["per_step"] is True
     assert config_of("--recipe", "best", "--schedule", "step")["schedule"] == "step"
