@@ -48,6 +48,10 @@ CANDIDATES = {
                              "--epochs", "30"],
         "elastic-ema-30": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.999", "--epochs", "30"],
         "affine-ema-20": [*COSINE, *AFFINE, "--ema", "0.999", "--epochs", "20"],
+        # AdamW's decay, which made best's recipe
+        "affine-ema-ls-adamw-30": [*COSINE, *AFFINE, "--ema", "0.999", "--label-smoothing",
+                                   "0.1", "--optimizer", "adamw", "--weight-decay", "0.05",
+                                   "--epochs", "30"],
     },
     "best": {
         "affine-ema-100": [*COSINE, *AFFINE, "--ema", "0.9995", "--epochs", "100"],

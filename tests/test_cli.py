@@ -192,10 +192,16 @@ def test_a_validation_split_must_leave_training_images(tmp_path, capsys):
 
 
 def test_an_optimizer_brings_its_own_default_weight_decay():
-    assert config_of("--optimizer", "adamw")["weight_decay"] == 1e-2  # torch's AdamW's
-    assert config_of("--optimizer", "adamw", "--weight-decay", "0")["weight_decay"] == 0.0
+    # another optimizer than the recipe's takes its own default; the recipe's keeps its decay
+    plain = ("--recipe", "plain")  # Adam, no decay
+    assert config_of(*plain, "--optimizer", "adamw")["weight_decay"] == 1e-2  # torch's AdamW's
+    assert config_of(*plain, "--optimizer", "adamw", "--weight-decay", "0")[
+        "weight_decay"] == 0.0
     assert config_of("--optimizer", "sgd")["weight_decay"] == 0.0
-    assert config_of()["weight_decay"] == 0.0  # the recipe's, for its Adam
+    assert config_of("--optimizer", "adam")["weight_decay"] == 0.0
+    assert config_of()["weight_decay"] == 0.05  # the default recipe's, for its AdamW
+    assert config_of("--optimizer", "adamw")["weight_decay"] == 0.05
+    assert config_of(*plain, "--optimizer", "adam")["weight_decay"] == 0.0
 
 
 def test_no_decay_for_norms_and_biases_trains_and_resumes_bit_for_bit(tmp_path):
@@ -605,9 +611,10 @@ REPORT = {"epochs": 300, "batch_size": 128, "lr": 1e-5, "lr_step": 20, "lr_gamma
           "weight_decay": 0.0, "flip": True, "translate": 0, "resize": "bilinear",
           "normalize": "unit", "seed": 0}
 DEFAULT = {"epochs": 30, "batch_size": 128, "lr": 3e-3, "lr_step": 4, "lr_gamma": 0.5,
-           "weight_decay": 0.0, "flip": False, "translate": 2.5, "resize": "pad",
+           "weight_decay": 0.05, "flip": False, "translate": 2.5, "resize": "pad",
            "normalize": "standard", "seed": 0, "schedule": "cosine", "rotate": 12.0,
-           "scale": 0.12, "shear": 0.12, "ema": 0.999, "label_smoothing": 0.1}
+           "scale": 0.12, "shear": 0.12, "ema": 0.999, "label_smoothing": 0.1,
+           "optimizer": "adamw"}
 PLAIN = {"epochs": 20, "batch_size": 128, "lr": 2e-3, "lr_step": 4, "lr_gamma": 0.5,
          "weight_decay": 0.0, "flip": False, "translate": 2, "resize": "pad",
          "normalize": "standard", "seed": 0}
@@ -676,9 +683,13 @@ def test_the_best_recipe_brings_its_schedule_distortions_and_average():
 def test_each_override_flag_reaches_the_config(recipe, flag, value, key, expected):
     config = config_of("--recipe", recipe, flag, *([value] if value else []))
     base = {**RECIPE_SETTINGS[recipe], "recipe": recipe}
+    changed = {key}
+    if key == "optimizer":  # another optimizer brings its own default decay (Adagrad's 0)
+        assert config["weight_decay"] == 0.0
+        changed.add("weight_decay")
     assert config[key] == expected
-    assert {k: v for k, v in config.items() if k != key and k in base} == \
-        {k: v for k, v in base.items() if k != key}  # and nothing else changes
+    assert {k: v for k, v in config.items() if k not in changed and k in base} == \
+        {k: v for k, v in base.items() if k not in changed}  # and nothing else changes
 
 
 # every flag of every command, written out: a flag added, renamed or dropped fails here until
