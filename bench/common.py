@@ -95,24 +95,26 @@ def train_step_flops(layers, in_shape, batch):
     many, less the dinp of the first layer with parameters (no gradient reaches the layers
     before it, and the network's input needs none). The optimizer's update and the
     elementwise layers are not counted (as torch.utils.flop_counter does not)."""
-    return 3 * network_flops(layers, in_shape, batch) - _first_dinp_flops(layers, in_shape,
-                                                                         batch)
+    return 3 * network_flops(layers, in_shape, batch) - (
+        _first_dinp_flops(layers, in_shape, batch) or 0)
 
 
 def _first_dinp_flops(layers, in_shape, batch):
     """flops of the dinp a step skips: that of the first layer with parameters, when it is a
-    convolution or a linear layer, looked for inside a residual block that comes first (its
-    skip carries no gradient back either)."""
+    convolution or a linear layer, looked for inside a residual block on the way (its skip
+    carries no gradient back either); None where no layer has parameters."""
     from tinyconv import nn
 
     shape = tuple(in_shape)
     for layer in layers:
         if isinstance(layer, nn.Residual):
-            return _first_dinp_flops(layer.body, shape, batch)
-        if layer.params(shape):
+            inside = _first_dinp_flops(layer.body, shape, batch)
+            if inside is not None:
+                return inside
+        elif layer.params(shape):
             return flops(layer, shape, batch)
         shape = tuple(layer.out_shape(shape))
-    return 0
+    return None
 
 
 def cpu_model():

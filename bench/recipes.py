@@ -38,55 +38,52 @@ AFFINE = ["--translate", "2.5", "--rotate", "12", "--scale", "0.12", "--shear", 
 ELASTIC = ["--elastic", "20,4"]  # Simard et al. 2003's deformations, at alpha 20, sigma 4
 VARIANT = "relu-avg-bn"  # the study's best variant at 3.4 s an epoch (resnet-mini: 85 s)
 
+EMA, SLOW_EMA = ["--ema", "0.999"], ["--ema", "0.9995"]  # the weights' moving average
+SMOOTH = ["--label-smoothing", "0.1"]
+ADAMW = ["--optimizer", "adamw", "--weight-decay", "0.05"]  # decoupled weight decay
+
+
+def epochs(count):
+    return ["--epochs", str(count)]
+
+
 # group -> {candidate: flags}
 CANDIDATES = {
     "default": {
         "plain": [],  # 20 epochs, StepLR, whole-pixel shifts of up to 2 px
-        "affine-30": [*COSINE, *AFFINE, "--epochs", "30"],
-        "affine-ema-30": [*COSINE, *AFFINE, "--ema", "0.999", "--epochs", "30"],
-        "affine-ema-ls-30": [*COSINE, *AFFINE, "--ema", "0.999", "--label-smoothing", "0.1",
-                             "--epochs", "30"],
-        "elastic-ema-30": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.999", "--epochs", "30"],
-        "affine-ema-20": [*COSINE, *AFFINE, "--ema", "0.999", "--epochs", "20"],
+        "affine-30": [*COSINE, *AFFINE, *epochs(30)],
+        "affine-ema-30": [*COSINE, *AFFINE, *EMA, *epochs(30)],
+        "affine-ema-ls-30": [*COSINE, *AFFINE, *EMA, *SMOOTH, *epochs(30)],
+        "elastic-ema-30": [*COSINE, *AFFINE, *ELASTIC, *EMA, *epochs(30)],
+        "affine-ema-20": [*COSINE, *AFFINE, *EMA, *epochs(20)],
         # AdamW's decay, which made best's recipe
-        "affine-ema-ls-adamw-30": [*COSINE, *AFFINE, "--ema", "0.999", "--label-smoothing",
-                                   "0.1", "--optimizer", "adamw", "--weight-decay", "0.05",
-                                   "--epochs", "30"],
+        "affine-ema-ls-adamw-30": [*COSINE, *AFFINE, *EMA, *SMOOTH, *ADAMW, *epochs(30)],
     },
     "best": {
-        "affine-ema-100": [*COSINE, *AFFINE, "--ema", "0.9995", "--epochs", "100"],
-        "elastic-ema-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995", "--epochs", "100"],
-        "elastic-ema-ls-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
-                               "--label-smoothing", "0.1", "--epochs", "100"],
-        # two and three times as long (about 8 and 12 minutes on 2 cores), and Simard's own
-        # alpha of 34
-        "elastic-ema-ls-200": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
-                               "--label-smoothing", "0.1", "--epochs", "200"],
-        "elastic-ema-ls-300": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
-                               "--label-smoothing", "0.1", "--epochs", "300"],
-        "elastic34-ema-ls-100": [*COSINE, *AFFINE, "--elastic", "34,4", "--ema", "0.9995",
-                                 "--label-smoothing", "0.1", "--epochs", "100"],
+        "affine-ema-100": [*COSINE, *AFFINE, *SLOW_EMA, *epochs(100)],
+        "elastic-ema-100": [*COSINE, *AFFINE, *ELASTIC, *SLOW_EMA, *epochs(100)],
+        "elastic-ema-ls-100": [*COSINE, *AFFINE, *ELASTIC, *SLOW_EMA, *SMOOTH, *epochs(100)],
+        # two and three times as long, and Simard's own alpha of 34
+        "elastic-ema-ls-200": [*COSINE, *AFFINE, *ELASTIC, *SLOW_EMA, *SMOOTH, *epochs(200)],
+        "elastic-ema-ls-300": [*COSINE, *AFFINE, *ELASTIC, *SLOW_EMA, *SMOOTH, *epochs(300)],
+        "elastic34-ema-ls-100": [*COSINE, *AFFINE, "--elastic", "34,4", *SLOW_EMA, *SMOOTH,
+                                 *epochs(100)],
         # validation peaked mid-run and fell as the cosine reached 0 in the longer runs: a
         # constant lr under the moving average, or AdamW's decay, against that late fit
         "elastic-ema-ls-const-100": ["--lr", "2e-3", "--lr-gamma", "1", *AFFINE, *ELASTIC,
-                                     "--ema", "0.9995", "--label-smoothing", "0.1",
-                                     "--epochs", "100"],
-        "elastic-ema-ls-adamw-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
-                                     "--label-smoothing", "0.1", "--optimizer", "adamw",
-                                     "--weight-decay", "0.05", "--epochs", "100"],
+                                     *SLOW_EMA, *SMOOTH, *epochs(100)],
+        "elastic-ema-ls-adamw-100": [*COSINE, *AFFINE, *ELASTIC, *SLOW_EMA, *SMOOTH, *ADAMW,
+                                     *epochs(100)],
     },
     "variant": {  # the best group's strongest candidates, on the variant
-        "bn-elastic-ema-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995", "--epochs",
-                               "100"],
-        "bn-elastic-ema-ls-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
-                                  "--label-smoothing", "0.1", "--epochs", "100"],
+        "bn-elastic-ema-100": [*COSINE, *AFFINE, *ELASTIC, *SLOW_EMA, *epochs(100)],
+        "bn-elastic-ema-ls-100": [*COSINE, *AFFINE, *ELASTIC, *SLOW_EMA, *SMOOTH,
+                                  *epochs(100)],
         # and with AdamW's decay, the best group's choice since
-        "bn-elastic-ema-adamw-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
-                                     "--optimizer", "adamw", "--weight-decay", "0.05",
-                                     "--epochs", "100"],
-        "bn-elastic-ema-ls-adamw-100": [*COSINE, *AFFINE, *ELASTIC, "--ema", "0.9995",
-                                        "--label-smoothing", "0.1", "--optimizer", "adamw",
-                                        "--weight-decay", "0.05", "--epochs", "100"],
+        "bn-elastic-ema-adamw-100": [*COSINE, *AFFINE, *ELASTIC, *SLOW_EMA, *ADAMW,
+                                     *epochs(100)],
+        "bn-elastic-ema-ls-adamw-100": [*COSINE, *AFFINE, *ELASTIC, *SLOW_EMA, *SMOOTH,
+                                        *ADAMW, *epochs(100)],
     },
 }
 VAL = 5000
@@ -127,21 +124,31 @@ def run(run_dir, flags, threads):
 
 
 def chosen(out, group):
-    """The candidate the validation stage chose: the best mean final validation accuracy."""
+    """The candidate the validation stage chose: the best mean final validation accuracy
+    among the group's candidates run with all of the stage's seeds."""
     path = out / f"val-{group}.json"
     if not path.exists():
         raise SystemExit(f"{path}: no validation results for {group}; run --stage val first")
-    rows = json.loads(path.read_text())["rows"]
+    rows = [row for row in json.loads(path.read_text())["rows"]
+            if row["candidate"] in CANDIDATES[group] and row["seeds"] == list(VAL_SEEDS[group])]
+    if not rows:
+        raise SystemExit(f"{path}: no candidate of {group} was run with seeds "
+                         f"{', '.join(map(str, VAL_SEEDS[group]))}; run --stage val first")
     return max(rows, key=lambda row: row["mean"])["candidate"]
 
 
-def summary(name, seeds, logs, key):
+def summary(name, seeds, logs, key, threads):
     finals = [100 * log[-1][key] for log in logs]
     seconds = [sum(m["seconds"] for m in log) for log in logs]
     return {"candidate": name, "seeds": list(seeds), "epochs": len(logs[0]), "finals": finals,
             "mean": statistics.mean(finals),
             "std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
-            "minutes": statistics.mean(seconds) / 60}
+            "minutes": statistics.mean(seconds) / 60, "threads": threads}
+
+
+def run_threads(run_dir):
+    """The thread count a finished run trained with (its config's)."""
+    return checkpoint.load(run_dir / "last.npz")[1]["config"]["threads"]
 
 
 def table(rows, what):
@@ -168,6 +175,10 @@ def main(argv=None):
                         help="the first N training images only (a quick check of the script)")
     args = parser.parse_args(argv)
     out, group = args.out, args.group
+    unknown = sorted(set(args.only or ()) - set(CANDIDATES[group]))
+    if unknown:
+        parser.error(f"--only: {group} has no candidate {', '.join(unknown)}; its candidates: "
+                     f"{', '.join(CANDIDATES[group])}")
     (out / args.stage).mkdir(parents=True, exist_ok=True)
     base = ["--recipe", "plain", *arch_flags(group, out),
             *(["--limit-train", str(args.limit_train)] if args.limit_train else [])]
@@ -187,20 +198,23 @@ def main(argv=None):
     for name, flags in candidates.items():
         if args.only and name not in args.only:
             continue
-        logs = [run(out / args.stage / f"{name}-seed{seed}",
-                    [*base, *flags, "--seed", str(seed)], args.threads) for seed in seeds]
-        rows.append(summary(name, seeds, logs, key))
+        dirs = [out / args.stage / f"{name}-seed{seed}" for seed in seeds]
+        logs = [run(run_dir, [*base, *flags, "--seed", str(seed)], args.threads)
+                for run_dir, seed in zip(dirs, seeds, strict=True)]
+        rows.append(summary(name, seeds, logs, key, [run_threads(d) for d in dirs]))
     what = "validation accuracy (5,000 held out)" if args.stage == "val" else "test accuracy"
     print(table(rows, what))
     if not args.seeds:  # each row whole: all of the stage's seeds
-        record(out / f"{args.stage}-{group}.json", group, args.stage, rows, what, args.threads)
+        record(out / f"{args.stage}-{group}.json", group, args.stage, rows, what)
     return 0
 
 
-def record(path, group, stage, rows, what, threads):
+def record(path, group, stage, rows, what):
     """Write the stage's rows to path, with its table: those of candidates run before (by an
-    --only run, or another commit) are kept, each row naming its commit and machine."""
-    here = {"commit": commit(), "cpu": cpu_model(), "threads": threads}
+    --only run, or another commit) are kept. Each row names the checkout and machine that
+    recorded it (its runs may be older: a finished run is read, not redone) and each seed's
+    thread count."""
+    here = {"commit": commit(), "cpu": cpu_model()}
     kept = json.loads(path.read_text())["rows"] if path.exists() else []
     done = {row["candidate"]: row for row in kept} | {
         row["candidate"]: {**row, **here} for row in rows}

@@ -809,12 +809,19 @@ def test_a_command_loads_numba_without_importing_scipy_linalg(how, imported, tmp
                                         "then imported: True"]
 
 
-def test_only_commands_that_run_kernels_load_numbas_target(monkeypatch):
+def test_only_commands_that_run_kernels_load_numbas_target(monkeypatch, tmp_path):
     loads = []
     monkeypatch.setattr(cli, "load_numba_cpu_target", lambda: loads.append(True))
     parser = cli.parser("prog", "a test command")
     assert cli.run(parser, lambda _: None, [], kernels=False) == 0 and loads == []
     assert cli.run(parser, lambda _: None, []) == 0 and loads == [True]
+    # export runs none: it copies the weights out
+    model, path = LeNet5(), tmp_path / "run.npz"
+    opt = Adam(model)
+    checkpoint.save_run(path, model, opt, StepLR(opt, 1),
+                        {"epoch": 1, "config": {"seed": 0, "lr_step": 1, "lr_gamma": 0.5}})
+    assert export.main([str(path), "--onnx", str(tmp_path / "run.onnx")]) == 0
+    assert loads == [True]
 
 
 def test_errors_are_one_line_with_the_status_of_their_kind(capsys):

@@ -25,6 +25,8 @@ LEADING = {
                        nn.Conv2d(1, 2, 5), nn.Flatten(), nn.Linear(2 * 28 * 28, 10)],
     "batchnorm-first": [nn.BatchNorm2d(1), nn.Conv2d(1, 2, 5), nn.Flatten(),
                         nn.Linear(2 * 28 * 28, 10)],
+    "bare-residual-first": [nn.Residual(nn.ReLU()), nn.Conv2d(1, 2, 5), nn.Flatten(),
+                            nn.Linear(2 * 28 * 28, 10)],
 }
 
 

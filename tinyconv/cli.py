@@ -172,8 +172,9 @@ def load_numba_cpu_target():
 
     Where SciPy is installed, that probe imports scipy.linalg only to decide whether jitted
     np.correlate and np.convolve may call BLAS, which no tinyconv kernel does; the import
-    weighs a command down in memory and start-up time (README: Speed). Those two then use
-    Numba's own loop; everything else, Numba's linear algebra included, works as before.
+    weighs a command down in memory and start-up time (README: "Speed and memory"). Those two
+    then use Numba's own loop; everything else, Numba's linear algebra included, works as
+    before.
     """
     from numba.core import registry
     from numba.np import linalg

@@ -479,7 +479,8 @@ def parser():
     parser.add_argument("--epochs", type=cli.count(1), help="passes over the training set")
     parser.add_argument("--batch-size", type=cli.count(1), help="images per optimizer step")
     parser.add_argument("--optimizer", choices=OPTIMIZER_NAMES,
-                        help="torch.optim's update rule, by its class's name (default adam)")
+                        help="torch.optim's update rule, by its class's name (default: the "
+                             "recipe's; adamw for default and best, adam for plain and report)")
     parser.add_argument("--momentum", type=float, help="SGD's momentum (default 0)")
     parser.add_argument("--nesterov", action="store_true", default=None,
                         help="SGD's Nesterov momentum (needs --momentum)")
@@ -499,8 +500,10 @@ def parser():
                         "every this many epochs (StepLR step_size)")
     parser.add_argument("--lr-gamma", type=float, help="the StepLR factor")
     parser.add_argument("--weight-decay", type=float, help="the optimizer's weight decay "
-                        "(L2 in the gradient; AdamW's decoupled); default the recipe's 0, or "
-                        "with --optimizer that optimizer's own (AdamW's 1e-2, as torch's)")
+                        "(L2 in the gradient; AdamW's decoupled); default the recipe's (0.05 "
+                        "for default and best, 0 for plain and report), or with --optimizer "
+                        "naming another than the recipe's, that one's own (torch's: AdamW's "
+                        "1e-2, the others' 0)")
     parser.add_argument("--label-smoothing", type=cli.non_negative, metavar="E",
                         help="train against targets (1 - E) one-hot + E / classes, torch's "
                              "CrossEntropyLoss(label_smoothing=E), E in [0, 1]; the test and "
@@ -548,8 +551,8 @@ def parser():
     parser.add_argument("--run-dir", help="where checkpoints and metrics.jsonl go "
                         "(default: runs/<time>-<recipe>)")
     parser.add_argument("--init-from", metavar="PATH", help="start from this network and its "
-                        f"weights instead of LeNet-5 from the seed's: {CHECKPOINT_HELP}; Adam "
-                        "starts afresh")
+                        f"weights instead of LeNet-5 from the seed's: {CHECKPOINT_HELP}; the "
+                        "optimizer's state starts afresh")
     cli.add_trust_pickle(parser)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from "
                         "its last.npz; only --epochs, --threads, --device and --data-dir may "
