@@ -226,8 +226,31 @@ def _linear(case, inp, params, dout):
             "dweight": dweight, "dbias": dbias}
 
 
+def _conv_block(case, inp, params, dout):
+    out, act = ref.conv2d_tanh_avgpool2d_tanh_forward(inp, params["weight"], params["bias"])
+    dconv = ref.tanh_avgpool2d_tanh_backward(dout, act, out)
+    dinp, dweight, dbias = ref.conv2d_backward(dconv, inp, params["weight"])
+    return {"out": out, "dinp": dinp, "dweight": dweight, "dbias": dbias}
+
+
+def _conv_block_twin(spec):
+    """torch's Conv2d, Tanh, AvgPool2d(2), Tanh as one module with the convolution's
+    parameters under their own names (weight, bias), as the fused unit's are."""
+    import torch
+
+    class ConvBlock(torch.nn.Conv2d):
+        def forward(self, x):
+            return torch.tanh(torch.nn.functional.avg_pool2d(torch.tanh(super().forward(x)), 2))
+
+    return ConvBlock(spec["in_channels"], spec["out_channels"], spec["kernel_size"])
+
+
 def _conv(N, C, H, W, OC, KH, KW, padding=0, **flags):
     return Case(nn.Conv2d(C, OC, (KH, KW), padding), (N, C, H, W), **flags)
+
+
+def _block(N, C, H, W, OC, KH, KW, **flags):
+    return Case(nn.Conv2dTanhAvgPool2dTanh(C, OC, (KH, KW)), (N, C, H, W), **flags)
 
 
 def _pool(N, C, H, W, k=2, **flags):
@@ -409,6 +432,20 @@ REGISTRY = {
         "linear_sim_long_sums": _fc(130, 2, 2, simulator=True),  # 130-term sums over the batch
         "linear_sim_no_dinp": _fc(2, 6, 3, dinp=False, simulator=True),
     }),
+    # the fusion Sequential runs LeNet-5's conv blocks as (nn.FUSIONS): its two blocks at
+    # batch 128, an odd number of channels (the kernel's last pair is one channel), passes of
+    # whole windows at a batch whose pass length is odd (37), 3x3 kernels (taps along c) and
+    # a rectangular one, one sample
+    "Conv2dTanhAvgPool2dTanh": Entry(_conv_block, {
+        "block1": _block(128, 1, 32, 32, 6, 5, 5, dinp=False, lenet=True),
+        "block2": _block(128, 6, 14, 14, 16, 5, 5, lenet=True),
+        "block_odd_channels": _block(37, 3, 12, 10, 5, 5, 5),
+        "block_3x3_c7": _block(4, 7, 10, 8, 3, 3, 3),
+        "block_rect_kernel": _block(3, 2, 9, 12, 4, 2, 5),
+        "block_batch1": _block(1, 2, 6, 6, 2, 3, 3),
+        "block_sim": _block(2, 2, 6, 6, 3, 3, 3, simulator=True),
+        "block_sim_no_dinp": _block(1, 1, 5, 5, 2, 2, 2, dinp=False, simulator=True),
+    }, twin=_conv_block_twin),
 }
 
 # every case by its name, with its kind: {name: (kind, Case)}

@@ -123,6 +123,76 @@ def test_a_whole_input_convolution_gives_the_bits_of_the_conv_kernels(batch, mon
         np.testing.assert_array_equal(ours, theirs)  # ...to the same bits
 
 
+def test_the_fusion_plan_takes_each_unpadded_conv_tanh_pool2_tanh_run():
+    conv, tanh, pool = nn.Conv2d(1, 2, 3), nn.Tanh(), nn.AvgPool2d(2)
+    not_fused = [nn.Conv2d(2, 2, 3, padding=1), tanh, pool, tanh,  # padded
+                 conv, tanh, nn.AvgPool2d(3), tanh,  # pooling by 3
+                 conv, nn.ReLU(), pool, tanh,  # another activation
+                 conv, tanh, nn.MaxPool2d(2), tanh,  # another pooling
+                 conv, tanh, pool, nn.Flatten()]  # no tanh after the pooling
+    units = nn.fusion_plan([conv, tanh, pool, tanh, *not_fused, conv, tanh, pool, tanh])
+    assert units[0] == (0, nn.Conv2dTanhAvgPool2dTanh(1, 2, 3))
+    assert units[1:-1] == list(enumerate(not_fused, start=4))
+    assert units[-1] == (24, nn.Conv2dTanhAvgPool2dTanh(1, 2, 3))
+    assert [(index, type(layer).__name__) for index, layer in archs.LeNet5().units()][:3] == [
+        (0, "Conv2dTanhAvgPool2dTanh"), (4, "Conv2dTanhAvgPool2dTanh"), (8, "Conv2d")]
+    assert archs.LeNet5().units(fused=False) == list(enumerate(archs.LeNet5().layers))
+
+
+def fusing_network(seed=0):
+    """Two fused blocks (5x5; 3x3 with three channels), a Dropout between them (its mask
+    comes from its own index, fused or not) and a padded block that does not fuse."""
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Tanh(),  # -> (4, 8, 8)
+        nn.Dropout(0.3),
+        nn.Conv2d(4, 5, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2), nn.Tanh(),  # -> (5, 4, 4)
+        nn.Conv2d(5, 3, 3), nn.Tanh(), nn.AvgPool2d(2), nn.Tanh(),  # -> (3, 1, 1)
+        nn.Flatten(), nn.Linear(3, 4), input_shape=(2, 20, 20), seed=seed)
+
+
+@pytest.mark.parametrize("build, batch", [(archs.LeNet5, 128), (archs.LeNet5, 37),
+                                          (fusing_network, 1), (fusing_network, 33)])
+def test_fused_units_give_the_bits_of_their_layers(build, batch):
+    # Sequential.fuse off runs every layer's own kernels: the oracle, torch-checked
+    rng = np.random.default_rng(batch)
+    shapes = build().input_shape, build().output_shape
+    x = rng.standard_normal((batch, *shapes[0])).astype(np.float32)
+    y = rng.integers(0, shapes[1][0], size=batch)
+    results, calls = [], []
+    for fuse in (True, False):
+        model = build(seed=3)
+        model.fuse = fuse
+        model.samples_below = 0  # eval on the batch-last kernels, fused or not
+        called = []
+        model.kernels = _spied(model.kernels, called)
+        opt = Adam(model, lr=1e-2)
+        for _ in range(2):
+            loss, grads = model.loss_and_grads(x, y)
+            opt.step(grads)
+        results.append([loss, *(g.copy() for g in grads.values()), model.flat_params.copy(),
+                        model.eval().forward(x)])
+        calls.append(called)
+    # two fused blocks in two steps' forwards and backwards, and the eval pass
+    assert calls[0].count("conv2d_tanh_avgpool2d_tanh_forward") == 3 * 2
+    assert calls[0].count("tanh_avgpool2d_tanh_backward") == 2 * 2
+    assert "conv2d_tanh_avgpool2d_tanh_forward" not in calls[1]
+    assert len(calls[0]) < len(calls[1])
+    for ours, theirs in zip(*results, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_fuse_takes_a_bool_and_rebuilds_the_buffers():
+    model = archs.LeNet5()
+    x, y = np.zeros((3, 1, 32, 32), np.float32), np.zeros(3, np.int64)
+    model.loss_and_grads(x, y)
+    assert len(model._buffers[3, "read"].units) == len(model.units())
+    model.fuse = False
+    model.loss_and_grads(x, y)
+    assert len(model._buffers[3, "read"].units) == len(model.layers)
+    with pytest.raises(ValueError, match=r"Sequential.fuse: expected True or False, found 1"):
+        model.fuse = 1
+
+
 def _spied(kernels, calls):
     """A backend namespace whose kernels also append their names to calls."""
     def spy(name, kernel):
@@ -358,19 +428,21 @@ def test_buffers_of_another_batch_size_change_no_result_and_free_the_old_block(n
 
 
 @pytest.mark.parametrize("build", [odd_network, modern_network, mlp, tanh_first,
+                                   lambda: archs.build("lenet5", seed=1),
                                    lambda: archs.build("lenet5-bn", seed=1),
                                    lambda: archs.build("resnet-mini", seed=1)])
 def test_what_each_backward_reads_is_all_it_reads(build, monkeypatch):
     # a step whose unkept activations are spoiled (NaN) between its forward and backward
     # gives the gradients of one that leaves them be: backward_reads names all a backward
-    # reads (the last activation, the logits, is the loss's, read before any backward)
+    # reads (the last activation, the logits, is the loss's, read before any backward), a
+    # fused unit's too
     model = build()
     rng = np.random.default_rng(8)
     x = rng.standard_normal((5, *model.input_shape)).astype(np.float32)
     y = rng.integers(0, model.output_shape[0], 5)
     expected = {key: grad.copy() for key, grad in model.loss_and_grads(x, y)[1].items()}
     buf = model._buffers[5, "read"]
-    owned = [i for i in range(1, len(buf.acts) - 1) if not model.layers[i - 1].is_view]
+    owned = [i for i in range(1, len(buf.acts) - 1) if not buf.layers[i - 1].is_view]
     spoiled = [buf.acts[i] for i in owned if not buf._read_by_a_backward(i)
                and not np.shares_memory(buf.acts[i], buf.acts[-1])]  # the logits' turn
     assert spoiled or build is tanh_first  # the networks leave some unread

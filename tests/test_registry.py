@@ -25,14 +25,15 @@ def _has_params(case):
     return bool(case.layer.params(case.shape[1:]))
 
 
-@pytest.mark.parametrize("kind", nn.LAYERS)
+@pytest.mark.parametrize("kind", [*nn.LAYERS, *nn.FUSIONS])
 def test_every_layer_kind_has_cases(kind):
     assert kind in REGISTRY, f"{kind} has no entry in tests/registry.py"
     assert REGISTRY[kind].cases, f"{kind}: its registry entry has no cases"
 
 
 def test_the_registry_holds_only_layer_kinds():
-    assert set(REGISTRY) <= set(nn.LAYERS), f"not in nn.LAYERS: {set(REGISTRY) - set(nn.LAYERS)}"
+    kinds = {*nn.LAYERS, *nn.FUSIONS}
+    assert set(REGISTRY) <= kinds, f"not in nn.LAYERS or nn.FUSIONS: {set(REGISTRY) - kinds}"
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -31,6 +31,12 @@ optional prefix: backbone.0.weight), gradients of the same layout, buffers apart
 activations of every batch size carved from two arenas (activations, gradients). Activations
 are batch-last float32: images (C,H,W,N), features (F,N), as the kernels take them; the public
 methods take and return batch-first arrays, as torch does.
+
+Fusion is a plan Sequential makes once (fusion_plan): a run of adjacent layers that a unit of
+FUSIONS stands for (Conv2d, Tanh, AvgPool2d(2), Tanh: LeNet-5's blocks) runs as that unit's
+fused kernels in training steps and batch-last passes, the same bits as the layers' own;
+the layers stay what the network is (its spec, names, ONNX graph, activations()), and
+`fuse = False` runs them one by one.
 """
 
 import dataclasses
@@ -820,7 +826,7 @@ class Residual(Layer):
 
     def forward(self, k, t, p, run):
         tensors = self._tensors(k, t)
-        _forward_chain(k, self.body, tensors, self._split(p), run)
+        _forward_chain(k, list(enumerate(self.body)), tensors, self._split(p), run)
         k.add(_flat(k, t.out), _flat(k, t.inp), _flat(k, tensors[-1].out))
 
     # the body's first layer may read the input; the body's own activations are in the
@@ -829,7 +835,8 @@ class Residual(Layer):
 
     def backward(self, k, t, p, g, run):
         tensors = self._tensors(k, t)
-        _backward_chain(k, self.body, tensors, self._split(p), self._split(g), run)
+        _backward_chain(k, list(enumerate(self.body)), tensors, self._split(p),
+                        self._split(g), run)
         if t.dinp is not None:  # the skip's gradient, dout, added to the body's
             k.add(_flat(k, t.dinp), _flat(k, tensors[0].dinp), _flat(k, t.dout))
 
@@ -856,24 +863,132 @@ class Residual(Layer):
         return plan.step("add", src, count, a=current, sizes=(count,))
 
 
+# ---- fusions: one unit that Sequential runs in place of a run of adjacent layers
+
+
+@_layer
+class Conv2dTanhAvgPool2dTanh(Layer):
+    """Conv2d(in_channels, out_channels, kernel_size) (unpadded), Tanh, AvgPool2d(2), Tanh:
+    LeNet-5's convolution block as one unit, which Sequential runs in place of those four
+    layers (see fusion_plan), torch's maths exactly.
+
+    Its forward is one kernel (conv2d_tanh_avgpool2d_tanh_forward) that pools each pair of
+    output rows while they are in cache, its backward one elementwise pass from the block's
+    output gradient to the convolution's (tanh_avgpool2d_tanh_backward), then the
+    convolution's own backward. It keeps the first tanh's output (its workspace `act`) and
+    its own, all the four layers' backwards read, and never stores the convolution's or the
+    pooling's output. The same sums in the same order as the four layers' kernels: the same
+    bits, with four fewer launches and passes over memory a step.
+    """
+
+    in_channels: int
+    out_channels: int
+    kernel_size: object  # an int or (kh, kw), as Conv2d's
+
+    def __post_init__(self):  # Conv2d's checks, and its form of kernel_size
+        object.__setattr__(self, "kernel_size", self.layers[0].kernel_size)
+
+    # the layers it stands for, by kind
+    kinds = ("Conv2d", "Tanh", "AvgPool2d", "Tanh")
+
+    @classmethod
+    def fusing(cls, layers):
+        """The fused unit of these layers, or None where they are not its four (or the
+        convolution is padded, or the pooling's window is not 2)."""
+        if tuple(type(layer).__name__ for layer in layers[:4]) != cls.kinds:
+            return None
+        conv, _, pool, _ = layers[:4]
+        if conv.padding or pool.kernel_size != 2:
+            return None
+        return cls(conv.in_channels, conv.out_channels, conv.kernel_size)
+
+    @property
+    def layers(self):
+        """The four layers it stands for."""
+        return (Conv2d(self.in_channels, self.out_channels, self.kernel_size), Tanh(),
+                AvgPool2d(2), Tanh())
+
+    def _conv_shape(self, in_shape):
+        return self.layers[0].out_shape(in_shape)
+
+    def out_shape(self, in_shape):
+        return self.layers[2].out_shape(self._conv_shape(in_shape))
+
+    def params(self, in_shape):
+        return self.layers[0].params(in_shape)
+
+    def workspace(self, in_shape, batch):
+        return {"act": (*self._conv_shape(in_shape), batch)}  # tanh(conv): the backward's
+
+    def grad_workspace(self, in_shape, batch):
+        return {"dconv": (*self._conv_shape(in_shape), batch)}  # the convolution's dout
+
+    def init(self, views, rng):
+        _fan_in_uniform(views, rng)
+
+    def forward(self, k, t, p, run):
+        k.conv2d_tanh_avgpool2d_tanh_forward(t.out, t.work["act"], t.inp, p["weight"],
+                                             p["bias"])
+
+    def backward(self, k, t, p, g, run):
+        # reads the forward's input, output and act
+        dconv = t.work["dconv"]
+        k.tanh_avgpool2d_tanh_backward(dconv, t.work["act"], t.out, t.dout)
+        k.conv2d_backward(t.dinp, g["weight"], g["bias"], dconv, t.inp, p["weight"])
+
+    def plan(self, plan, in_shape, src, p):
+        # its layers' steps, which the small-batch plan fuses into one of its own
+        for layer in self.layers:
+            src = layer.plan(plan, in_shape, src, p)
+            in_shape = layer.out_shape(in_shape)
+        return src
+
+    def onnx(self, make_node, inp, out, names):
+        nodes, current = [], inp
+        for j, layer in enumerate(self.layers):
+            output = out if j == 3 else f"{out}.{j}"
+            for node in layer.onnx(make_node, current, output, names):
+                node.name = node.name or output
+                nodes.append(node)
+            current = output
+        return nodes
+
+
+# what Sequential may fuse, tried in order at each layer
+FUSIONS = {cls.__name__: cls for cls in (Conv2dTanhAvgPool2dTanh,)}
+
+
+def fusion_plan(layers):
+    """The (index, layer) units a chain of layers runs as: each run of layers that a fusion of
+    FUSIONS takes as one unit (indexed by its first layer), the other layers as they are."""
+    units, index = [], 0
+    while index < len(layers):
+        fused = next((found for fusion in FUSIONS.values()
+                      if (found := fusion.fusing(layers[index:])) is not None), None)
+        units.append((index, fused or layers[index]))
+        index += len(fused.kinds) if fused else 1
+    return units
+
+
 def _local(named, head):
     """The entries of a {full name: value} mapping under head, by their names after it."""
     return {name[len(head):]: value for name, value in named.items() if name.startswith(head)}
 
 
-def _forward_chain(k, layers, tensors, params, run):
-    """Each layer's forward in order (a Sequential's layers, a Residual's body)."""
-    for index, (layer, t, p) in enumerate(zip(layers, tensors, params, strict=True)):
-        layer.forward(k, t, p, run.child(index))
+def _forward_chain(k, units, tensors, params, run):
+    """Each unit's forward in order: units are (index, layer) pairs (a Sequential's plan, a
+    Residual's body), tensors one per unit, params by the index, which also draws the
+    layer's random stream (a fused unit takes its first layer's)."""
+    for (index, layer), t in zip(units, tensors, strict=True):
+        layer.forward(k, t, params[index], run.child(index))
 
 
-def _backward_chain(k, layers, tensors, params, grads, run):
-    """Each layer's backward in reverse order, but a parameter-less layer's whose input needs
+def _backward_chain(k, units, tensors, params, grads, run):
+    """Each unit's backward in reverse order, but a parameter-less one's whose input needs
     no gradient (the network's first layers, before any parameter)."""
-    for index in reversed(range(len(layers))):
-        if tensors[index].dinp is not None or grads[index]:
-            layers[index].backward(k, tensors[index], params[index], grads[index],
-                                   run.child(index))
+    for (index, layer), t in zip(reversed(units), reversed(tensors), strict=True):
+        if t.dinp is not None or grads[index]:
+            layer.backward(k, t, params[index], grads[index], run.child(index))
 
 
 def _fan_in_uniform(views, rng):
@@ -957,7 +1072,9 @@ def _one_after_another(span, shapes):
 
 
 class _Buffers:
-    """Every activation of one batch size, and on first need their gradients.
+    """Every activation of one batch size, and on first need their gradients, at the
+    boundaries of the units the pass runs (Sequential.units: a fused unit counts as one
+    layer here; with keep "all", every layer is one).
 
     Views into the model's two arenas (activations, gradients), shared by all batch sizes. A
     view layer's output is a reshape of its input. Elementwise layers get buffers of their own:
@@ -978,7 +1095,11 @@ class _Buffers:
 
     def __init__(self, model, batch, keep, acts_arena, grads_arena):
         self.model, self.batch, self.grads_arena = model, batch, grads_arena
-        self.shapes = [(*shape, batch) for shape in model.shapes]
+        # the (index, layer) units run: every layer where activations() keeps each output
+        self.units = model.units(fused=keep != "all")
+        self.layers = [layer for _, layer in self.units]
+        self.unbatched = [model.shapes[index] for index, _ in self.units] + [model.shapes[-1]]
+        self.shapes = [(*shape, batch) for shape in self.unbatched]
         backend = model.kernels
         self.carved = []  # (arena, the block carved from), for current()
         # the batch in the kernels' layout and its labels: written on the host, sent to the
@@ -987,7 +1108,7 @@ class _Buffers:
         self.acts, work = self._chain(acts_arena, self.staging.device[0], "workspace", keep)
         self.labels = self.staging.device[1]
         self.tensors = [Tensors(*self.acts[i:i + 2], work=work[i])
-                        for i in range(len(model.layers))]
+                        for i in range(len(self.layers))]
         self.has_gradients = False
         self.losses = backend.empty(batch)
         self.probs = backend.empty(self.shapes[-1])
@@ -999,15 +1120,15 @@ class _Buffers:
     def _chain(self, arena, first, workspace, keep):
         """A float32 buffer per layer boundary, the first one `first` (the input's; None for
         the gradients: the first entry and every view of it are then None), a view layer's
-        a reshape of the one before, and each layer's `workspace` (its method of that name)
+        a reshape of the one before, and each unit's `workspace` (its method of that name)
         as {name: array}: carved in one go, as keep says (see the class)."""
-        model = self.model
-        owned = [i + 1 for i, layer in enumerate(model.layers) if not layer.is_view]
+        layers = self.layers
+        owned = [i + 1 for i, layer in enumerate(layers) if not layer.is_view]
         kept = {"all": owned, "read": [i for i in owned if self._read_by_a_backward(i)],
                 "none": []}[keep]
         turned = [i for i in owned if i not in kept]
-        work = [getattr(layer, workspace)(model.shapes[i], self.batch)
-                for i, layer in enumerate(model.layers)]
+        work = [getattr(layer, workspace)(self.unbatched[i], self.batch)
+                for i, layer in enumerate(layers)]
         # each layer's workspace as one span, its arrays one after another
         spans = [(sum(_aligned(math.prod(shape)) for shape in shapes.values()),)
                  for shapes in work]
@@ -1022,7 +1143,7 @@ class _Buffers:
         spanned = groups[len(kept) + 2:]
         span_arrays = spanned[0] if keep == "none" else [group[0] for group in spanned]
         arrays[0] = first
-        for i, layer in enumerate(model.layers):
+        for i, layer in enumerate(layers):
             if layer.is_view:
                 before = arrays[i]
                 arrays[i + 1] = None if before is None else before.reshape(self.shapes[i + 1])
@@ -1034,7 +1155,7 @@ class _Buffers:
     def _read_by_a_backward(self, boundary):
         """Whether a backward reads the activation at this owned boundary: as the output of
         the layer before it or as the input of the first layer after it and its views."""
-        layers = self.model.layers
+        layers = self.layers
         end = boundary
         while end < len(layers) and layers[end].is_view:
             end += 1
@@ -1293,9 +1414,33 @@ class Sequential:
         self._layer_grads = [self._local(i, self.grads) for i in range(len(self.layers))]
         self._arenas = (_Arena(self.kernels.empty), _Arena(self.kernels.empty))  # acts, grads
         self._buffers = {}  # (batch size, keep) -> _Buffers
+        # the (index, layer) units that training and batch-last passes run, fused or not
+        self._units = {True: fusion_plan(self.layers), False: list(enumerate(self.layers))}
+        self._fuse = True
         self._plan = None  # the small-batch SamplePlan, False where there is none
         self._samples_below = None  # samples_below as set, None for the network's own rule
         self._scratch = np.empty((0, 0), np.float32)  # its scratch rows, one per sample
+
+    @property
+    def fuse(self):
+        """Whether training steps and batch-last passes run adjacent layers that a fusion of
+        FUSIONS takes (Conv2d, Tanh, AvgPool2d(2), Tanh) as one unit: True by default.
+        False runs every layer's own kernels, the oracle the fused ones are held to (the same
+        bits). activations(), which keeps every layer's output, never fuses."""
+        return self._fuse
+
+    @fuse.setter
+    def fuse(self, value):
+        if not isinstance(value, bool):
+            raise ValueError(f"Sequential.fuse: expected True or False, found {value!r}")
+        if value != self._fuse:
+            self._fuse = value
+            self._buffers = {}  # carved for the other units
+
+    def units(self, fused=True):
+        """The (index, layer) units a pass runs: with fused (and fuse set), fusion_plan's;
+        otherwise each layer."""
+        return self._units[fused and self._fuse]
 
     def _local(self, index, named):
         """{local name: array} of layer index's entries in a {full name: array} mapping."""
@@ -1486,7 +1631,7 @@ class Sequential:
             host_labels[...] = y
         buf.staging.send(1 if y is None else 2)
         buf.run = Pass(training, int(self.seed or 0) % 2**32, self.steps)
-        _forward_chain(k, self.layers, buf.tensors, self._layer_params, buf.run)
+        _forward_chain(k, buf.units, buf.tensors, self._layer_params, buf.run)
         self.steps += training
         return buf
 
@@ -1634,7 +1779,7 @@ class Sequential:
         self._drop_stale_buffers()  # the gradients' arena may have grown
         k.softmax_xent_backward(buf.tensors[-1].dout, buf.probs, buf.labels, np.float32(1.0),
                                 smoothing)
-        _backward_chain(k, self.layers, buf.tensors, self._layer_params, self._layer_grads,
+        _backward_chain(k, buf.units, buf.tensors, self._layer_params, self._layer_grads,
                         buf.run)
         if into is not None:
             into.write(buf.losses)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 KERNELS = (
     "conv2d_forward", "conv2d_backward",
+    "conv2d_tanh_avgpool2d_tanh_forward", "tanh_avgpool2d_tanh_backward",
     "avgpool2d_forward", "avgpool2d_backward",
     "maxpool2d_forward", "maxpool2d_backward",
     "tanh_forward", "tanh_backward",

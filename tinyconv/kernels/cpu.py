@@ -150,6 +150,38 @@ def _madd_dots(sums0, sums1, grad0, grad1, rows):
     return (a0, a1, a2, a3, a4), (b0, b1, b2, b3, b4)
 
 
+@njit(**_HELPER)
+def _conv2d_stretch(dst0, dst1, x, w, bias, oc0, oc1, i, j, length, C, H, W, N, KH, KW):
+    # y (OC,OH,OW,N) flat, at output row i from position j on, `length` values of channels
+    # oc0 and oc1 (the same stretch twice where oc1 == oc0): the bias plus every tap of inp
+    # (C,H,W,N) flat x and weight (OC,C,KH,KW) flat w, into dst0 and dst1
+    dst0[:] = bias[oc0]
+    dst1[:] = bias[oc1]
+    if KW >= _TAPS:  # five taps along kw: LeNet's 5x5 rows
+        for c in range(C):
+            for kh in range(KH):
+                for kw in range(0, KW, _TAPS):
+                    taps = min(_TAPS, KW - kw)
+                    tap = ((c * KH) + kh) * KW + kw  # in weight[oc], stepping along kw
+                    rows = _five_rows(x, ((c * H + i + kh) * W + j + kw) * N, N, taps, length)
+                    _madd_rows(dst0, dst1, _five_weights(w, oc0 * C * KH * KW + tap, 1, taps),
+                               _five_weights(w, oc1 * C * KH * KW + tap, 1, taps), rows,
+                               oc1 != oc0)
+    else:  # a narrower kernel (3x3) would pad each group of kw taps with zeros: five taps
+        # along c instead (3x3, 16 channels: 1.5x faster)
+        for kh in range(KH):
+            for kw in range(KW):
+                for c in range(0, C, _TAPS):
+                    taps = min(_TAPS, C - c)
+                    tap = ((c * KH) + kh) * KW + kw  # in weight[oc], stepping along c
+                    rows = _five_rows(x, ((c * H + i + kh) * W + j + kw) * N, H * W * N, taps,
+                                      length)
+                    _madd_rows(dst0, dst1, _five_weights(w, oc0 * C * KH * KW + tap, KH * KW,
+                                                         taps),
+                               _five_weights(w, oc1 * C * KH * KW + tap, KH * KW, taps), rows,
+                               oc1 != oc0)
+
+
 @njit(**_JIT)
 def conv2d_forward(out, inp, weight, bias):
     # inp (C,H,W,N), weight (OC,C,KH,KW), bias (OC,) -> out (OC,OH,OW,N), OH=H-KH+1, OW=W-KW+1
@@ -168,34 +200,48 @@ def conv2d_forward(out, inp, weight, bias):
         for j in range(0, OW, span):
             length = (min(j + span, OW) - j) * N
             start0, start1 = ((oc0 * OH + i) * OW + j) * N, ((oc1 * OH + i) * OW + j) * N
-            dst0, dst1 = y[start0:start0 + length], y[start1:start1 + length]
-            dst0[:] = bias[oc0]
-            dst1[:] = bias[oc1]
-            if KW >= _TAPS:  # five taps along kw: LeNet's 5x5 rows
-                for c in range(C):
-                    for kh in range(KH):
-                        for kw in range(0, KW, _TAPS):
-                            taps = min(_TAPS, KW - kw)
-                            tap = ((c * KH) + kh) * KW + kw  # in weight[oc], stepping along kw
-                            rows = _five_rows(x, ((c * H + i + kh) * W + j + kw) * N, N, taps,
-                                              length)
-                            _madd_rows(dst0, dst1,
-                                       _five_weights(w, oc0 * C * KH * KW + tap, 1, taps),
-                                       _five_weights(w, oc1 * C * KH * KW + tap, 1, taps), rows,
-                                       oc1 != oc0)
-            else:  # a narrower kernel (3x3) would pad each group of kw taps with zeros: five
-                # taps along c instead (3x3, 16 channels: 1.5x faster)
-                for kh in range(KH):
-                    for kw in range(KW):
-                        for c in range(0, C, _TAPS):
-                            taps = min(_TAPS, C - c)
-                            tap = ((c * KH) + kh) * KW + kw  # in weight[oc], stepping along c
-                            rows = _five_rows(x, ((c * H + i + kh) * W + j + kw) * N, H * W * N,
-                                              taps, length)
-                            _madd_rows(dst0, dst1,
-                                       _five_weights(w, oc0 * C * KH * KW + tap, KH * KW, taps),
-                                       _five_weights(w, oc1 * C * KH * KW + tap, KH * KW, taps),
-                                       rows, oc1 != oc0)
+            _conv2d_stretch(y[start0:start0 + length], y[start1:start1 + length], x, w, bias,
+                            oc0, oc1, i, j, length, C, H, W, N, KH, KW)
+
+
+@njit(**_JIT)
+def conv2d_tanh_avgpool2d_tanh_forward(out, act, inp, weight, bias):
+    # inp (C,H,W,N), weight (OC,C,KH,KW), bias (OC,) -> act (OC,OH,OW,N) = tanh(conv2d), which
+    # the backward reads, and out (OC,OH/2,OW/2,N) = tanh(avgpool2d(act, 2)); OH and OW even.
+    # LeNet-5's conv blocks in one pass: conv2d_forward's stretches, two output rows at a
+    # time (a row of pooling windows), each through tanh and pooled while in cache; the same
+    # sums in the same order as the four kernels one after another
+    C, H, W, N = inp.shape
+    OC, _, KH, KW = weight.shape
+    OH, OW = H - KH + 1, W - KW + 1
+    x, w, y = inp.ravel(), weight.ravel(), act.ravel()
+    span = max(1, _SPAN // N // 2) * 2  # output positions per pass: whole windows
+    scale = _ONE / np.float32(4)
+    for task in prange((OC + 1) // 2 * (OH // 2)):
+        oc0, i = task // (OH // 2) * 2, task % (OH // 2) * 2
+        oc1 = min(oc0 + 1, OC - 1)
+        for j in range(0, OW, span):
+            end = min(j + span, OW)
+            length = (end - j) * N
+            for row in range(i, i + 2):
+                start0 = ((oc0 * OH + row) * OW + j) * N
+                start1 = ((oc1 * OH + row) * OW + j) * N
+                dst0, dst1 = y[start0:start0 + length], y[start1:start1 + length]
+                _conv2d_stretch(dst0, dst1, x, w, bias, oc0, oc1, row, j, length, C, H, W, N,
+                                KH, KW)
+                for m in range(dst0.size):
+                    dst0[m] = _tanh32(dst0[m])
+                if oc1 != oc0:
+                    for m in range(dst1.size):
+                        dst1[m] = _tanh32(dst1[m])
+            for oc in range(oc0, oc1 + 1):
+                for jj in range(j, end, 2):
+                    # avgpool2d_forward's sum (the window row-major), then tanh
+                    top0, top1 = act[oc, i, jj], act[oc, i, jj + 1]
+                    low0, low1 = act[oc, i + 1, jj], act[oc, i + 1, jj + 1]
+                    pooled = out[oc, i // 2, jj // 2]
+                    for n in range(N):
+                        pooled[n] = _tanh32((top0[n] + top1[n] + low0[n] + low1[n]) * scale)
 
 
 @njit(cache=True)  # no loop of its own: its two parts are parallel
@@ -316,6 +362,26 @@ def avgpool2d_backward(dinp, dout, k):
                     dst = dinp[c, i * k + a, j * k + b]
                     for n in range(N):
                         dst[n] = grad[n] * scale
+
+
+@njit(**_JIT)
+def tanh_avgpool2d_tanh_backward(dinp, act, out, dout):
+    # overwrites dinp (C,H,W,N), the gradient of conv2d_tanh_avgpool2d_tanh_forward's
+    # convolution output; act (C,H,W,N) and out (C,H/2,W/2,N) are its saved outputs, dout
+    # (C,H/2,W/2,N): tanh_backward, avgpool2d_backward and tanh_backward in one pass, the same
+    # products in the same order
+    C, OH, OW, N = dout.shape
+    scale = _ONE / np.float32(4)
+    for row in prange(C * OH):
+        c, i = row // OH, row % OH
+        for j in range(OW):
+            grad, pooled = dout[c, i, j], out[c, i, j]
+            for a in range(2):
+                for b in range(2):
+                    dst, seen = dinp[c, 2 * i + a, 2 * j + b], act[c, 2 * i + a, 2 * j + b]
+                    for n in range(N):
+                        y, t = pooled[n], seen[n]
+                        dst[n] = grad[n] * (_ONE - y * y) * scale * (_ONE - t * t)
 
 
 @njit(**_JIT)

@@ -100,6 +100,18 @@ def _unravel4(idx, size1, size2, size3):
 # ---- conv2d
 
 
+@cuda.jit(device=True, inline="always")
+def _conv2d_at(inp, weight, bias, oc, i, j, n):
+    # out[oc,i,j,n] of conv2d_forward (and of the fused block's convolution)
+    C, KH, KW = weight.shape[1], weight.shape[2], weight.shape[3]
+    acc = bias[oc]
+    for c in range(C):
+        for kh in range(KH):
+            for kw in range(KW):
+                acc += weight[oc, c, kh, kw] * inp[c, i + kh, j + kw, n]
+    return acc
+
+
 @cuda.jit(cache=True)
 def _conv2d_forward(out, inp, weight, bias):
     # inp (C,H,W,N), weight (OC,C,KH,KW), bias (OC,) -> out (OC,OH,OW,N), OH=H-KH+1, OW=W-KW+1
@@ -108,14 +120,8 @@ def _conv2d_forward(out, inp, weight, bias):
     if idx >= out.size:
         return
     OC, OH, OW, N = out.shape
-    C, KH, KW = weight.shape[1], weight.shape[2], weight.shape[3]
     oc, i, j, n = _unravel4(idx, OH, OW, N)
-    acc = bias[oc]
-    for c in range(C):
-        for kh in range(KH):
-            for kw in range(KW):
-                acc += weight[oc, c, kh, kw] * inp[c, i + kh, j + kw, n]
-    out[oc, i, j, n] = acc
+    out[oc, i, j, n] = _conv2d_at(inp, weight, bias, oc, i, j, n)
 
 
 @cuda.jit(cache=True)
@@ -276,6 +282,56 @@ def avgpool2d_forward(out, inp, k):
 def avgpool2d_backward(dinp, dout, k):
     """Overwrite dinp with the gradient of avgpool2d_forward."""
     _avgpool2d_backward[_blocks(dinp.size), THREADS](dinp, dout, k)
+
+
+# ---- LeNet-5's convolution block fused: conv2d, tanh, avgpool2d(2), tanh
+
+
+@cuda.jit(cache=True)
+def _conv2d_tanh_avgpool2d_tanh_forward(out, act, inp, weight, bias):
+    # inp (C,H,W,N), weight (OC,C,KH,KW), bias (OC,) -> act (OC,OH,OW,N) = tanh(conv2d),
+    # out (OC,OH/2,OW/2,N) = tanh(avgpool2d(act, 2)): a thread per pooled output, its window's
+    # four convolution sums, each through tanh, then their mean (avgpool2d_forward's order)
+    idx = cuda.grid(1)
+    if idx >= out.size:
+        return
+    OC, PH, PW, N = out.shape
+    oc, i, j, n = _unravel4(idx, PH, PW, N)
+    acc = _ZERO
+    for a in range(2):
+        for b in range(2):
+            y = math.tanh(_conv2d_at(inp, weight, bias, oc, 2 * i + a, 2 * j + b, n))
+            act[oc, 2 * i + a, 2 * j + b, n] = y
+            acc += y
+    out[oc, i, j, n] = math.tanh(acc * np.float32(0.25))
+
+
+@cuda.jit(cache=True)
+def _tanh_avgpool2d_tanh_backward(dinp, act, out, dout):
+    # overwrites dinp (C,H,W,N), the convolution output's gradient; act (C,H,W,N) and out
+    # (C,H/2,W/2,N) the forward's saved outputs, dout (C,H/2,W/2,N): a thread a pixel, the
+    # three backwards' products in their order
+    idx = cuda.grid(1)
+    if idx >= dinp.size:
+        return
+    C, H, W, N = dinp.shape
+    c, h, x, n = _unravel4(idx, H, W, N)
+    y, t = out[c, h // 2, x // 2, n], act[c, h, x, n]
+    dinp[c, h, x, n] = dout[c, h // 2, x // 2, n] * (_ONE - y * y) * np.float32(0.25) * (
+        _ONE - t * t)
+
+
+def conv2d_tanh_avgpool2d_tanh_forward(out, act, inp, weight, bias):
+    """tanh(avg_pool2d(tanh(conv2d(inp, weight, bias)), 2)) into out, the inner tanh into
+    act (the backward reads both)."""
+    _conv2d_tanh_avgpool2d_tanh_forward[_blocks(out.size), THREADS](out, act, inp, weight,
+                                                                   bias)
+
+
+def tanh_avgpool2d_tanh_backward(dinp, act, out, dout):
+    """Overwrite dinp with the gradient of conv2d_tanh_avgpool2d_tanh_forward's convolution
+    output, from its saved act and out and the block's dout."""
+    _tanh_avgpool2d_tanh_backward[_blocks(dinp.size), THREADS](dinp, act, out, dout)
 
 
 # ---- maxpool2d

@@ -109,6 +109,21 @@ def tanh_backward(dout, out):
     return dout * (1 - out * out)
 
 
+def conv2d_tanh_avgpool2d_tanh_forward(inp, weight, bias):
+    """LeNet-5's convolution block, the four ops one after another: returns (out, act), act
+    the first tanh's output (which the backward reads)."""
+    # inp (N,C,H,W) -> out (N,OC,OH/2,OW/2), act (N,OC,OH,OW)
+    act = tanh_forward(conv2d_forward(inp, weight, bias))
+    return tanh_forward(avgpool2d_forward(act, 2)), act
+
+
+def tanh_avgpool2d_tanh_backward(dout, act, out):
+    """The block's gradient down to its convolution's output, from the forward's act and
+    out: the three backwards one after another."""
+    # dout (N,OC,OH/2,OW/2) -> the convolution output's gradient (N,OC,OH,OW)
+    return tanh_backward(avgpool2d_backward(tanh_backward(dout, out), 2), act)
+
+
 def relu_forward(inp):
     """Elementwise max(x, 0), NaN kept, as torch.relu."""
     return np.where(inp < 0, 0, inp)
