@@ -265,8 +265,13 @@ class Conv2d(Layer):
         return {"padded": self._padded(in_shape, batch)} if self.padding else {}
 
     def grad_workspace(self, in_shape, batch):
-        # the padded input's gradient, cropped into dinp
-        return {"dpadded": self._padded(in_shape, batch)} if self.padding else {}
+        # the padded input's gradient, cropped into dinp; a whole-input convolution's
+        # scratch, as Linear's
+        if self.padding:
+            return {"dpadded": self._padded(in_shape, batch)}
+        if tuple(in_shape[1:3]) == self.kernel:
+            return {"scratch": (batch, math.prod(in_shape))}
+        return {}
 
     def init(self, views, rng):
         _fan_in_uniform(views, rng)
@@ -292,7 +297,7 @@ class Conv2d(Layer):
             dout, inp, weight = _as_linear(k, t.dout, t.inp, p["weight"])
             dweight = k.view(g["weight"], weight.shape)
             dinp = None if t.dinp is None else k.view(t.dinp, inp.shape)
-            k.linear_backward(dinp, dweight, g["bias"], dout, inp, weight)
+            k.linear_backward(dinp, dweight, g["bias"], t.work["scratch"], dout, inp, weight)
             return
         if not self.padding:
             k.conv2d_backward(t.dinp, g["weight"], g["bias"], t.dout, t.inp, p["weight"])
@@ -534,11 +539,15 @@ class Linear(Layer):
     def forward(self, k, t, p, run):
         k.linear_forward(t.out, t.inp, p["weight"], p["bias"])
 
+    def grad_workspace(self, in_shape, batch):
+        return {"scratch": (batch, self.in_features)}  # the input transposed (cpu's kernel)
+
     backward_reads = ("inp",)
 
     def backward(self, k, t, p, g, run):
         # reads the forward's input; dinp None (the network's input) skips its gradient
-        k.linear_backward(t.dinp, g["weight"], g["bias"], t.dout, t.inp, p["weight"])
+        k.linear_backward(t.dinp, g["weight"], g["bias"], t.work["scratch"], t.dout, t.inp,
+                          p["weight"])
 
     def onnx(self, make_node, inp, out, names):
         return [make_node("Gemm", [inp, names["weight"], names["bias"]], [out], transB=1)]

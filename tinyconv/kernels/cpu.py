@@ -538,13 +538,22 @@ def linear_forward(out, inp, weight, bias):
             _madd_taps(dst0, dst1, w, o0 * IN + i, o1 * IN + i, 1, x, i * N, N, taps, o1 != o0)
 
 
-@njit(cache=True)  # no loop of its own: its two parts are parallel
-def linear_backward(dinp, dweight, dbias, dout, inp, weight):
+@njit(cache=True)  # no loop of its own: its parts are parallel
+def linear_backward(dinp, dweight, dbias, scratch, dout, inp, weight):
     # overwrites dinp (IN,N) unless it is None (a network's input: nobody needs it), dweight
-    # (OUT,IN), dbias (OUT,); dout (OUT,N); two kernels, as conv2d_backward's
+    # (OUT,IN), dbias (OUT,), and scratch (N,IN) where it is used; dout (OUT,N); kernels of
+    # their own, as conv2d_backward's. dweight = dout @ inp.T is dot products over the batch,
+    # each ending in a horizontal sum, or passes along rows of inp.T, IN long, which need the
+    # transpose: whichever is longer (bench/kernels.py times both sides of the rule on
+    # LeNet-5's conv3, 400 inputs, at batch 128 and 512)
     if dinp is not None:
         _linear_backward_input(dinp, dout, weight)
-    _linear_backward_params(dweight, dbias, dout, inp)
+    IN, N = inp.shape
+    if N < IN:
+        _linear_backward_weight_rows(dweight, scratch, dout, inp)
+    else:
+        _linear_backward_weight_dots(dweight, dout, inp)
+    _linear_backward_bias(dbias, dout)
 
 
 @njit(**_JIT)
@@ -567,8 +576,8 @@ def _linear_backward_input(dinp, dout, weight):
 
 
 @njit(**_JIT)
-def _linear_backward_params(dweight, dbias, dout, inp):
-    # overwrites dweight (OUT,IN), dbias (OUT,); dout (OUT,N), inp (IN,N)
+def _linear_backward_weight_dots(dweight, dout, inp):
+    # overwrites dweight (OUT,IN); dout (OUT,N), inp (IN,N)
     IN, N = inp.shape
     OUT = dweight.shape[0]
     x = inp.ravel()
@@ -585,7 +594,36 @@ def _linear_backward_params(dweight, dbias, dout, inp):
         for t in range(taps):
             dweight[o0, i + t] = sums0[t]
             dweight[o1, i + t] = sums1[t]  # the same sums again when o1 == o0
-    # dbias = dout summed over the batch
+
+
+@njit(**_JIT)
+def _linear_backward_weight_rows(dweight, inp_t, dout, inp):
+    # overwrites dweight (OUT,IN) and inp_t (N,IN) = inp.T; dout (OUT,N), inp (IN,N)
+    IN, N = inp.shape
+    OUT = dweight.shape[0]
+    # the transpose, a task per 16 features: 16 rows of inp read front to back
+    for block in prange((IN + 15) // 16):
+        for n in range(N):
+            for i in range(block * 16, min(block * 16 + 16, IN)):
+                inp_t[n, i] = inp[i, n]
+    # dweight[o] = sum over n of dout[o,n] * inp_t[n]: rows of IN, five samples a pass (their
+    # dout values the weights), a task owning a pair of output rows
+    x, g = inp_t.ravel(), dout.ravel()
+    for task in prange((OUT + 1) // 2):
+        o0 = task * 2
+        o1 = min(o0 + 1, OUT - 1)
+        dst0, dst1 = dweight[o0], dweight[o1]
+        dst0[:] = _ZERO
+        dst1[:] = _ZERO
+        for n in range(0, N, _TAPS):
+            _madd_taps(dst0, dst1, g, o0 * N + n, o1 * N + n, 1, x, n * IN, IN,
+                       min(_TAPS, N - n), o1 != o0)
+
+
+@njit(**_JIT)
+def _linear_backward_bias(dbias, dout):
+    # overwrites dbias (OUT,) = dout (OUT,N) summed over the batch
+    OUT, N = dout.shape
     for o in prange(OUT):
         acc = _ZERO
         for n in range(N):

@@ -525,8 +525,9 @@ def linear_forward(out, inp, weight, bias):
     _linear_forward[_blocks(out.size), THREADS](out, inp, weight, bias)
 
 
-def linear_backward(dinp, dweight, dbias, dout, inp, weight):
-    """Overwrite dinp (skipped when None), dweight, dbias with linear_forward's gradients."""
+def linear_backward(dinp, dweight, dbias, scratch, dout, inp, weight):
+    """Overwrite dinp (skipped when None), dweight, dbias with linear_forward's gradients
+    (scratch (N,IN), where the CPU's kernel transposes inp, is not used here)."""
     if dinp is not None:  # a network's input: its gradient is needed by nobody
         _linear_backward_input[_blocks(dinp.size), THREADS](dinp, dout, weight)
     # dweight = dout @ inp.T and dbias = dout summed over n are conv2d's parameter gradients
