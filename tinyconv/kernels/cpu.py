@@ -144,17 +144,11 @@ def _madd_row(dst0, dst1, a, b, x, pair):
 @njit(**_HELPER)
 def _madd_taps(dst0, dst1, w, start0, start1, w_step, x, x_start, x_step, taps, pair):
     # dst0 (L,) += sum over t < taps (1 to 5) of w[start0 + t*w_step] * x[x_start + t*x_step:]
-    # [:L], likewise dst1 with the weights from start1 when pair is true: one tap group, in
-    # _madd_rows' register-blocked pass (zero weights after a shorter group's last tap), or
-    # for a lone tap (the last of 16 channels) in a pass of its own, which spares the four
-    # zero-weight FMAs an element (conv2's input gradient 1.1x faster)
-    length = dst0.size
-    if taps == 1:
-        _madd_row(dst0, dst1, w[start0], w[start1], x[x_start:x_start + length], pair)
-    else:
-        _madd_rows(dst0, dst1, _five_weights(w, start0, w_step, taps),
-                   _five_weights(w, start1, w_step, taps),
-                   _five_rows(x, x_start, x_step, taps, length), pair)
+    # [:L], likewise dst1 with the weights from start1 when pair is true: one tap group in
+    # _madd_rows' register-blocked pass, zero weights after a shorter group's last tap
+    _madd_rows(dst0, dst1, _five_weights(w, start0, w_step, taps),
+               _five_weights(w, start1, w_step, taps),
+               _five_rows(x, x_start, x_step, taps, dst0.size), pair)
 
 
 @njit(**_CALLED)
@@ -228,6 +222,23 @@ def conv2d_forward(out, inp, weight, bias):
                             oc0, oc1, i, j, length, C, H, W, N, KH, KW)
 
 
+@njit(**_CALLED)
+def _tanh_in_place(x):
+    # x (L,) = tanh(x); called, not inlined: the fused kernel's three tanh loops are then
+    # one compile (its cold start)
+    for m in range(x.size):
+        x[m] = _tanh32(x[m])
+
+
+@njit(**_CALLED)
+def _pool2_tanh(out, top0, top1, low0, low1):
+    # out (N,) = tanh of the mean of a 2x2 window's four (N,) values, summed in
+    # avgpool2d_forward's order (the window row-major)
+    scale = _ONE / np.float32(4)
+    for n in range(out.size):
+        out[n] = _tanh32((top0[n] + top1[n] + low0[n] + low1[n]) * scale)
+
+
 @njit(**_JIT)
 def conv2d_tanh_avgpool2d_tanh_forward(out, act, inp, weight, bias):
     # inp (C,H,W,N), weight (OC,C,KH,KW), bias (OC,) -> act (OC,OH,OW,N) = tanh(conv2d), which
@@ -240,7 +251,6 @@ def conv2d_tanh_avgpool2d_tanh_forward(out, act, inp, weight, bias):
     OH, OW = H - KH + 1, W - KW + 1
     x, w, y = inp.ravel(), weight.ravel(), act.ravel()
     span = max(1, _SPAN // N // 2) * 2  # output positions per pass: whole windows
-    scale = _ONE / np.float32(4)
     for task in prange((OC + 1) // 2 * (OH // 2)):
         oc0, i = task // (OH // 2) * 2, task % (OH // 2) * 2
         oc1 = min(oc0 + 1, OC - 1)
@@ -253,19 +263,13 @@ def conv2d_tanh_avgpool2d_tanh_forward(out, act, inp, weight, bias):
                 dst0, dst1 = y[start0:start0 + length], y[start1:start1 + length]
                 _conv2d_stretch(dst0, dst1, x, w, bias, oc0, oc1, row, j, length, C, H, W, N,
                                 KH, KW)
-                for m in range(dst0.size):
-                    dst0[m] = _tanh32(dst0[m])
+                _tanh_in_place(dst0)
                 if oc1 != oc0:
-                    for m in range(dst1.size):
-                        dst1[m] = _tanh32(dst1[m])
+                    _tanh_in_place(dst1)
             for oc in range(oc0, oc1 + 1):
                 for jj in range(j, end, 2):
-                    # avgpool2d_forward's sum (the window row-major), then tanh
-                    top0, top1 = act[oc, i, jj], act[oc, i, jj + 1]
-                    low0, low1 = act[oc, i + 1, jj], act[oc, i + 1, jj + 1]
-                    pooled = out[oc, i // 2, jj // 2]
-                    for n in range(N):
-                        pooled[n] = _tanh32((top0[n] + top1[n] + low0[n] + low1[n]) * scale)
+                    _pool2_tanh(out[oc, i // 2, jj // 2], act[oc, i, jj], act[oc, i, jj + 1],
+                                act[oc, i + 1, jj], act[oc, i + 1, jj + 1])
 
 
 @njit(cache=True)  # no loop of its own: its two parts are parallel
@@ -308,9 +312,14 @@ def _conv2d_backward_input(dinp, dout, weight):
                         taps = min(_TAPS, OC - oc)
                         # weight[oc, c, kh, kw], stepping along oc
                         tap = (oc * C * KH + kh) * KW + kw
-                        _madd_taps(dst0, dst1, w, tap + c0 * KH * KW, tap + c1 * KH * KW,
-                                   C * KH * KW, g, ((oc * OH + h - kh) * OW + j) * N,
-                                   OH * OW * N, taps, c1 != c0)
+                        start = ((oc * OH + h - kh) * OW + j) * N
+                        if taps == 1:  # a lone tap (the last of 16 channels): a pass of its
+                            # own spares four zero-weight FMAs an element
+                            _madd_row(dst0, dst1, w[tap + c0 * KH * KW], w[tap + c1 * KH * KW],
+                                      g[start:start + length], c1 != c0)
+                        else:
+                            _madd_taps(dst0, dst1, w, tap + c0 * KH * KW, tap + c1 * KH * KW,
+                                       C * KH * KW, g, start, OH * OW * N, taps, c1 != c0)
 
 
 @njit(**_JIT)
@@ -393,17 +402,24 @@ def tanh_avgpool2d_tanh_backward(dinp, act, out, dout):
     # (C,H/2,W/2,N): tanh_backward, avgpool2d_backward and tanh_backward in one pass, the same
     # products in the same order
     C, OH, OW, N = dout.shape
-    scale = _ONE / np.float32(4)
     for row in prange(C * OH):
         c, i = row // OH, row % OH
         for j in range(OW):
-            grad, pooled = dout[c, i, j], out[c, i, j]
             for a in range(2):
                 for b in range(2):
-                    dst, seen = dinp[c, 2 * i + a, 2 * j + b], act[c, 2 * i + a, 2 * j + b]
-                    for n in range(N):
-                        y, t = pooled[n], seen[n]
-                        dst[n] = grad[n] * (_ONE - y * y) * scale * (_ONE - t * t)
+                    _unpool2_tanh(dinp[c, 2 * i + a, 2 * j + b], act[c, 2 * i + a, 2 * j + b],
+                                  out[c, i, j], dout[c, i, j])
+
+
+@njit(**_CALLED)
+def _unpool2_tanh(dinp, act, out, dout):
+    # dinp (N,) of one pixel of a 2x2 window: the window's dout (N,) through its tanh (out,
+    # N), the mean's quarter and the pixel's own tanh (act, N); called, not inlined: one
+    # compile for the four pixels
+    scale = _ONE / np.float32(4)
+    for n in range(dinp.size):
+        y, t = out[n], act[n]
+        dinp[n] = dout[n] * (_ONE - y * y) * scale * (_ONE - t * t)
 
 
 @njit(**_JIT)
@@ -538,22 +554,14 @@ def linear_forward(out, inp, weight, bias):
             _madd_taps(dst0, dst1, w, o0 * IN + i, o1 * IN + i, 1, x, i * N, N, taps, o1 != o0)
 
 
-@njit(cache=True)  # no loop of its own: its parts are parallel
+@njit(cache=True)  # no loop of its own: its two parts are parallel
 def linear_backward(dinp, dweight, dbias, scratch, dout, inp, weight):
     # overwrites dinp (IN,N) unless it is None (a network's input: nobody needs it), dweight
-    # (OUT,IN), dbias (OUT,), and scratch (N,IN) where it is used; dout (OUT,N); kernels of
-    # their own, as conv2d_backward's. dweight = dout @ inp.T is dot products over the batch,
-    # each ending in a horizontal sum, or passes along rows of inp.T, IN long, which need the
-    # transpose: whichever is longer (bench/kernels.py times both sides of the rule on
-    # LeNet-5's conv3, 400 inputs, at batch 128 and 512)
+    # (OUT,IN), dbias (OUT,) and scratch (N,IN); dout (OUT,N); two kernels, as
+    # conv2d_backward's
     if dinp is not None:
         _linear_backward_input(dinp, dout, weight)
-    IN, N = inp.shape
-    if N < IN:
-        _linear_backward_weight_rows(dweight, scratch, dout, inp)
-    else:
-        _linear_backward_weight_dots(dweight, dout, inp)
-    _linear_backward_bias(dbias, dout)
+    _linear_backward_params(dweight, dbias, scratch, dout, inp)
 
 
 @njit(**_JIT)
@@ -576,29 +584,9 @@ def _linear_backward_input(dinp, dout, weight):
 
 
 @njit(**_JIT)
-def _linear_backward_weight_dots(dweight, dout, inp):
-    # overwrites dweight (OUT,IN); dout (OUT,N), inp (IN,N)
-    IN, N = inp.shape
-    OUT = dweight.shape[0]
-    x = inp.ravel()
-    # dweight = dout @ inp.T: a task owns a pair of output rows and five inputs, ten dot
-    # products over the batch
-    groups = (IN + _TAPS - 1) // _TAPS
-    for task in prange((OUT + 1) // 2 * groups):
-        o0, i = task // groups * 2, task % groups * _TAPS
-        o1 = min(o0 + 1, OUT - 1)
-        taps = min(_TAPS, IN - i)
-        zeros = (_ZERO, _ZERO, _ZERO, _ZERO, _ZERO)
-        sums0, sums1 = _madd_dots(zeros, zeros, dout[o0], dout[o1],
-                                  _five_rows(x, i * N, N, taps, N))
-        for t in range(taps):
-            dweight[o0, i + t] = sums0[t]
-            dweight[o1, i + t] = sums1[t]  # the same sums again when o1 == o0
-
-
-@njit(**_JIT)
-def _linear_backward_weight_rows(dweight, inp_t, dout, inp):
-    # overwrites dweight (OUT,IN) and inp_t (N,IN) = inp.T; dout (OUT,N), inp (IN,N)
+def _linear_backward_params(dweight, dbias, inp_t, dout, inp):
+    # overwrites dweight (OUT,IN), dbias (OUT,) and inp_t (N,IN) = inp.T; dout (OUT,N), inp
+    # (IN,N)
     IN, N = inp.shape
     OUT = dweight.shape[0]
     # the transpose, a task per 16 features: 16 rows of inp read front to back
@@ -607,7 +595,10 @@ def _linear_backward_weight_rows(dweight, inp_t, dout, inp):
             for i in range(block * 16, min(block * 16 + 16, IN)):
                 inp_t[n, i] = inp[i, n]
     # dweight[o] = sum over n of dout[o,n] * inp_t[n]: rows of IN, five samples a pass (their
-    # dout values the weights), a task owning a pair of output rows
+    # dout values the weights), a task owning a pair of output rows and their biases' sums.
+    # (Dot products over the batch, each ending in a horizontal sum, need no transpose and
+    # are faster at 512 samples, slower at 128 and 32 on conv3's 400 inputs: one form, the
+    # one LeNet-5's batch takes, compiles half as long as both.)
     x, g = inp_t.ravel(), dout.ravel()
     for task in prange((OUT + 1) // 2):
         o0 = task * 2
@@ -618,17 +609,12 @@ def _linear_backward_weight_rows(dweight, inp_t, dout, inp):
         for n in range(0, N, _TAPS):
             _madd_taps(dst0, dst1, g, o0 * N + n, o1 * N + n, 1, x, n * IN, IN,
                        min(_TAPS, N - n), o1 != o0)
-
-
-@njit(**_JIT)
-def _linear_backward_bias(dbias, dout):
-    # overwrites dbias (OUT,) = dout (OUT,N) summed over the batch
-    OUT, N = dout.shape
-    for o in prange(OUT):
-        acc = _ZERO
+        sum0 = sum1 = _ZERO  # dbias = dout summed over the batch
         for n in range(N):
-            acc += dout[o, n]
-        dbias[o] = acc
+            sum0 += dout[o0, n]
+            sum1 += dout[o1, n]
+        dbias[o0] = sum0
+        dbias[o1] = sum1  # the same sum again when o1 == o0
 
 
 @njit(**_JIT)
