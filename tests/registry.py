@@ -433,13 +433,15 @@ REGISTRY = {
         "linear_sim_no_dinp": _fc(2, 6, 3, dinp=False, simulator=True),
     }),
     # the fusion Sequential runs LeNet-5's conv blocks as (nn.FUSIONS): its two blocks at
-    # batch 128, an odd number of channels (the kernel's last pair is one channel), passes of
-    # whole windows at a batch whose pass length is odd (37), 3x3 kernels (taps along c) and
-    # a rectangular one, one sample
+    # batch 128, an odd number of channels (the kernel's last pair is one channel), rows of
+    # several passes where conv2d_forward's pass would be an odd number of positions (54
+    # at batch 37: the fused kernel takes whole windows, 54, then 4), 3x3 kernels (taps
+    # along c) and a rectangular one, one sample
     "Conv2dTanhAvgPool2dTanh": Entry(_conv_block, {
         "block1": _block(128, 1, 32, 32, 6, 5, 5, dinp=False, lenet=True),
         "block2": _block(128, 6, 14, 14, 16, 5, 5, lenet=True),
         "block_odd_channels": _block(37, 3, 12, 10, 5, 5, 5),
+        "block_wide_rows": _block(37, 1, 6, 62, 2, 5, 5),
         "block_3x3_c7": _block(4, 7, 10, 8, 3, 3, 3),
         "block_rect_kernel": _block(3, 2, 9, 12, 4, 2, 5),
         "block_batch1": _block(1, 2, 6, 6, 2, 3, 3),

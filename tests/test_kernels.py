@@ -65,12 +65,10 @@ def test_bit_identical_across_calls_and_threads(name):
         pytest.skip("needs at least 2 Numba threads to compare 1 against 2")
     for call in calls_at(37)[name]:
         first, again, single = (replay(call, threads=t) for t in (2, 2, 1))
-        for arg in first:  # (a scratch a kernel leaves unused stays NaN: equal_nan)
+        for arg in first:
             what = f"{name}: {call.kernel} {arg}"
-            assert np.array_equal(first[arg], again[arg], equal_nan=True), (
-                f"{what}: two calls differ")
-            assert np.array_equal(first[arg], single[arg], equal_nan=True), (
-                f"{what}: 1 and 2 threads differ")
+            assert np.array_equal(first[arg], again[arg]), f"{what}: two calls differ"
+            assert np.array_equal(first[arg], single[arg]), f"{what}: 1 and 2 threads differ"
 
 
 @pytest.mark.parametrize("n", [32, 37])

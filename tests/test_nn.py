@@ -3,6 +3,7 @@ Sequential owns (names, specs, buffers, modes, devices, checkpoints)."""
 
 import json
 import math
+import re
 import weakref
 from types import SimpleNamespace
 
@@ -158,6 +159,7 @@ def fusing_network(seed=0):
 
 
 @pytest.mark.parametrize("build, batch", [(archs.LeNet5, 128), (archs.LeNet5, 37),
+                                          (archs.LeNet5, 180),  # passes of 10 of 28 positions
                                           (fusing_network, 1), (fusing_network, 33)])
 def test_fused_units_give_the_bits_of_their_layers(build, batch):
     # Sequential.fuse off runs every layer's own kernels: the oracle, torch-checked
@@ -198,6 +200,21 @@ def test_fuse_takes_a_bool_and_rebuilds_the_buffers():
     assert len(model._buffers[3, "read"].units) == len(model.layers)
     with pytest.raises(ValueError, match=r"Sequential.fuse: expected True or False, found 1"):
         model.fuse = 1
+
+
+def test_a_fused_unit_is_not_a_layer_of_a_network():
+    # Sequential makes the units from their layers; one given as a layer would have a spec
+    # that no checkpoint, from_spec or torch twin knows
+    block = nn.Conv2dTanhAvgPool2dTanh(1, 6, 5)
+    message = ("is a fused unit, which Sequential makes itself; give its layers: Conv2d(1, 6, "
+               "5), Tanh(), AvgPool2d(2), Tanh()")
+    with pytest.raises(ValueError, match=r"Sequential: layer 0: .*" + re.escape(message)):
+        nn.Sequential(block, input_shape=(1, 32, 32))
+    with pytest.raises(ValueError, match=r"Residual: body layer 1: .*" + re.escape(message)):
+        nn.Residual(nn.Tanh(), block)
+    with pytest.raises(ValueError, match=r"Conv2dTanhAvgPool2dTanh: padding|"
+                                         r"Conv2dTanhAvgPool2dTanh: in_channels"):
+        nn.Conv2dTanhAvgPool2dTanh(0, 6, 5)
 
 
 def _spied(kernels, calls):

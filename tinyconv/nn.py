@@ -730,9 +730,7 @@ class Residual(Layer):
         if not body:
             raise ValueError("Residual: needs a body of at least one layer")
         for j, layer in enumerate(body):
-            if not isinstance(layer, Layer):
-                raise ValueError(f"Residual: body layer {j} must be a tinyconv.nn layer, "
-                                 f"found {type(layer).__name__}")
+            _check_layer(layer, f"Residual: body layer {j}")
         object.__setattr__(self, "body", tuple(body))
 
     def __repr__(self):
@@ -854,14 +852,10 @@ class Residual(Layer):
         return [_local(named, f"body.{j}.") for j in range(len(self.body))]
 
     def onnx(self, make_node, inp, out, names):
-        nodes, current = [], inp
-        for j, layer in enumerate(self.body):
-            output = f"{out}.body.{j}"
-            for node in layer.onnx(make_node, current, output, _local(names, f"body.{j}.")):
-                node.name = node.name or output
-                nodes.append(node)
-            current = output
-        return [*nodes, make_node("Add", [inp, current], [out], name=f"{out}.add")]
+        outputs = [f"{out}.body.{j}" for j in range(len(self.body))]
+        nodes = _onnx_chain(make_node, self.body, inp, outputs,
+                            [_local(names, f"body.{j}.") for j in range(len(self.body))])
+        return [*nodes, make_node("Add", [inp, outputs[-1]], [out], name=f"{out}.add")]
 
     def plan(self, plan, in_shape, src, p):
         plan.pin(src)  # the skip reads the input after the body: no activation fuses into it
@@ -887,7 +881,8 @@ class Conv2dTanhAvgPool2dTanh(Layer):
     convolution's own backward. It keeps the first tanh's output (its workspace `act`) and
     its own, all the four layers' backwards read, and never stores the convolution's or the
     pooling's output. The same sums in the same order as the four layers' kernels: the same
-    bits, with four fewer launches and passes over memory a step.
+    bits, with three kernel launches and passes over memory fewer in the forward, two in the
+    backward.
     """
 
     in_channels: int
@@ -895,16 +890,20 @@ class Conv2dTanhAvgPool2dTanh(Layer):
     kernel_size: object  # an int or (kh, kw), as Conv2d's
 
     def __post_init__(self):  # Conv2d's checks, and its form of kernel_size
-        object.__setattr__(self, "kernel_size", self.layers[0].kernel_size)
+        try:
+            conv = self.layers[0]
+        except ValueError as exc:
+            raise ValueError(f"{type(self).__name__}: {str(exc).split(': ', 1)[1]}") from None
+        object.__setattr__(self, "kernel_size", conv.kernel_size)
 
-    # the layers it stands for, by kind
-    kinds = ("Conv2d", "Tanh", "AvgPool2d", "Tanh")
+    # the kinds of the layers it stands for
+    kinds = (Conv2d, Tanh, AvgPool2d, Tanh)
 
     @classmethod
     def fusing(cls, layers):
         """The fused unit of these layers, or None where they are not its four (or the
         convolution is padded, or the pooling's window is not 2)."""
-        if tuple(type(layer).__name__ for layer in layers[:4]) != cls.kinds:
+        if tuple(map(type, layers[:4])) != cls.kinds:
             return None
         conv, _, pool, _ = layers[:4]
         if conv.padding or pool.kernel_size != 2:
@@ -953,18 +952,22 @@ class Conv2dTanhAvgPool2dTanh(Layer):
         return src
 
     def onnx(self, make_node, inp, out, names):
-        nodes, current = [], inp
-        for j, layer in enumerate(self.layers):
-            output = out if j == 3 else f"{out}.{j}"
-            for node in layer.onnx(make_node, current, output, names):
-                node.name = node.name or output
-                nodes.append(node)
-            current = output
-        return nodes
+        outputs = [f"{out}.{j}" for j in range(3)] + [out]
+        return _onnx_chain(make_node, self.layers, inp, outputs, [names] * 4)
 
 
 # what Sequential may fuse, tried in order at each layer
 FUSIONS = {cls.__name__: cls for cls in (Conv2dTanhAvgPool2dTanh,)}
+
+
+def _check_layer(layer, where):
+    """Raise ValueError, saying so at `where`, unless layer is one of tinyconv.nn's kinds (a
+    fused unit is not: the Sequential makes those from the layers they stand for)."""
+    if not isinstance(layer, Layer):
+        raise ValueError(f"{where} must be a tinyconv.nn layer, found {type(layer).__name__}")
+    if type(layer) in FUSIONS.values():
+        raise ValueError(f"{where}: {layer!r} is a fused unit, which Sequential makes itself; "
+                         f"give its layers: {', '.join(map(repr, layer.layers))}")
 
 
 def fusion_plan(layers):
@@ -977,6 +980,18 @@ def fusion_plan(layers):
         units.append((index, fused or layers[index]))
         index += len(fused.kinds) if fused else 1
     return units
+
+
+def _onnx_chain(make_node, layers, inp, outputs, names):
+    """The ONNX nodes of layers one after another from inp, layer j writing outputs[j] (its
+    nodes named so where they have no name of their own) with the initializers names[j]."""
+    nodes = []
+    for layer, output, named in zip(layers, outputs, names, strict=True):
+        for node in layer.onnx(make_node, inp, output, named):
+            node.name = node.name or output
+            nodes.append(node)
+        inp = output
+    return nodes
 
 
 def _local(named, head):
@@ -1371,9 +1386,7 @@ class Sequential:
 
     def __init__(self, *layers, input_shape, seed=0, device="cpu", prefix="", name=None):
         for index, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise ValueError(f"Sequential: layer {index} must be a tinyconv.nn layer, "
-                                 f"found {type(layer).__name__}")
+            _check_layer(layer, f"Sequential: layer {index}")
         if not layers:
             raise ValueError("Sequential: needs at least one layer")
         if (not isinstance(input_shape, (tuple, list)) or not input_shape
@@ -1527,8 +1540,8 @@ class Sequential:
 
     def to(self, device):
         """This network on another device ("cpu" or "cuda"): a new Sequential with the same
-        layers, parameters, buffers, mode, steps and samples_below as set, or self when it is
-        there already."""
+        layers, parameters, buffers, mode, steps, samples_below and fuse as set, or self when
+        it is there already."""
         if device == self.device:
             return self
         moved = Sequential(*self.layers, input_shape=self.input_shape, seed=self.seed,
@@ -1536,6 +1549,7 @@ class Sequential:
         moved.load_state_dict(self.state_dict())
         moved.steps = self.steps
         moved.samples_below = self._samples_below
+        moved.fuse = self.fuse
         return moved.train(self.training)
 
     def state_dict(self):

@@ -70,17 +70,20 @@ def _tanh32(x):
 # (out[n] += w * inp[n]) spends two loads and a store on each FMA and runs at 20-35 GFLOP/s on
 # one core here, bound by memory traffic. The conv and linear kernels instead update two output
 # rows from five input rows in one pass (_madd_rows): 7 loads and 2 stores feed 10 FMAs, with
-# the ten weights held in registers; weight gradients take ten dot products that share their
-# loads (_madd_dots). Measured 2-3x faster per op on the LeNet shapes. (Four output rows per
-# pass measured 60% faster in a bare loop, but 5-20% slower inside the conv kernels, even
-# once the rows were read only once per element; conv2 forward 0.40 against 0.34 ms.)
+# the ten weights held in registers; convolutions' weight gradients take ten dot products
+# that share their loads (_madd_dots), a linear layer's passes along its transposed input's
+# rows (_madd_taps again, five samples a pass). Measured 2-3x faster per op on the LeNet
+# shapes. (Four output rows per pass measured 60% faster in a bare loop, but 5-20% slower
+# inside the conv kernels, even once the rows were read only once per element; conv2 forward
+# 0.40 against 0.34 ms.)
 # These loops run at the FMA units' peak only on 64-byte aligned rows, as the model's are at
 # batch sizes that are multiples of 16 (kernels.host): a vector load that straddles two cache
 # lines costs two, and with 7 loads per 10 FMAs that is the bottleneck (conv2 forward 189 ->
 # 161 GFLOP/s off by 16 bytes).
 # Output rows go in pairs, so an odd last row runs alone; taps go in fives (a kernel row of
 # LeNet's 5x5, or five channels), so a shorter last group is padded with zero weights, and
-# an infinite input there turns into NaN (0 * inf) where it would have stayed infinite.
+# an infinite input there turns into NaN (0 * inf) where it would have stayed infinite (but
+# for the lone tap of a convolution's input gradient, which has a pass of its own).
 _TAPS = 5
 _SPAN = 2048  # values per pass (or N, if larger): long passes amortise their setup; 2048
 # measured 10% faster than 512 on conv2
@@ -596,9 +599,8 @@ def _linear_backward_params(dweight, dbias, inp_t, dout, inp):
                 inp_t[n, i] = inp[i, n]
     # dweight[o] = sum over n of dout[o,n] * inp_t[n]: rows of IN, five samples a pass (their
     # dout values the weights), a task owning a pair of output rows and their biases' sums.
-    # (Dot products over the batch, each ending in a horizontal sum, need no transpose and
-    # are faster at 512 samples, slower at 128 and 32 on conv3's 400 inputs: one form, the
-    # one LeNet-5's batch takes, compiles half as long as both.)
+    # Dot products over the batch would need no transpose but end each weight in a
+    # horizontal sum: the README's results compare the two; one form compiles faster.
     x, g = inp_t.ravel(), dout.ravel()
     for task in prange((OUT + 1) // 2):
         o0 = task * 2
