@@ -72,13 +72,17 @@ def run_both(call):
 
 def check_case(name, forward_bound, backward_bound):
     """Every kernel call of a registry case: each array argument of the CUDA run written (no
-    NaN left) and within the bound of the CPU kernel's; returns the largest relative error."""
+    NaN left) and within the bound of the CPU kernel's, but a scratch, whose use is each
+    backend's own (linear_backward's: the CPU's transposed input, unused on CUDA); returns
+    the largest relative error."""
     calls = recorded_calls(KERNEL_CASES[name])
     assert calls, f"{name} calls no kernel"
     worst = 0.0
     for call in calls:
         bound = backward_bound if "backward" in call.kernel else forward_bound
         for arg, (expected, got) in run_both(call).items():
+            if arg == "scratch":
+                continue
             what = f"{name}: {call.kernel} {arg}"
             assert not np.isnan(got).any(), f"{what}: elements left unwritten (NaN) on CUDA"
             err = rel_err(got, expected)
@@ -543,7 +547,7 @@ def test_kernels_match_cpu_on_gpu(name):
 def test_kernels_are_deterministic_on_gpu(name):
     for call in recorded_calls(KERNEL_CASES[name]):
         first, again = (run_both(call) for _ in range(2))
-        for arg in first:
+        for arg in first.keys() - {"scratch"}:  # (unused on CUDA: see check_case)
             assert np.array_equal(first[arg][1], again[arg][1]), (
                 f"{name}: {call.kernel} {arg} varies from run to run")
 
