@@ -23,7 +23,8 @@ from tests.harness import draw, layer_results, recorded_calls
 from tests.registry import KERNEL_CASES, REGISTRY
 from tinyconv import LeNet5
 from tinyconv.kernels import KERNELS, get_backend, host
-from tinyconv.kernels.host import ALIGNMENT, to_batch_last
+from tinyconv.kernels.cpu import to_batch_last
+from tinyconv.kernels.host import ALIGNMENT
 from tinyconv.nn import _Arena
 from tinyconv.optim import Adam
 

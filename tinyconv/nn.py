@@ -47,7 +47,8 @@ import operator
 import numpy as np
 
 from tinyconv.kernels import cpu, get_backend, host
-from tinyconv.kernels.host import ALIGNMENT, to_batch_last
+from tinyconv.kernels.cpu import to_batch_last
+from tinyconv.kernels.host import ALIGNMENT
 
 
 class ShapeError(ValueError):

@@ -2,8 +2,7 @@
 
 The same names as cuda_host.py's, so a model allocates and moves its arrays without
 knowing where they live; here moving in and out copies nothing (unless an array is not
-aligned). Also to_batch_last, the host-side transpose of a batch into the kernels' layout,
-which both backends' models use.
+aligned).
 
 Alignment: every array made here starts on a 64-byte boundary, a cache line and one AVX-512
 vector. numpy's large arrays start 16 bytes past one (malloc's mmap chunks; small ones land
@@ -16,7 +15,6 @@ N*4 bytes, so they all share the array's alignment only when the batch N is a mu
 import math
 
 import numpy as np
-from numba import njit, prange
 
 ALIGNMENT = 64  # bytes
 
@@ -50,30 +48,6 @@ def copy_in(dst, src):
     do when src is dst)."""
     if src is not dst:
         dst[...] = src
-
-
-@njit(parallel=True, error_model="numpy", cache=True)
-def to_batch_last(out, inp):
-    """out (F, N) = inp (N, F).T: a batch of NCHW images, flattened, into the kernels' layout.
-
-    A task owns 16 samples: it reads their rows front to back (16 streams the prefetcher
-    follows) and writes, for each feature, their 16 values: one vector store of 16 gathered
-    loads, a full cache line of out when N is a multiple of 16. Measured in a training step at
-    batch 128: 0.06 ms; the earlier order (a task per 16 features, reading one cache line of
-    every sample in turn) took 0.15 ms, mostly waiting on the batch's cache misses, and numpy's
-    strided copy 0.45 ms.
-    """
-    N, F = inp.shape
-    for block in prange((N + 15) // 16):
-        first = block * 16
-        if first + 16 <= N:  # a full block: a fixed 16-long inner loop, vectorised
-            for f in range(F):
-                for n in range(first, first + 16):
-                    out[f, n] = inp[n, f]
-        else:  # the batch's last, shorter block (a variable trip count is 2x slower)
-            for f in range(F):
-                for n in range(first, N):
-                    out[f, n] = inp[n, f]
 
 
 def staging_spans(arrays):
