@@ -163,6 +163,17 @@ def test_a_samples_output_depends_only_on_the_sample():
     assert np.array_equal(single, together, equal_nan=True)
 
 
+@pytest.mark.parametrize("arch", ["lenet5", "resnet-mini"])
+def test_what_the_scratch_held_before_reaches_no_output(arch):
+    # a convolution's passes run whole vectors, past its wide rows' ends and its input's
+    # (cpu.wide_size): what they read there must only make values nobody reads
+    model = randomised(archs.build(arch))
+    x = inputs(model, 3)
+    clean = model.forward(x)
+    model._scratch[:] = np.nan  # the padding and the regions' spare lines too
+    assert np.array_equal(model.forward(x), clean)
+
+
 def test_training_mode_and_large_batches_keep_the_batch_last_path(monkeypatch):
     calls = []
     model = randomised(archs.build("lenet5"))

@@ -325,8 +325,9 @@ class Conv2d(Layer):
         if oh == ow == 1:  # the kernel covers the whole input: a linear layer on it, flattened
             return plan.step("linear", src, oc, a=weight, b=bias,
                              sizes=(channels * height * width, oc))
-        work = plan.alloc(oc * ((oh - 1) * width + ow))  # the wide output (cpu._conv2d)
-        return plan.step("conv2d", src, oc * oh * ow, a=weight, b=bias, work=work,
+        wide = cpu.wide_size(oh, ow, width)
+        work = plan.alloc(oc * wide)  # the wide output (cpu._conv2d)
+        return plan.step("conv2d", src, oc * oh * ow, a=weight, b=bias, work=work, wide=wide,
                          sizes=(channels, height, width, oc, kh, kw))
 
 
@@ -1227,9 +1228,11 @@ class SamplePlan:
         self.pinned = {self.input}  # offsets read after the step that follows them
 
     def alloc(self, count):
-        """The offset of `count` fresh floats in the scratch row, aligned to 64 bytes."""
+        """The offset of `count` fresh floats in the scratch row, aligned to 64 bytes, and
+        followed by a 64-byte line of their own: a convolution's passes read up to a vector
+        past its input's end (cpu.wide_size), which then never overlaps what it writes."""
         offset = self.size
-        self.size += _aligned(count)
+        self.size += _aligned(count) + _ALIGN
         return offset
 
     def param(self, view):
@@ -1250,12 +1253,12 @@ class SamplePlan:
         the step that makes it."""
         self.pinned.add(offset)
 
-    def step(self, name, src, count, a=0, b=0, work=0, sizes=(), eps=0.0):
+    def step(self, name, src, count, a=0, b=0, work=0, wide=0, sizes=(), eps=0.0):
         """Add a step of op `name` reading scratch offset src, writing `count` fresh floats;
         returns their offset."""
         dst = self.alloc(count)
         row = dict.fromkeys(cpu.PLAN_COLUMNS, 0)
-        row.update(op=cpu.PLAN_OPS[name], src=src, dst=dst, a=a, b=b, work=work)
+        row.update(op=cpu.PLAN_OPS[name], src=src, dst=dst, a=a, b=b, work=work, wide=wide)
         row.update(zip(("s0", "s1", "s2", "s3", "s4", "s5")[:len(sizes)], sizes, strict=True))
         self.rows.append(row)
         self.eps.append(eps)
@@ -1728,7 +1731,9 @@ class Sequential:
         """forward(x) in eval mode through the whole-network kernel."""
         plan, batch = self._plan, len(x)
         if self._scratch.shape[0] < batch:
-            self._scratch = host.empty(batch * plan.size).reshape(batch, plan.size)
+            # zeros: the kernel reads regions' alignment padding, never written, into values
+            # it never reads (cpu.wide_size)
+            self._scratch = host.zeros(batch * plan.size).reshape(batch, plan.size)
         plan.refresh_state()
         out = np.empty((batch, plan.output_size), np.float32)
         self.kernels.sequential_forward(out, self._scratch[:batch],

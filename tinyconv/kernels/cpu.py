@@ -706,12 +706,13 @@ def loss_sum(sums, losses, index):
 # Sequential.forward uses this kernel in eval mode for batches below samples_below (below);
 # the batch-last path stays the oracle the tests hold it to (tests/test_samples.py).
 #
-# A step is a row of `plan` (int64): OP, SRC, DST, A, B, WORK, S0..S5, ACT, POOL, K, ACT2,
-# NORM, NORM_WEIGHT, NORM_BIAS, NORM_STATE.
+# A step is a row of `plan` (int64): OP, SRC, DST, A, B, WORK, WIDE, S0..S5, ACT, POOL, K,
+# ACT2, NORM, NORM_WEIGHT, NORM_BIAS, NORM_STATE.
 # SRC and DST are offsets into one sample's scratch row; A and B offsets into the flat
 # parameters (the weight and the bias; for ADD, A is the second input's offset in the scratch
 # row); WORK a scratch offset for a convolution's wide output (for batch norm, the running
-# statistics' offset in `state`, the buffers copied in per call); S0..S5 the op's sizes; ACT
+# statistics' offset in `state`, the buffers copied in per call) and WIDE its values per
+# channel (wide_size below); S0..S5 the op's sizes; ACT
 # the activation applied as the step stores its output (NONE, TANH, RELU, SILU). A
 # convolution's step may also pool (POOL the pooling's op code, K its window) and then apply
 # ACT2: conv -> tanh -> avgpool -> tanh is one step, which never stores the unpooled image.
@@ -755,8 +756,9 @@ def samples_below(multiply_adds):
 PLAN_OPS = {"conv2d": 1, "linear": 2, "avgpool2d": 3, "maxpool2d": 4, "pad2d": 5,
             "batchnorm": 6, "add": 7, "activation": 8}
 PLAN_ACTIVATIONS = {"none": 0, "tanh": 1, "relu": 2, "silu": 3}
-PLAN_COLUMNS = ("op", "src", "dst", "a", "b", "work", "s0", "s1", "s2", "s3", "s4", "s5",
-                "act", "pool", "k", "act2", "norm", "norm_weight", "norm_bias", "norm_state")
+PLAN_COLUMNS = ("op", "src", "dst", "a", "b", "work", "wide", "s0", "s1", "s2", "s3", "s4",
+                "s5", "act", "pool", "k", "act2", "norm", "norm_weight", "norm_bias",
+                "norm_state")
 
 _CONV, _LINEAR, _AVGPOOL, _MAXPOOL, _PAD, _BATCHNORM, _ADD, _ACTIVATION = (
     PLAN_OPS[name] for name in ("conv2d", "linear", "avgpool2d", "maxpool2d", "pad2d",
@@ -780,40 +782,57 @@ def _activate(s, start, count, act):
             x[i] = x[i] * _sigmoid32(x[i])
 
 
+# A wide output's channels lie wide_size(...) floats apart, the stretch rounded up to whole
+# vectors, so that _madd_five_shifts runs whole vectors only. The last input channel's passes
+# then read up to _LANES - 1 floats past the end of the input's region: its alignment padding
+# and the region after it, which the plan always has (the wide output, allocated after), and
+# which only produce the values past the stretch, never read.
+_LANES = 16  # float32 values in an AVX-512 vector (64 bytes)
+
+
+def wide_size(OH, OW, W):
+    """The floats per channel of _conv2d's wide output (the plan's WIDE): (OH-1)*W + OW
+    positions, rounded up to whole vectors."""
+    return -(-((OH - 1) * W + OW) // _LANES) * _LANES
+
+
 @njit(**_HELPER)
 def _madd_five_shifts(dst0, dst1, x, w0, w1, pair):
     # dst0 (L,) += sum over t < 5 of w0[t] * x[p + t] at each p, likewise dst1 with w1 when
-    # pair is true: _madd_rows's register blocking, for five rows that are one row (L+4,)
-    # at five shifts. One row and constant shifts: LLVM checks one pointer against the
-    # outputs before its vector loop instead of five, which on short passes (conv2's) is
-    # measurably faster (variable shifts, as a clamp for fewer taps would need, do not
-    # vectorise)
+    # pair is true, L a multiple of _LANES: _madd_rows's register blocking, for five rows that
+    # are one row (L+4,) at five shifts. One row and constant shifts: LLVM checks one pointer
+    # against the outputs instead of five. A vector at a time, in a loop of constant length
+    # that LLVM turns into one vector operation: its vectoriser, given the plain loop, runs
+    # four vectors an iteration and the rest one value at a time, which on conv2's short
+    # passes (136 values) took most of the time
     a0, a1, a2, a3, a4 = w0
     b0, b1, b2, b3, b4 = w1
     if pair:
-        for p in range(dst0.size):
-            v0, v1, v2, v3, v4 = x[p], x[p + 1], x[p + 2], x[p + 3], x[p + 4]
-            dst0[p] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4
-            dst1[p] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4
+        for start in range(0, dst0.size, _LANES):
+            for p in range(start, start + _LANES):
+                v0, v1, v2, v3, v4 = x[p], x[p + 1], x[p + 2], x[p + 3], x[p + 4]
+                dst0[p] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4
+                dst1[p] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4
     else:
-        for p in range(dst0.size):
-            dst0[p] += a0 * x[p] + a1 * x[p + 1] + a2 * x[p + 2] + a3 * x[p + 3] + a4 * x[p + 4]
+        for start in range(0, dst0.size, _LANES):
+            for p in range(start, start + _LANES):
+                dst0[p] += (a0 * x[p] + a1 * x[p + 1] + a2 * x[p + 2] + a3 * x[p + 3]
+                            + a4 * x[p + 4])
 
 
 @njit(**_CALLED)
-def _conv2d(s, src, dst, work, w, b, C, H, W, OC, KH, KW, act, pool, k, act2, norm,
+def _conv2d(s, src, dst, work, L, w, b, C, H, W, OC, KH, KW, act, pool, k, act2, norm,
             norm_weight, norm_bias, running_mean, running_var, eps):
     # s[src:] (C,H,W) -> s[dst:] (OC,OH,OW): an unpadded convolution, if norm a batch norm
     # (norm_weight, norm_bias, running_mean, running_var (OC,) each, eps), its activation,
     # and if pool is an op code, that pooling of k x k windows and its activation act2, fused
     # (dst (OC,OH/k,OW/k) then). Computed "wide": output position (i, j) is at i*W + j of a
-    # stretch of L = (OH-1)*W + OW values per channel at work, so the inputs of tap
+    # stretch of L values per channel at work (wide_size), so the inputs of tap
     # (c, kh, kw) are one contiguous stretch, at c*H*W + kh*W + kw, and the taps go five along
     # kw (for a kernel width not a multiple of five, along c), two channels a pass. The W-OW
-    # positions past each row's end are computed and never read: the pooling reads the wide
-    # rows in place, and without one they are compacted away.
+    # positions past each row's end, and those past the last row's, are computed and never
+    # read: the pooling reads the wide rows in place, and without one they are compacted away.
     OH, OW = H - KH + 1, W - KW + 1
-    L = (OH - 1) * W + OW
     for oc0 in range(0, OC, 2):
         oc1 = min(oc0 + 1, OC - 1)
         dst0, dst1 = s[work + oc0 * L:work + (oc0 + 1) * L], s[work + oc1 * L:work + (oc1 + 1) * L]
@@ -942,10 +961,10 @@ def _batchnorm(s, src, dst, weight, bias, running_mean, running_var, C, M, eps, 
 def _sample_forward(s, params, state, plan, eps):
     # one sample through every step of the plan, in its scratch row s
     for step in range(plan.shape[0]):
-        (op, src, dst, a, b, work, s0, s1, s2, s3, s4, s5, act, pool, k, act2, norm,
+        (op, src, dst, a, b, work, wide, s0, s1, s2, s3, s4, s5, act, pool, k, act2, norm,
          norm_weight, norm_bias, norm_state) = plan[step]
         if op == _CONV:
-            _conv2d(s, src, dst, work, params[a:], params[b:], s0, s1, s2, s3, s4, s5, act,
+            _conv2d(s, src, dst, work, wide, params[a:], params[b:], s0, s1, s2, s3, s4, s5, act,
                     pool, k, act2, norm, params[norm_weight:], params[norm_bias:],
                     state[norm_state:], state[norm_state + s3:], eps[step])
         elif op == _LINEAR:
