@@ -1308,6 +1308,8 @@ class SamplePlan:
         last = self._fusing(src)
         if last is not None and last["op"] == cpu.PLAN_OPS["conv2d"] and not last["pool"]:
             last["pool"], last["k"] = cpu.PLAN_OPS[name], k
+            if k == 2 and last["s2"] % 2 == 0:  # pairs along even rows: in vectors (cpu._conv2d)
+                last["pairs"] = self.alloc(last["s3"] * last["wide"] // 2)
             self.names[-1] += f"+{name}"
             return src  # the convolution's output space, which the pooled output fits
         return self.step(name, src, count, sizes=(*in_shape, k))

@@ -706,13 +706,14 @@ def loss_sum(sums, losses, index):
 # Sequential.forward uses this kernel in eval mode for batches below samples_below (below);
 # the batch-last path stays the oracle the tests hold it to (tests/test_samples.py).
 #
-# A step is a row of `plan` (int64): OP, SRC, DST, A, B, WORK, WIDE, S0..S5, ACT, POOL, K,
-# ACT2, NORM, NORM_WEIGHT, NORM_BIAS, NORM_STATE.
+# A step is a row of `plan` (int64): OP, SRC, DST, A, B, WORK, WIDE, PAIRS, S0..S5, ACT,
+# POOL, K, ACT2, NORM, NORM_WEIGHT, NORM_BIAS, NORM_STATE.
 # SRC and DST are offsets into one sample's scratch row; A and B offsets into the flat
 # parameters (the weight and the bias; for ADD, A is the second input's offset in the scratch
 # row); WORK a scratch offset for a convolution's wide output (for batch norm, the running
 # statistics' offset in `state`, the buffers copied in per call) and WIDE its values per
-# channel (wide_size below); S0..S5 the op's sizes; ACT
+# channel (wide_size below); PAIRS, for a convolution's fused 2x2 pooling, a scratch offset
+# for its horizontal pairs (_pool2_pairs; 0: pooled row by row); S0..S5 the op's sizes; ACT
 # the activation applied as the step stores its output (NONE, TANH, RELU, SILU). A
 # convolution's step may also pool (POOL the pooling's op code, K its window) and then apply
 # ACT2: conv -> tanh -> avgpool -> tanh is one step, which never stores the unpooled image.
@@ -756,8 +757,8 @@ def samples_below(multiply_adds):
 PLAN_OPS = {"conv2d": 1, "linear": 2, "avgpool2d": 3, "maxpool2d": 4, "pad2d": 5,
             "batchnorm": 6, "add": 7, "activation": 8}
 PLAN_ACTIVATIONS = {"none": 0, "tanh": 1, "relu": 2, "silu": 3}
-PLAN_COLUMNS = ("op", "src", "dst", "a", "b", "work", "wide", "s0", "s1", "s2", "s3", "s4",
-                "s5", "act", "pool", "k", "act2", "norm", "norm_weight", "norm_bias",
+PLAN_COLUMNS = ("op", "src", "dst", "a", "b", "work", "wide", "pairs", "s0", "s1", "s2", "s3",
+                "s4", "s5", "act", "pool", "k", "act2", "norm", "norm_weight", "norm_bias",
                 "norm_state")
 
 _CONV, _LINEAR, _AVGPOOL, _MAXPOOL, _PAD, _BATCHNORM, _ADD, _ACTIVATION = (
@@ -821,7 +822,7 @@ def _madd_five_shifts(dst0, dst1, x, w0, w1, pair):
 
 
 @njit(**_CALLED)
-def _conv2d(s, src, dst, work, L, w, b, C, H, W, OC, KH, KW, act, pool, k, act2, norm,
+def _conv2d(s, src, dst, work, L, pairs, w, b, C, H, W, OC, KH, KW, act, pool, k, act2, norm,
             norm_weight, norm_bias, running_mean, running_var, eps):
     # s[src:] (C,H,W) -> s[dst:] (OC,OH,OW): an unpadded convolution, if norm a batch norm
     # (norm_weight, norm_bias, running_mean, running_var (OC,) each, eps), its activation,
@@ -831,7 +832,8 @@ def _conv2d(s, src, dst, work, L, w, b, C, H, W, OC, KH, KW, act, pool, k, act2,
     # (c, kh, kw) are one contiguous stretch, at c*H*W + kh*W + kw, and the taps go five along
     # kw (for a kernel width not a multiple of five, along c), two channels a pass. The W-OW
     # positions past each row's end, and those past the last row's, are computed and never
-    # read: the pooling reads the wide rows in place, and without one they are compacted away.
+    # read: the pooling reads the wide rows in place (or, given `pairs`, their horizontal pairs
+    # there: _pool2_pairs), and without one they are compacted away.
     OH, OW = H - KH + 1, W - KW + 1
     for oc0 in range(0, OC, 2):
         oc1 = min(oc0 + 1, OC - 1)
@@ -862,15 +864,74 @@ def _conv2d(s, src, dst, work, L, w, b, C, H, W, OC, KH, KW, act, pool, k, act2,
                    eps, act)
     else:
         _activate(s, work, OC * L, act)
-    if pool == _AVGPOOL:
+    if pairs:
+        _pool2_pairs(s[pairs:pairs + OC * L // 2], s[work:work + OC * L], pool == _MAXPOOL)
+        _pool2_rows(s, pairs, dst, OC, OH // 2, OW // 2, W // 2, L // 2, pool == _MAXPOOL)
+        _activate(s, dst, OC * (OH // 2) * (OW // 2), act2)
+    elif pool == _AVGPOOL:
         _avgpool2d(s, work, dst, OC, OH, OW, W, L, k, act2)
     elif pool == _MAXPOOL:
         _maxpool2d(s, work, dst, OC, OH, OW, W, L, k, act2)
     else:
         for row in range(OC * OH):  # (oc, i)
             wide, out = work + row // OH * L + row % OH * W, dst + row * OW
-            for j in range(OW):
-                s[out + j] = s[wide + j]
+            _copy_in_vectors(s[out:out + _round_up(OW)], s[wide:wide + _round_up(OW)])
+
+
+# Row by row, an image's short rows (LeNet's pooled rows are 14 and 5 long) spend more on
+# each loop's setup (LLVM's overlap checks, then a scalar loop too short for a vector) than on
+# their values. These helpers instead run whole vectors along a row, in loops of constant
+# length, and write up to a vector past its end: into the next row, written after it, or
+# past the last into the region's spare line (nn.SamplePlan.alloc); they read as far past
+# what they need, which the spare lines cover too.
+
+
+@njit(**_HELPER)
+def _round_up(count):
+    # count rounded up to whole vectors
+    return -(-count // _LANES) * _LANES
+
+
+@njit(**_HELPER)
+def _copy_in_vectors(out, x):
+    # out (L,) = x (L,), L a multiple of _LANES
+    for start in range(0, out.size, _LANES):
+        for j in range(start, start + _LANES):
+            out[j] = x[j]
+
+
+@njit(**_HELPER)
+def _pool2(x, y, is_max):
+    # two values of a 2x2 window: their maximum (a NaN winning, as maxpool2d_forward's) or
+    # their sum
+    if is_max:
+        return y if y > x or y != y else x
+    return x + y
+
+
+@njit(**_CALLED)
+def _pool2_pairs(pairs, x, is_max):
+    # pairs (M,) = x[2m] with x[2m+1] (x (2M,)), by _pool2: a 2x2 pooling's horizontal pairs,
+    # in one long loop that vectorises (an image's rows then lie W/2 apart in pairs)
+    for m in range(pairs.size):
+        pairs[m] = _pool2(x[2 * m], x[2 * m + 1], is_max)
+
+
+@njit(**_CALLED)
+def _pool2_rows(s, pairs, dst, C, OH, OW, row, channel, is_max):
+    # s[dst:] (C,OH,OW): a 2x2 pooling's outputs from its horizontal pairs at s[pairs:], rows
+    # `row` floats apart and channels `channel`: output row i of a channel combines pair rows
+    # 2i and 2i+1, the mean of the four values (summed pairwise) or their maximum
+    scale = _ONE / np.float32(4)
+    width = _round_up(OW)
+    for out_row in range(C * OH):  # (c, i)
+        top = pairs + out_row // OH * channel + out_row % OH * 2 * row
+        out, upper, lower = (s[dst + out_row * OW:][:width], s[top:top + width],
+                             s[top + row:top + row + width])
+        for start in range(0, width, _LANES):
+            for j in range(start, start + _LANES):
+                pooled = _pool2(upper[j], lower[j], is_max)
+                out[j] = pooled if is_max else pooled * scale
 
 
 @njit(**_CALLED)
@@ -961,11 +1022,11 @@ def _batchnorm(s, src, dst, weight, bias, running_mean, running_var, C, M, eps, 
 def _sample_forward(s, params, state, plan, eps):
     # one sample through every step of the plan, in its scratch row s
     for step in range(plan.shape[0]):
-        (op, src, dst, a, b, work, wide, s0, s1, s2, s3, s4, s5, act, pool, k, act2, norm,
-         norm_weight, norm_bias, norm_state) = plan[step]
+        (op, src, dst, a, b, work, wide, pairs, s0, s1, s2, s3, s4, s5, act, pool, k, act2,
+         norm, norm_weight, norm_bias, norm_state) = plan[step]
         if op == _CONV:
-            _conv2d(s, src, dst, work, wide, params[a:], params[b:], s0, s1, s2, s3, s4, s5, act,
-                    pool, k, act2, norm, params[norm_weight:], params[norm_bias:],
+            _conv2d(s, src, dst, work, wide, pairs, params[a:], params[b:], s0, s1, s2, s3, s4,
+                    s5, act, pool, k, act2, norm, params[norm_weight:], params[norm_bias:],
                     state[norm_state:], state[norm_state + s3:], eps[step])
         elif op == _LINEAR:
             _linear(s, src, dst, params[a:], params[b:], s0, s1, act)
