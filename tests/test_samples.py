@@ -185,6 +185,7 @@ def test_training_mode_and_large_batches_keep_the_batch_last_path(monkeypatch):
         return original(*args)
 
     monkeypatch.setattr(kernels, "sequential_forward", counting)
+    model.forward(inputs(model, 1))  # one sample: sequential_forward_serial
     model.forward(inputs(model, 3))
     model.forward(inputs(model, model.samples_below - 1))
     model.forward(inputs(model, model.samples_below))
@@ -231,11 +232,13 @@ def test_a_kind_without_a_step_runs_batch_last():
     assert np.array_equal(model.forward(x), batch_last(model, x))
 
 
-def test_no_float64_arithmetic():
-    kernel = get_backend("cpu").sequential_forward
+@pytest.mark.parametrize("name", ["sequential_forward", "sequential_forward_serial"])
+def test_no_float64_arithmetic(name):
+    kernel = getattr(get_backend("cpu"), name)
     model = randomised(residual_network())
     model.forward(inputs(model, 2))
+    model.forward(inputs(model, 1))  # the serial kernel's
     assert kernel.signatures, "the kernel has not run"
     for sig in kernel.signatures:
         hits = double_math_lines(compile_afresh(kernel, sig))
-        assert not hits, f"sequential_forward{sig} computes in float64: {hits[:3]}"
+        assert not hits, f"{name}{sig} computes in float64: {hits[:3]}"

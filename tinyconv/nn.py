@@ -1738,10 +1738,10 @@ class Sequential:
             self._scratch = host.zeros(batch * plan.size).reshape(batch, plan.size)
         plan.refresh_state()
         out = np.empty((batch, plan.output_size), np.float32)
-        self.kernels.sequential_forward(out, self._scratch[:batch],
-                                        np.ascontiguousarray(x, np.float32).reshape(batch, -1),
-                                        self.flat_params, plan.state_buffer, plan.table,
-                                        plan.eps_table, plan.output)
+        kernel = (self.kernels.sequential_forward_serial if batch == 1
+                  else self.kernels.sequential_forward)
+        kernel(out, self._scratch[:batch], np.ascontiguousarray(x, np.float32).reshape(batch, -1),
+               self.flat_params, plan.state_buffer, plan.table, plan.eps_table, plan.output)
         return out.reshape(batch, *self.output_shape)
 
     def probabilities(self, x):

@@ -22,9 +22,9 @@ KERNELS = (
     "adam_update", "sgd_update", "adagrad_update", "ema_update",
 )
 # kernels that only some backends have, None in the others: the whole-network small-batch
-# inference kernel (the end of cpu.py); a backend without it runs the batch-last kernels at
-# every batch size
-OPTIONAL = ("sequential_forward",)
+# inference kernel and its one-thread twin for a single sample (the end of cpu.py); a backend
+# without them runs the batch-last kernels at every batch size
+OPTIONAL = ("sequential_forward", "sequential_forward_serial")
 # make, fill and read a backend's arrays (see host.py and cuda_host.py)
 HELPERS = ("empty", "zeros", "view", "Staging", "to_device", "to_host", "copy_in",
            "synchronize")

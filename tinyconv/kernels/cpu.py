@@ -1049,17 +1049,29 @@ def _sample_forward(s, params, state, plan, eps):
             _activate(s, dst, s0, act)
 
 
+@njit(**_CALLED)
+def _forward_sample(out, scratch, inp, n, params, state, plan, eps, out_start):
+    # sample n of sequential_forward's batch: its input copied to scratch[n, :IN], the plan
+    # run, its output read from scratch[n, out_start:out_start + V]
+    s = scratch[n]
+    for i in range(inp.shape[1]):
+        s[i] = inp[n, i]
+    _sample_forward(s, params, state, plan, eps)
+    for v in range(out.shape[1]):
+        out[n, v] = s[out_start + v]
+
+
 @njit(**_JIT)
 def sequential_forward(out, scratch, inp, params, state, plan, eps, out_start):
     # inp (N,IN) batch-first, scratch (N,S), params (P,), state (Q,), plan (steps, COLUMNS),
-    # eps (steps,) -> out (N,V): sample n's input is copied to scratch[n, :IN], the plan runs,
-    # and its output is read from scratch[n, out_start:out_start + V]
-    N, IN = inp.shape
-    V = out.shape[1]
-    for n in prange(N):
-        s = scratch[n]
-        for i in range(IN):
-            s[i] = inp[n, i]
-        _sample_forward(s, params, state, plan, eps)
-        for v in range(V):
-            out[n, v] = s[out_start + v]
+    # eps (steps,) -> out (N,V): a sample per thread
+    for n in prange(inp.shape[0]):
+        _forward_sample(out, scratch, inp, n, params, state, plan, eps, out_start)
+
+
+@njit(**_CALLED)
+def sequential_forward_serial(out, scratch, inp, params, state, plan, eps, out_start):
+    # sequential_forward on the calling thread, for a batch of one: the same bits, without
+    # the parallel launch, a sizeable share of a small network's sample
+    for n in range(inp.shape[0]):
+        _forward_sample(out, scratch, inp, n, params, state, plan, eps, out_start)
