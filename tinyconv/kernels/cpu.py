@@ -1009,12 +1009,19 @@ def _pad2d(s, src, dst, C, H, W, p):
 
 @njit(**_HELPER)
 def _batchnorm(s, src, dst, weight, bias, running_mean, running_var, C, M, eps, act):
-    # s[src:] (C,M) normalised by the running statistics, as cpu_blocks.batchnorm_eval_forward
+    # s[src:] (C,M) normalised by the running statistics, as cpu_blocks.batchnorm_eval_forward,
+    # into s[dst:]: copied there first, then normalised in place, one slice read and written
+    # (a loop from one slice into another that may be the same memory, as a convolution's
+    # fused batch norm's is, takes LLVM's scalar path)
+    if src != dst:
+        for i in range(C * M):
+            s[dst + i] = s[src + i]
     for c in range(C):
         inv = _ONE / np.sqrt(running_var[c] + eps)
         scale, mu, shift = inv * weight[c], running_mean[c], bias[c]
+        x = s[dst + c * M:dst + (c + 1) * M]
         for m in range(M):
-            s[dst + c * M + m] = (s[src + c * M + m] - mu) * scale + shift
+            x[m] = (x[m] - mu) * scale + shift
     _activate(s, dst, C * M, act)
 
 
