@@ -191,14 +191,14 @@ def test_training_mode_and_large_batches_keep_the_batch_last_path(monkeypatch):
     model.forward(inputs(model, model.samples_below))
     model.samples_below = 0  # set: every batch batch-last
     model.forward(inputs(model, 1))
-    model.samples_below = np.int64(40)  # set above the rule's 25
-    model.forward(inputs(model, 30))
+    model.samples_below = np.int64(40)  # set above the rule's 31
+    model.forward(inputs(model, 35))
     assert model.to("cpu").samples_below == 40 and model.samples_below == 40
     model.samples_below = None  # the rule again
-    model.forward(inputs(model, 30))
+    model.forward(inputs(model, 35))
     model.forward(inputs(model, 2))
     model.train().forward(inputs(model, 3))
-    assert calls == [3, model.samples_below - 1, 30, 2]
+    assert calls == [3, model.samples_below - 1, 35, 2]
 
 
 def test_the_crossover_falls_with_the_networks_size():

@@ -1690,7 +1690,7 @@ class Sequential:
     def samples_below(self):
         """The batch size from which eval-mode forward takes the batch-last kernels, below
         which the whole-network kernel: kernels.cpu.samples_below of the network's
-        multiply-adds per sample (25 images for LeNet-5, 9 for resnet-mini); 0 where there is
+        multiply-adds per sample (31 images for LeNet-5, 13 for resnet-mini); 0 where there is
         no whole-network kernel (the CUDA backend, a layer kind without a step). Settable:
         0 keeps every batch on the batch-last kernels, None restores the rule."""
         if self._samples_below == 0:  # no plan needed

@@ -734,12 +734,12 @@ def loss_sum(sums, losses, index):
 # Batches below samples_below(multiply-adds per sample) take sequential_forward in eval mode.
 # Its model: per sample this kernel takes a multiple of the batch-last path's time, while the
 # batch-last path has a cost per call that grows with the network more slowly than its cost
-# per sample, so the crossover falls towards a floor as a network grows: 8 + 7 / (millions of
-# multiply-adds), fitted to LeNet-5's and resnet-mini's crossovers as bench/crossover.py
+# per sample, so the crossover falls towards a floor as a network grows: 12 + 8 / (millions
+# of multiply-adds), fitted to LeNet-5's and resnet-mini's crossovers as bench/crossover.py
 # measures them (README, "Inference at every batch size"). It counts convolutions and linear
 # layers only: activations, pooling and batch norm move the crossover too, but not here.
-SAMPLES_BELOW_LARGE = 8  # the crossover of a large network
-SAMPLES_BELOW_MILLIONS = 7  # what a smaller one adds: this over its millions of multiply-adds
+SAMPLES_BELOW_LARGE = 12  # the crossover of a large network
+SAMPLES_BELOW_MILLIONS = 8  # what a smaller one adds: this over its millions of multiply-adds
 SAMPLES_BELOW_MOST = 32  # and at most this, the largest batch measured
 
 
