@@ -163,15 +163,66 @@ def test_a_samples_output_depends_only_on_the_sample():
     assert np.array_equal(single, together, equal_nan=True)
 
 
-@pytest.mark.parametrize("arch", ["lenet5", "resnet-mini"])
-def test_what_the_scratch_held_before_reaches_no_output(arch):
-    # a convolution's passes run whole vectors, past its wide rows' ends and its input's
-    # (cpu.wide_size): what they read there must only make values nobody reads
-    model = randomised(archs.build(arch))
-    x = inputs(model, 3)
+def edge_networks():
+    """Small networks whose steps take the kernel's loops of whole vectors to their edges: a
+    pooled row longer than a vector, rows shorter than one, a padded convolution with batch
+    norm, an odd input width (pooled row by row), and a convolution as the last step (its
+    output compacted into the row's last region)."""
+    return {
+        "pad-bn-relu-maxpool, pooled rows of 18": nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(3 * 3 * 18, 4), input_shape=(2, 6, 36)),
+        "tanh-avgpool, rows of 12 and 5": nn.Sequential(
+            nn.Conv2d(3, 5, 3), nn.Tanh(), nn.AvgPool2d(2), nn.Tanh(), nn.Flatten(),
+            nn.Linear(5 * 4 * 5, 3), input_shape=(3, 10, 12)),
+        "odd width, pooled row by row": nn.Sequential(
+            nn.Conv2d(1, 4, 4), nn.ReLU(), nn.MaxPool2d(2), input_shape=(1, 9, 11)),
+        "a convolution last": nn.Sequential(nn.Conv2d(2, 3, 3), input_shape=(2, 7, 9)),
+        "a pooled convolution last": nn.Sequential(
+            nn.Conv2d(2, 3, 3), nn.ReLU(), nn.MaxPool2d(2), input_shape=(2, 6, 36)),
+    }
+
+
+@pytest.mark.parametrize("name", list(edge_networks()))
+def test_edge_shapes_give_the_batch_last_output(name):
+    assert_paths_agree(randomised(edge_networks()[name]), name)
+
+
+NETWORKS = ("lenet5", "lenet5-relu", "lenet5-bn", "resnet-mini", *edge_networks())
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_kernel_stays_in_its_rows_and_reads_nothing_stale(name, batch):
+    # the loops of whole vectors read and write past rows and regions (cpu.py, "Whole
+    # vectors"): with the scratch full of NaN, no output may change, and a guard row after
+    # the batch's rows must keep its values
+    model = randomised(edge_networks()[name] if name in edge_networks() else archs.build(name))
+    x = inputs(model, batch)
     clean = model.forward(x)
-    model._scratch[:] = np.nan  # the padding and the regions' spare lines too
+    size = model._sample_plan().size
+    model._scratch = np.full((batch + 1, size), np.nan, np.float32)
+    model._scratch[batch] = 1234.5
     assert np.array_equal(model.forward(x), clean)
+    assert (model._scratch[batch] == np.float32(1234.5)).all(), "a write past the batch's rows"
+
+
+@pytest.mark.parametrize("height, width, kernel", [(12, 34, 5), (12, 40, 5), (11, 11, 4)])
+def test_nan_and_infinities_pool_as_on_the_batch_last_path(height, width, kernel):
+    # a NaN in a window makes its maximum NaN, an infinity stays one, on both 2x2 paths: the
+    # pairs of even rows (pooled rows of 15 and 18) and an odd row, pooled row by row (a
+    # kernel 4 wide, whose taps go along the channel and turn infinities into NaN: 0 * inf)
+    model = randomised(nn.Sequential(nn.Conv2d(1, 2, kernel), nn.MaxPool2d(2),
+                                     input_shape=(1, height, width)))
+    x = inputs(model, 2)
+    x[0, 0, 2, 5], x[0, 0, 7, width - 3] = np.nan, np.inf
+    x[1, 0, 4, 7] = -np.inf
+    got, expected = model.forward(x), batch_last(model, x)
+    assert np.isnan(got).any() and (kernel != 5 or np.isinf(got).any())
+    assert np.array_equal(np.isnan(got), np.isnan(expected))
+    assert np.array_equal(np.isinf(got), np.isinf(expected))
+    finite = np.isfinite(expected)
+    assert relative_error(got[finite], expected[finite]) < BOUND
 
 
 def test_training_mode_and_large_batches_keep_the_batch_last_path(monkeypatch):
@@ -185,20 +236,27 @@ def test_training_mode_and_large_batches_keep_the_batch_last_path(monkeypatch):
         return original(*args)
 
     monkeypatch.setattr(kernels, "sequential_forward", counting)
+    serial, original_serial = [], kernels.sequential_forward_serial
+
+    def counting_serial(*args):
+        serial.append(len(args[0]))
+        return original_serial(*args)
+
+    monkeypatch.setattr(kernels, "sequential_forward_serial", counting_serial)
     model.forward(inputs(model, 1))  # one sample: sequential_forward_serial
     model.forward(inputs(model, 3))
     model.forward(inputs(model, model.samples_below - 1))
     model.forward(inputs(model, model.samples_below))
     model.samples_below = 0  # set: every batch batch-last
     model.forward(inputs(model, 1))
-    model.samples_below = np.int64(40)  # set above the rule's 31
+    model.samples_below = np.int64(40)  # set above the rule's cut
     model.forward(inputs(model, 35))
     assert model.to("cpu").samples_below == 40 and model.samples_below == 40
     model.samples_below = None  # the rule again
     model.forward(inputs(model, 35))
     model.forward(inputs(model, 2))
     model.train().forward(inputs(model, 3))
-    assert calls == [3, model.samples_below - 1, 35, 2]
+    assert calls == [3, model.samples_below - 1, 35, 2] and serial == [1]
 
 
 def test_the_crossover_falls_with_the_networks_size():

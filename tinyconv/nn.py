@@ -1229,10 +1229,10 @@ class SamplePlan:
 
     def alloc(self, count):
         """The offset of `count` fresh floats in the scratch row, aligned to 64 bytes, and
-        followed by a 64-byte line of their own: a convolution's passes read up to a vector
-        past its input's end (cpu.wide_size), which then never overlaps what it writes."""
+        followed by cpu.LANES spare floats of their own: the kernel's loops of whole vectors
+        read and write up to that far past a region's end ("Whole vectors" in cpu.py)."""
         offset = self.size
-        self.size += _aligned(count) + _ALIGN
+        self.size += _aligned(count) + cpu.LANES
         return offset
 
     def param(self, view):
@@ -1733,13 +1733,11 @@ class Sequential:
         """forward(x) in eval mode through the whole-network kernel."""
         plan, batch = self._plan, len(x)
         if self._scratch.shape[0] < batch:
-            # zeros: the kernel reads regions' alignment padding, never written, into values
-            # it never reads (cpu.wide_size)
-            self._scratch = host.zeros(batch * plan.size).reshape(batch, plan.size)
+            self._scratch = host.empty(batch * plan.size).reshape(batch, plan.size)
         plan.refresh_state()
         out = np.empty((batch, plan.output_size), np.float32)
-        kernel = (self.kernels.sequential_forward_serial if batch == 1
-                  else self.kernels.sequential_forward)
+        serial = self.kernels.sequential_forward_serial
+        kernel = serial if batch == 1 and serial is not None else self.kernels.sequential_forward
         kernel(out, self._scratch[:batch], np.ascontiguousarray(x, np.float32).reshape(batch, -1),
                self.flat_params, plan.state_buffer, plan.table, plan.eps_table, plan.output)
         return out.reshape(batch, *self.output_shape)

@@ -783,40 +783,50 @@ def _activate(s, start, count, act):
             x[i] = x[i] * _sigmoid32(x[i])
 
 
-# A wide output's channels lie wide_size(...) floats apart, the stretch rounded up to whole
-# vectors, so that _madd_five_shifts runs whole vectors only. The last input channel's passes
-# then read up to _LANES - 1 floats past the end of the input's region: its alignment padding
-# and the region after it, which the plan always has (the wide output, allocated after), and
-# which only produce the values past the stretch, never read.
-_LANES = 16  # float32 values in an AVX-512 vector (64 bytes)
+# Whole vectors. Row by row, short stretches (conv2's wide rows, LeNet's pooled rows 14 and
+# 5 long) spend more on each loop's setup (LLVM's overlap checks, then a scalar remainder too
+# short for a vector) than on their values. The loops below instead run a vector at a time, in
+# a loop of constant length that LLVM turns into one vector operation, over their stretch
+# rounded up to whole vectors: they read, and some write, up to LANES - 1 floats past its end.
+# What they write there lands in the next row, which is written after it, or past a region's
+# last row in the region's own spare LANES floats (nn.SamplePlan.alloc), and what they read
+# there (the region's padding, its spare floats, the next row) only makes values never read.
+# A wide output's channels lie wide_size(...) floats apart, a whole number of vectors.
+LANES = 16  # float32 values in a 64-byte line: one AVX-512 vector, two AVX2 ones
+
+
+def round_up(count):
+    """count rounded up to whole vectors of LANES floats."""
+    return -(-count // LANES) * LANES
+
+
+_round_up = njit(**_HELPER)(round_up)  # the same, inside the kernels
 
 
 def wide_size(OH, OW, W):
     """The floats per channel of _conv2d's wide output (the plan's WIDE): (OH-1)*W + OW
     positions, rounded up to whole vectors."""
-    return -(-((OH - 1) * W + OW) // _LANES) * _LANES
+    return round_up((OH - 1) * W + OW)
 
 
 @njit(**_HELPER)
 def _madd_five_shifts(dst0, dst1, x, w0, w1, pair):
     # dst0 (L,) += sum over t < 5 of w0[t] * x[p + t] at each p, likewise dst1 with w1 when
-    # pair is true, L a multiple of _LANES: _madd_rows's register blocking, for five rows that
+    # pair is true, L a multiple of LANES: _madd_rows's register blocking, for five rows that
     # are one row (L+4,) at five shifts. One row and constant shifts: LLVM checks one pointer
-    # against the outputs instead of five. A vector at a time, in a loop of constant length
-    # that LLVM turns into one vector operation: its vectoriser, given the plain loop, runs
-    # four vectors an iteration and the rest one value at a time, which on conv2's short
-    # passes (136 values) took most of the time
+    # against the outputs instead of five. A vector at a time (see "Whole vectors"): given the
+    # plain loop, LLVM runs four vectors an iteration and the rest one value at a time
     a0, a1, a2, a3, a4 = w0
     b0, b1, b2, b3, b4 = w1
     if pair:
-        for start in range(0, dst0.size, _LANES):
-            for p in range(start, start + _LANES):
+        for start in range(0, dst0.size, LANES):
+            for p in range(start, start + LANES):
                 v0, v1, v2, v3, v4 = x[p], x[p + 1], x[p + 2], x[p + 3], x[p + 4]
                 dst0[p] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4
                 dst1[p] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4
     else:
-        for start in range(0, dst0.size, _LANES):
-            for p in range(start, start + _LANES):
+        for start in range(0, dst0.size, LANES):
+            for p in range(start, start + LANES):
                 dst0[p] += (a0 * x[p] + a1 * x[p + 1] + a2 * x[p + 2] + a3 * x[p + 3]
                             + a4 * x[p + 4])
 
@@ -832,8 +842,8 @@ def _conv2d(s, src, dst, work, L, pairs, w, b, C, H, W, OC, KH, KW, act, pool, k
     # (c, kh, kw) are one contiguous stretch, at c*H*W + kh*W + kw, and the taps go five along
     # kw (for a kernel width not a multiple of five, along c), two channels a pass. The W-OW
     # positions past each row's end, and those past the last row's, are computed and never
-    # read: the pooling reads the wide rows in place (or, given `pairs`, their horizontal pairs
-    # there: _pool2_pairs), and without one they are compacted away.
+    # read: the pooling reads the wide rows in place (or, given a PAIRS region, their
+    # horizontal pairs, _pool2_pairs, from there), and without one they are compacted away.
     OH, OW = H - KH + 1, W - KW + 1
     for oc0 in range(0, OC, 2):
         oc1 = min(oc0 + 1, OC - 1)
@@ -866,8 +876,7 @@ def _conv2d(s, src, dst, work, L, pairs, w, b, C, H, W, OC, KH, KW, act, pool, k
         _activate(s, work, OC * L, act)
     if pairs:
         _pool2_pairs(s[pairs:pairs + OC * L // 2], s[work:work + OC * L], pool == _MAXPOOL)
-        _pool2_rows(s, pairs, dst, OC, OH // 2, OW // 2, W // 2, L // 2, pool == _MAXPOOL)
-        _activate(s, dst, OC * (OH // 2) * (OW // 2), act2)
+        _pool2_rows(s, pairs, dst, OC, OH, OW, W // 2, L // 2, pool == _MAXPOOL, act2)
     elif pool == _AVGPOOL:
         _avgpool2d(s, work, dst, OC, OH, OW, W, L, k, act2)
     elif pool == _MAXPOOL:
@@ -878,25 +887,11 @@ def _conv2d(s, src, dst, work, L, pairs, w, b, C, H, W, OC, KH, KW, act, pool, k
             _copy_in_vectors(s[out:out + _round_up(OW)], s[wide:wide + _round_up(OW)])
 
 
-# Row by row, an image's short rows (LeNet's pooled rows are 14 and 5 long) spend more on
-# each loop's setup (LLVM's overlap checks, then a scalar loop too short for a vector) than on
-# their values. These helpers instead run whole vectors along a row, in loops of constant
-# length, and write up to a vector past its end: into the next row, written after it, or
-# past the last into the region's spare line (nn.SamplePlan.alloc); they read as far past
-# what they need, which the spare lines cover too.
-
-
-@njit(**_HELPER)
-def _round_up(count):
-    # count rounded up to whole vectors
-    return -(-count // _LANES) * _LANES
-
-
 @njit(**_HELPER)
 def _copy_in_vectors(out, x):
-    # out (L,) = x (L,), L a multiple of _LANES
-    for start in range(0, out.size, _LANES):
-        for j in range(start, start + _LANES):
+    # out (L,) = x (L,), L a multiple of LANES: a row, a vector at a time
+    for start in range(0, out.size, LANES):
+        for j in range(start, start + LANES):
             out[j] = x[j]
 
 
@@ -918,20 +913,24 @@ def _pool2_pairs(pairs, x, is_max):
 
 
 @njit(**_CALLED)
-def _pool2_rows(s, pairs, dst, C, OH, OW, row, channel, is_max):
-    # s[dst:] (C,OH,OW): a 2x2 pooling's outputs from its horizontal pairs at s[pairs:], rows
-    # `row` floats apart and channels `channel`: output row i of a channel combines pair rows
-    # 2i and 2i+1, the mean of the four values (summed pairwise) or their maximum
+def _pool2_rows(s, pairs, dst, C, H, W, row, channel, is_max, act):
+    # s[dst:] (C,H/2,W/2): a 2x2 pooling of a (C,H,W) image from its horizontal pairs at
+    # s[pairs:], rows `row` floats apart and channels `channel`, then activation act: output
+    # row i of a channel combines pair rows 2i and 2i+1 a vector at a time, into the maximum
+    # of the four values or their mean, summed pairwise ((a + b) + (c + d): not
+    # avgpool2d_forward's order, within the tests' bound of it)
+    OH, OW = H // 2, W // 2
     scale = _ONE / np.float32(4)
     width = _round_up(OW)
     for out_row in range(C * OH):  # (c, i)
         top = pairs + out_row // OH * channel + out_row % OH * 2 * row
         out, upper, lower = (s[dst + out_row * OW:][:width], s[top:top + width],
                              s[top + row:top + row + width])
-        for start in range(0, width, _LANES):
-            for j in range(start, start + _LANES):
+        for start in range(0, width, LANES):
+            for j in range(start, start + LANES):
                 pooled = _pool2(upper[j], lower[j], is_max)
                 out[j] = pooled if is_max else pooled * scale
+    _activate(s, dst, C * OH * OW, act)
 
 
 @njit(**_CALLED)
