@@ -474,7 +474,9 @@ def maxpool2d_backward(dinp, out, inp, dout, k):
 
 @njit(**_JIT)
 def tanh_forward(out, inp):
-    # inp (any shape, C-contiguous) -> out (same shape); out may be inp (in place)
+    # inp (any shape, C-contiguous) -> out (same shape); out may be inp (in place), though two
+    # views of one memory send the loop down LLVM's scalar path (nn._Buffers gives each
+    # elementwise layer a buffer of its own)
     flat_out, flat_inp = out.ravel(), inp.ravel()
     for idx in prange(flat_inp.size):
         flat_out[idx] = _tanh32(flat_inp[idx])
@@ -482,8 +484,8 @@ def tanh_forward(out, inp):
 
 @njit(**_JIT)
 def tanh_backward(dinp, out, dout):
-    # overwrites dinp (which may be dout: in place); out is the forward's saved output, all the
-    # same shape
+    # overwrites dinp (which may be dout: in place, though slower, as tanh_forward's); out is
+    # the forward's saved output, all the same shape
     # d tanh(x)/dx = 1 - tanh(x)^2, read from the saved output instead of recomputing tanh
     flat_dinp, flat_out, flat_dout = dinp.ravel(), out.ravel(), dout.ravel()
     for idx in prange(flat_out.size):
