@@ -191,13 +191,19 @@ def test_edge_shapes_give_the_batch_last_output(name):
 NETWORKS = ("lenet5", "lenet5-relu", "lenet5-bn", "resnet-mini", *edge_networks())
 
 
+def network(name):
+    """A network of NETWORKS by name: an edge network, or a named architecture."""
+    edges = edge_networks()
+    return edges[name] if name in edges else archs.build(name)
+
+
 @pytest.mark.parametrize("name", NETWORKS)
 @pytest.mark.parametrize("batch", [1, 3])
 def test_the_kernel_stays_in_its_rows_and_reads_nothing_stale(name, batch):
     # the loops of whole vectors read and write past rows and regions (cpu.py, "Whole
     # vectors"): with the scratch full of NaN, no output may change, and a guard row after
     # the batch's rows must keep its values
-    model = randomised(edge_networks()[name] if name in edge_networks() else archs.build(name))
+    model = randomised(network(name))
     x = inputs(model, batch)
     clean = model.forward(x)
     size = model._sample_plan().size
